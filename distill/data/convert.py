@@ -1,0 +1,158 @@
+"""Writing an nnU-Net v2 raw dataset from BraTS cases in any naming and label convention.
+
+The result matches what nnU-Net's own BraTS conversion produces: channels ``_0000..0003`` =
+T1, T1ce, T2, FLAIR; labels rewritten to nnU-Net's internal numbering (1 oedema, 2 NCR,
+3 ET); a region-based ``dataset.json`` (whole tumour, tumour core, enhancing tumour with
+``regions_class_order``), so a model trained on it outputs three sigmoid region channels.
+Optionally every case is resampled to a target spacing first (e.g. 2 mm for CPU work).
+
+Each file is written atomically and ``dataset.json`` last, so an interrupted conversion
+is never mistaken for a finished one; running again skips cases already complete.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from distill import __version__
+from distill.data.atomic import atomic_write_json
+from distill.data.case import load_case
+from distill.data.conventions import get_convention, resolve_convention
+from distill.data.discovery import MODALITIES, CaseFiles, find_cases
+from distill.data.nifti import voxel_spacing, write_nifti
+from distill.data.preprocess import resample, resample_labels, resampled_affine, resampled_shape
+from distill.errors import DataError
+
+NNUNET_CHANNEL_NAMES = {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"}
+NNUNET_REGION_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+NNUNET_REGIONS_CLASS_ORDER = [1, 2, 3]
+FILE_ENDING = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Arguments of :func:`convert_to_nnunet`.
+
+    Attributes:
+        source: folder of BraTS cases (any naming) or an nnU-Net raw dataset.
+        out_root: folder that receives ``Dataset<id>_<name>/`` (nnU-Net's ``nnUNet_raw``).
+        dataset_id: nnU-Net dataset number (1-999).
+        dataset_name: name part, letters, digits and underscores.
+        label_convention: convention of the source labels, or ``"auto"`` to detect it.
+        target_spacing: resample to this spacing in mm, or ``None`` to keep the grid.
+    """
+
+    source: Path
+    out_root: Path
+    dataset_id: int = 500
+    dataset_name: str = "BraTS"
+    label_convention: str = "auto"
+    target_spacing: tuple[float, float, float] | None = None
+    progress: bool = True
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.out_root) / f"Dataset{self.dataset_id:03d}_{self.dataset_name}"
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    dataset_dir: Path
+    n_training: int
+    n_test: int
+    n_written: int
+    n_skipped: int
+    seconds: float
+
+
+def _validate(config: ConvertConfig) -> None:
+    if not 1 <= config.dataset_id <= 999:
+        raise DataError(f"dataset id must be 1..999, got {config.dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", config.dataset_name):
+        raise DataError(f"dataset name {config.dataset_name!r} may only hold letters, digits and underscores")
+
+
+def _output_paths(dataset_dir: Path, case: CaseFiles) -> list[Path]:
+    split = "Tr" if case.label is not None else "Ts"
+    paths = [dataset_dir / f"images{split}" / f"{case.case_id}_{i:04d}{FILE_ENDING}" for i in range(len(MODALITIES))]
+    if case.label is not None:
+        paths.append(dataset_dir / "labelsTr" / f"{case.case_id}{FILE_ENDING}")
+    return paths
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """int16 where the values are whole numbers that fit (most raw MRI), float32 otherwise."""
+    if np.all(array == np.round(array)) and array.min() >= -32768 and array.max() <= 32767:
+        return array.astype(np.int16)
+    return array.astype(np.float32)
+
+
+def convert_case(case_files: CaseFiles, dataset_dir: Path, label_convention: str, target_spacing) -> None:
+    """Convert one case: read and check it, relabel, optionally resample, write atomically."""
+    case = load_case(case_files)
+    images, labels, affine = case.images, case.labels, case.affine
+    if labels is not None:
+        source_convention = resolve_convention(
+            label_convention, np.unique(labels), case_files.layout, source=str(case_files.label)
+        )
+        labels = source_convention.convert_to(labels, get_convention("nnunet"), source=str(case_files.label))
+    if target_spacing is not None:
+        shape = resampled_shape(case.shape, voxel_spacing(affine), target_spacing)
+        affine = resampled_affine(affine, case.shape, shape)
+        images = resample(images, shape, order=1)
+        labels = resample_labels(labels, shape) if labels is not None else None
+    out_paths = _output_paths(dataset_dir, case_files)
+    for channel, path in enumerate(out_paths[: len(MODALITIES)]):
+        write_nifti(path, _compact(images[channel]), affine)
+    if labels is not None:
+        write_nifti(out_paths[-1], labels.astype(np.uint8), affine)
+
+
+def _dataset_json(config: ConvertConfig, n_training: int) -> dict:
+    return {
+        "channel_names": NNUNET_CHANNEL_NAMES,
+        "labels": NNUNET_REGION_LABELS,
+        "regions_class_order": NNUNET_REGIONS_CLASS_ORDER,
+        "numTraining": n_training,
+        "file_ending": FILE_ENDING,
+        "name": config.dataset_name,
+        "description": "BraTS cases converted by Distill; labels in nnU-Net's internal numbering (1 ED, 2 NCR, 3 ET).",
+        "distill": {
+            "version": __version__,
+            "source_label_convention": config.label_convention,
+            "target_spacing": list(config.target_spacing) if config.target_spacing else None,
+        },
+    }
+
+
+def convert_to_nnunet(config: ConvertConfig) -> ConvertResult:
+    """Write ``config.dataset_dir`` from the cases under ``config.source``; skip complete cases."""
+    _validate(config)
+    if config.label_convention != "auto":
+        get_convention(config.label_convention)  # fail before any work on a typo
+    cases = find_cases(config.source)
+    start = time.perf_counter()
+    written = skipped = 0
+    dataset_dir = config.dataset_dir
+    for case in tqdm(cases, desc="convert", unit="case", disable=not config.progress):
+        if all(p.is_file() for p in _output_paths(dataset_dir, case)):
+            skipped += 1
+            continue
+        convert_case(case, dataset_dir, config.label_convention, config.target_spacing)
+        written += 1
+    n_training = sum(c.label is not None for c in cases)
+    atomic_write_json(dataset_dir / "dataset.json", _dataset_json(config, n_training))
+    return ConvertResult(
+        dataset_dir=dataset_dir,
+        n_training=n_training,
+        n_test=len(cases) - n_training,
+        n_written=written,
+        n_skipped=skipped,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,287 @@
+"""Preprocessing of one case and its exact geometric inverse, in one place.
+
+Forward, in this order (the order nnU-Net uses for crop, normalise, resample):
+
+1. crop to the bounding box of the brain (voxels non-zero in any modality);
+2. z-score each modality inside the brain mask, zero outside;
+3. optionally resample to a target spacing (linear for images, one-hot + argmax for labels);
+4. pad with zeros to a multiple of the network's divisor (split evenly before and after).
+
+Everything needed to undo it is kept in a :class:`PreprocessRecord` (JSON-serialisable), and
+:func:`restore_labels` / :func:`restore_probabilities` put a prediction made on the
+preprocessed grid back on the original grid. Cropping and padding invert exactly; resampling
+inverts to the exact original shape and geometry (values are interpolated, of course).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from distill.data.nifti import voxel_spacing
+from distill.errors import DataError
+
+Bbox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+Pad = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How to preprocess.
+
+    Attributes:
+        target_spacing: resample to this spacing in mm (``None`` keeps the original grid).
+        divisor: pad every spatial size up to a multiple of this (the network's total stride).
+        image_order: spline order for image resampling (1 = linear; nnU-Net uses 3).
+    """
+
+    target_spacing: tuple[float, float, float] | None = None
+    divisor: int = 1
+    image_order: int = 1
+
+    def __post_init__(self) -> None:
+        if self.divisor < 1:
+            raise ValueError(f"divisor must be >= 1, got {self.divisor}")
+        if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
+            raise ValueError(f"target_spacing must be three positive numbers, got {self.target_spacing}")
+
+
+@dataclass(frozen=True)
+class PreprocessRecord:
+    """What :func:`preprocess` did to one case, enough to undo it."""
+
+    original_shape: tuple[int, int, int]
+    original_affine: tuple[tuple[float, ...], ...]
+    bbox: Bbox
+    resampled_shape: tuple[int, int, int]
+    pad: Pad
+
+    @property
+    def cropped_shape(self) -> tuple[int, int, int]:
+        return tuple(stop - start for start, stop in self.bbox)  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of the preprocessed grid."""
+        return tuple(n + a + b for n, (a, b) in zip(self.resampled_shape, self.pad))  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return voxel_spacing(self.affine)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel-to-world affine of the preprocessed grid."""
+        cropped = np.asarray(self.original_affine, dtype=np.float64) @ _translation([start for start, _ in self.bbox])
+        resampled = resampled_affine(cropped, self.cropped_shape, self.resampled_shape)
+        return resampled @ _translation([-before for before, _ in self.pad])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessRecord:
+        def triple(x):  # JSON turns tuples into lists
+            return tuple(tuple(int(v) for v in pair) for pair in x)
+
+        return cls(
+            original_shape=tuple(int(v) for v in data["original_shape"]),  # type: ignore[arg-type]
+            original_affine=tuple(tuple(float(v) for v in row) for row in data["original_affine"]),
+            bbox=triple(data["bbox"]),  # type: ignore[arg-type]
+            resampled_shape=tuple(int(v) for v in data["resampled_shape"]),  # type: ignore[arg-type]
+            pad=triple(data["pad"]),  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class PreprocessedCase:
+    """Arrays on the preprocessed grid.
+
+    Attributes:
+        images: float32 ``(C, *record.shape)``, z-scored, zero outside the brain.
+        labels: uint8 ``record.shape`` or ``None``.
+        brain_mask: bool ``record.shape``.
+        record: how to go back.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    brain_mask: np.ndarray
+    record: PreprocessRecord
+
+
+def _translation(offset) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset
+    return matrix
+
+
+def brain_mask(images: np.ndarray) -> np.ndarray:
+    """Voxels non-zero in any channel; ``images`` is ``(C, X, Y, Z)``."""
+    return np.any(images != 0, axis=0)
+
+
+def bounding_box(mask: np.ndarray, source: str = "case") -> Bbox:
+    """Half-open (start, stop) per axis of the non-zero voxels of ``mask``."""
+    if not mask.any():
+        raise DataError(f"{source}: empty brain mask (every voxel is zero in every modality)")
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def crop(array: np.ndarray, bbox: Bbox) -> np.ndarray:
+    """Crop the last three axes of ``array`` to ``bbox``."""
+    return array[(..., *(slice(a, b) for a, b in bbox))]
+
+
+def zscore_in_mask(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per channel ``(x - mean) / std`` over the masked voxels; zero outside the mask."""
+    out = np.zeros(images.shape, dtype=np.float32)
+    for c in range(images.shape[0]):
+        values = images[c][mask].astype(np.float64)
+        std = max(float(values.std()), 1e-8)
+        out[c][mask] = ((values - values.mean()) / std).astype(np.float32)
+    return out
+
+
+def resampled_shape(shape, spacing, target_spacing) -> tuple[int, int, int]:
+    """Grid size that covers the same extent at ``target_spacing``."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing))  # type: ignore[return-value]
+
+
+def resampled_affine(affine: np.ndarray, old_shape, new_shape) -> np.ndarray:
+    """Affine of a grid resampled from ``old_shape`` to ``new_shape`` over the same extent.
+
+    Grid-aligned resampling (what :func:`resample` does) puts new voxel ``i`` at old voxel
+    coordinate ``(i + 0.5) * old / new - 0.5``, so voxel edges, not centres, stay fixed.
+    """
+    ratio = np.array(old_shape, dtype=np.float64) / np.array(new_shape, dtype=np.float64)
+    scale = np.diag([*ratio, 1.0])
+    scale[:3, 3] = 0.5 * ratio - 0.5
+    return np.asarray(affine, dtype=np.float64) @ scale
+
+
+def resample(array: np.ndarray, shape: tuple[int, int, int], order: int = 1) -> np.ndarray:
+    """Resample the last three axes of ``array`` to ``shape``, grid-aligned (voxel edges match)."""
+    if tuple(array.shape[-3:]) == tuple(shape):
+        return array
+    lead = array.shape[:-3]
+    flat = array.reshape((-1, *array.shape[-3:]))
+    factors = [n / o for n, o in zip(shape, array.shape[-3:])]
+    out = np.empty((flat.shape[0], *shape), dtype=np.float32)
+    for i, channel in enumerate(flat):
+        result = ndimage.zoom(channel.astype(np.float32), factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+        if result.shape != tuple(shape):  # zoom rounds its output shape; guard the rare off-by-one
+            raise AssertionError(f"resample produced {result.shape}, wanted {shape}")
+        out[i] = result
+    return out.reshape((*lead, *shape))
+
+
+def resample_labels(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Resample a label map by linear interpolation of each label's one-hot mask, then argmax."""
+    if tuple(labels.shape) == tuple(shape):
+        return labels
+    values = np.unique(labels)
+    onehot = np.stack([(labels == v).astype(np.float32) for v in values])
+    winner = np.argmax(resample(onehot, shape, order=1), axis=0)
+    return values[winner].astype(labels.dtype)
+
+
+def padding_for(shape, divisor: int) -> Pad:
+    """(before, after) per axis that brings each size up to a multiple of ``divisor``."""
+    pads = []
+    for n in shape:
+        extra = (-n) % divisor
+        pads.append((extra // 2, extra - extra // 2))
+    return tuple(pads)  # type: ignore[return-value]
+
+
+def pad(array: np.ndarray, pads: Pad) -> np.ndarray:
+    return np.pad(array, [(0, 0)] * (array.ndim - 3) + list(pads))
+
+
+def unpad(array: np.ndarray, pads: Pad) -> np.ndarray:
+    return array[(..., *(slice(a, array.shape[-3 + i] - b) for i, (a, b) in enumerate(pads)))]
+
+
+def preprocess(
+    images: np.ndarray,
+    affine: np.ndarray,
+    labels: np.ndarray | None = None,
+    config: PreprocessConfig = PreprocessConfig(),
+    source: str = "case",
+) -> PreprocessedCase:
+    """Crop, normalise, resample and pad one case.
+
+    Args:
+        images: ``(C, X, Y, Z)`` raw intensities.
+        affine: 4x4 voxel-to-world matrix of the original grid.
+        labels: optional ``(X, Y, Z)`` label map on the same grid.
+        config: target spacing, divisor and interpolation order.
+        source: name used in error messages.
+    """
+    if images.ndim != 4:
+        raise DataError(f"{source}: expected images of shape (C, X, Y, Z), got {images.shape}")
+    if not np.all(np.isfinite(images)):
+        raise DataError(f"{source}: images contain NaN or Inf")
+    mask = brain_mask(images)
+    bbox = bounding_box(mask, source)
+    cropped_mask = crop(mask, bbox)
+    cropped = zscore_in_mask(crop(images, bbox), cropped_mask)
+    cropped_labels = crop(labels, bbox) if labels is not None else None
+
+    new_shape = tuple(cropped.shape[1:])
+    if config.target_spacing is not None:
+        new_shape = resampled_shape(new_shape, voxel_spacing(affine), config.target_spacing)
+    resampled = resample(cropped, new_shape, order=config.image_order)
+    resampled_mask = resample(cropped_mask.astype(np.float32), new_shape, order=1) >= 0.5
+    resampled *= resampled_mask  # keep "outside the brain" exactly zero after interpolation
+    resampled_labels = resample_labels(cropped_labels, new_shape) if cropped_labels is not None else None
+
+    pads = padding_for(new_shape, config.divisor)
+    record = PreprocessRecord(
+        original_shape=tuple(int(n) for n in images.shape[1:]),  # type: ignore[arg-type]
+        original_affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
+        bbox=bbox,
+        resampled_shape=tuple(int(n) for n in new_shape),  # type: ignore[arg-type]
+        pad=pads,
+    )
+    return PreprocessedCase(
+        images=pad(resampled, pads).astype(np.float32, copy=False),
+        labels=pad(resampled_labels, pads) if resampled_labels is not None else None,
+        brain_mask=pad(resampled_mask, pads),
+        record=record,
+    )
+
+
+def _check_grid(array: np.ndarray, record: PreprocessRecord) -> None:
+    if tuple(array.shape[-3:]) != record.shape:
+        raise ValueError(f"prediction has spatial shape {array.shape[-3:]}, the preprocessed grid is {record.shape}")
+
+
+def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """Label map on the preprocessed grid -> label map on the original grid (zero outside the crop)."""
+    _check_grid(labels, record)
+    cropped = resample_labels(unpad(labels, record.pad), record.cropped_shape)
+    out = np.zeros(record.original_shape, dtype=labels.dtype)
+    out[tuple(slice(a, b) for a, b in record.bbox)] = cropped
+    return out
+
+
+def restore_probabilities(probabilities: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """``(K, *record.shape)`` soft maps -> ``(K, *original_shape)`` float32, zero outside the crop.
+
+    Zero is the right fill for sigmoid region maps (no tumour outside the brain); a softmax
+    caller should set its background channel to 1 there.
+    """
+    _check_grid(probabilities, record)
+    cropped = resample(unpad(probabilities, record.pad).astype(np.float32), record.cropped_shape, order=1)
+    out = np.zeros((probabilities.shape[0], *record.original_shape), dtype=np.float32)
+    out[(slice(None), *(slice(a, b) for a, b in record.bbox))] = cropped
+    return out
