@@ -28,3 +28,47 @@ def oblique_affine() -> np.ndarray:
     affine[:3, :3] = rot @ np.diag([-1.2, -0.9, 2.5])
     affine[:3, 3] = [101.5, -17.25, 33.0]
     return affine
+
+
+def synthetic_case(seed: int, shape=(20, 18, 14)) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny seeded case: 4 modalities ``(4, *shape)`` with a zero border, and BraTS 2017 labels.
+
+    The "brain" is an inner box with random intensities; the tumour is a box of oedema
+    around a smaller core whose centre is enhancing, so every region is non-empty.
+    """
+    rng = np.random.default_rng(seed)
+    images = np.zeros((4, *shape), dtype=np.float32)
+    inner = tuple(slice(2, n - 2) for n in shape)
+    images[(slice(None), *inner)] = rng.normal(100.0, 15.0, size=(4, *[n - 4 for n in shape])).astype(np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    cx, cy, cz = (n // 2 for n in shape)
+    labels[cx - 4 : cx + 4, cy - 4 : cy + 4, cz - 3 : cz + 3] = 2
+    labels[cx - 2 : cx + 2, cy - 2 : cy + 2, cz - 2 : cz + 2] = 1
+    labels[cx - 1 : cx + 1, cy - 1 : cy + 1, cz - 1 : cz + 1] = 4
+    return images, labels
+
+
+BRATS2017_SUFFIXES = ("t1", "t1ce", "t2", "flair", "seg")
+BRATS2023_SUFFIXES = ("t1n", "t1c", "t2w", "t2f", "seg")
+
+
+@pytest.fixture
+def write_brats_dataset(oblique_affine):
+    """Factory: write ``n`` tiny cases in BraTS 2017 (``_t1``) or 2023 (``-t1n``) naming; returns the root."""
+    from distill.data.conventions import get_convention
+    from distill.data.nifti import write_nifti
+
+    def write(root: Path, n: int = 2, naming: str = "brats2017", ext: str = ".nii.gz", shape=(20, 18, 14)) -> Path:
+        sep, suffixes = ("_", BRATS2017_SUFFIXES) if naming == "brats2017" else ("-", BRATS2023_SUFFIXES)
+        for i in range(n):
+            case_id = f"Case{sep}{i:03d}" if naming == "brats2017" else f"BraTS-GLI-{i:05d}-000"
+            images, labels = synthetic_case(i, shape)
+            if naming != "brats2017":
+                labels = get_convention("brats2017").convert_to(labels, get_convention("brats2023"))
+            folder = root / case_id
+            for channel, suffix in enumerate(suffixes[:4]):
+                write_nifti(folder / f"{case_id}{sep}{suffix}{ext}", images[channel].astype(np.int16), oblique_affine)
+            write_nifti(folder / f"{case_id}{sep}seg{ext}", labels, oblique_affine)
+        return root
+
+    return write

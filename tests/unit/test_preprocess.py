@@ -1,0 +1,110 @@
+"""Preprocessing and its inverse on non-identity affines."""
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_case
+from distill.data.preprocess import (
+    PreprocessConfig,
+    PreprocessRecord,
+    bounding_box,
+    padding_for,
+    preprocess,
+    restore_labels,
+    restore_probabilities,
+    zscore_in_mask,
+)
+from distill.errors import DataError
+
+
+def _world_centroid(mask, affine):
+    centre = np.argwhere(mask).mean(axis=0)
+    return (affine @ np.r_[centre, 1.0])[:3]
+
+
+def test_bounding_box_by_hand():
+    mask = np.zeros((5, 6, 7), bool)
+    mask[1, 2, 3] = mask[3, 4, 3] = True
+    assert bounding_box(mask) == ((1, 4), (2, 5), (3, 4))
+
+
+def test_padding_by_hand():
+    assert padding_for((100, 90, 70), 16) == ((6, 6), (3, 3), (5, 5))
+    assert padding_for((32, 33, 1), 8) == ((0, 0), (3, 4), (3, 4))
+
+
+def test_zscore_inside_mask_only():
+    images = np.array([[[[1.0, 3.0, 50.0]]]], dtype=np.float32)  # (1, 1, 1, 3)
+    mask = np.array([[[True, True, False]]])
+    out = zscore_in_mask(images, mask)
+    np.testing.assert_allclose(out[0, 0, 0], [-1.0, 1.0, 0.0])  # mean 2, std 1 over the first two voxels
+
+
+@pytest.mark.parametrize("divisor", [1, 8, 16])
+def test_round_trip_without_resampling_is_exact(oblique_affine, divisor):
+    images, labels = synthetic_case(3, shape=(30, 26, 22))
+    case = preprocess(images, oblique_affine, labels, PreprocessConfig(divisor=divisor))
+    assert all(n % divisor == 0 for n in case.record.shape)
+    assert case.images.shape == (4, *case.record.shape)
+    np.testing.assert_array_equal(restore_labels(case.labels, case.record), labels)
+    # the preprocessed grid's affine maps every voxel to the same world point as before
+    np.testing.assert_allclose(
+        _world_centroid(case.labels == 4, case.record.affine), _world_centroid(labels == 4, oblique_affine), atol=1e-9
+    )
+
+
+def test_round_trip_with_resampling_keeps_geometry(oblique_affine):
+    images, labels = synthetic_case(4, shape=(40, 44, 12))  # spacing 1.2 x 0.9 x 2.5 mm
+    case = preprocess(images, oblique_affine, labels, PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), divisor=4))
+    np.testing.assert_allclose(case.record.spacing, (2.0, 2.0, 2.0), rtol=0.15)
+    restored = restore_labels(case.labels, case.record)
+    assert restored.shape == labels.shape
+    # Whole tumour survives a 2 mm round trip closely; world position of the tumour is preserved.
+    wt, wt_back = labels > 0, restored > 0
+    assert 2 * (wt & wt_back).sum() / (wt.sum() + wt_back.sum()) > 0.85
+    np.testing.assert_allclose(
+        _world_centroid(case.labels > 0, case.record.affine), _world_centroid(wt, oblique_affine), atol=1.0
+    )
+
+
+def test_probabilities_restore_to_original_grid(oblique_affine):
+    images, labels = synthetic_case(5, shape=(24, 20, 16))
+    case = preprocess(images, oblique_affine, labels, PreprocessConfig(divisor=8))
+    probs = np.stack([(case.labels > 0), np.isin(case.labels, (1, 4)), case.labels == 4]).astype(np.float32)
+    back = restore_probabilities(probs, case.record)
+    assert back.shape == (3, 24, 20, 16)
+    np.testing.assert_array_equal(back[2] > 0.5, labels == 4)
+    assert back[:, 0, 0, 0].tolist() == [0.0, 0.0, 0.0]  # outside the brain crop
+
+
+def test_outside_brain_stays_zero(oblique_affine):
+    images, labels = synthetic_case(6, shape=(20, 18, 14))
+    case = preprocess(images, oblique_affine, labels, PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), divisor=4))
+    assert np.all(case.images[:, ~case.brain_mask] == 0)
+
+
+def test_record_json_round_trip(oblique_affine):
+    images, labels = synthetic_case(7)
+    record = preprocess(images, oblique_affine, labels, PreprocessConfig(divisor=16)).record
+    again = PreprocessRecord.from_dict(__import__("json").loads(__import__("json").dumps(record.to_dict())))
+    assert again == record
+    np.testing.assert_allclose(again.affine, record.affine)
+
+
+def test_empty_brain_mask_is_an_error(oblique_affine):
+    with pytest.raises(DataError, match="case_x: empty brain mask"):
+        preprocess(np.zeros((4, 5, 5, 5), np.float32), oblique_affine, source="case_x")
+
+
+def test_nan_is_an_error(oblique_affine):
+    images, _ = synthetic_case(0)
+    images[0, 5, 5, 5] = np.nan
+    with pytest.raises(DataError, match="NaN or Inf"):
+        preprocess(images, oblique_affine)
+
+
+def test_restore_refuses_wrong_grid(oblique_affine):
+    images, labels = synthetic_case(1)
+    record = preprocess(images, oblique_affine, labels).record
+    with pytest.raises(ValueError, match="preprocessed grid"):
+        restore_labels(np.zeros((3, 3, 3), np.uint8), record)
