@@ -126,7 +126,8 @@ def find_label_maps(root: str | Path) -> LabelMaps:
         return LabelMaps(files=files, layout=layout, root=root)
     files = {}
     for path in nifti_files:
-        case_id = strip_nifti_suffix(path.name)
+        # "<id>_seg" / "<id>-seg" files without their images: the case id is "<id>".
+        case_id = re.sub(r"[_-]seg$", "", strip_nifti_suffix(path.name), flags=re.IGNORECASE)
         if case_id in files:
             raise DataError(f"{root}: two label maps for case {case_id!r}: {files[case_id]} and {path}")
         files[case_id] = path

@@ -93,3 +93,9 @@ def test_label_maps_from_brats_and_flat_folders(tmp_path, write_brats_dataset, o
         write_nifti(tmp_path / "pred" / f"{name}.nii.gz", np.zeros((3, 3, 3), np.uint8), oblique_affine)
     flat = find_label_maps(tmp_path / "pred")
     assert flat.layout is None and sorted(flat.files) == ["Case_000", "Case_001"]
+
+
+def test_flat_folder_of_seg_files_uses_the_case_id(tmp_path, oblique_affine):
+    for name in ("A_seg.nii.gz", "B-seg.nii.gz"):
+        write_nifti(tmp_path / name, np.zeros((3, 3, 3), np.uint8), oblique_affine)
+    assert sorted(find_label_maps(tmp_path).files) == ["A", "B"]
