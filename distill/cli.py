@@ -140,7 +140,7 @@ def main() -> None:
     try:
         app()
     except DistillError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)
 
 

@@ -24,8 +24,8 @@ T1CE, T2, FLAIR = MODALITIES.index("t1ce"), MODALITIES.index("t2"), MODALITIES.i
 class ThresholdConfig:
     """Thresholds in standard deviations of each modality within the brain."""
 
-    flair_z: float = 1.5
-    t2_z: float = 1.5
+    flair_z: float = 1.3
+    t2_z: float = 0.5
     t1ce_z: float = 2.0
     min_component_voxels: int = 20
 
