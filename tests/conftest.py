@@ -72,3 +72,15 @@ def write_brats_dataset(oblique_affine):
         return root
 
     return write
+
+
+@pytest.fixture(scope="session")
+def nnunet_teacher(tmp_path_factory):
+    """A real, compact nnU-Net v2 model folder (5 folds) built on 6 phantoms by nnU-Net's own
+    planner, preprocessor and trainer (2 training iterations per fold); built once per session.
+    """
+    pytest.importorskip("nnunetv2")
+    from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet
+
+    work = tmp_path_factory.mktemp("nnunet_teacher")
+    return build_compact_nnunet(CompactTeacherConfig(work_dir=work, iterations=2), log_path=work / "build.log")

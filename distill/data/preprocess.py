@@ -260,6 +260,16 @@ def preprocess(
     )
 
 
+def to_preprocessed_grid(maps: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """Soft maps ``(K, *original_shape)`` -> ``(K, *record.shape)``: the same crop, resampling
+    (linear) and padding the images went through, so teacher maps line up with student inputs.
+    """
+    if tuple(maps.shape[-3:]) != tuple(record.original_shape):
+        raise ValueError(f"maps have spatial shape {maps.shape[-3:]}, the original grid is {record.original_shape}")
+    cropped = crop(maps, record.bbox).astype(np.float32)
+    return pad(resample(cropped, record.resampled_shape, order=1), record.pad)
+
+
 def _check_grid(array: np.ndarray, record: PreprocessRecord) -> None:
     if tuple(array.shape[-3:]) != record.shape:
         raise ValueError(f"prediction has spatial shape {array.shape[-3:]}, the preprocessed grid is {record.shape}")

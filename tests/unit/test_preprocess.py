@@ -108,3 +108,15 @@ def test_restore_refuses_wrong_grid(oblique_affine):
     record = preprocess(images, oblique_affine, labels).record
     with pytest.raises(ValueError, match="preprocessed grid"):
         restore_labels(np.zeros((3, 3, 3), np.uint8), record)
+
+
+def test_maps_follow_the_images_onto_the_preprocessed_grid(oblique_affine):
+    from distill.data.preprocess import to_preprocessed_grid
+
+    images, labels = synthetic_case(8, shape=(24, 20, 16))
+    case = preprocess(images, oblique_affine, labels, PreprocessConfig(divisor=8))
+    maps = np.stack([labels == 4, labels > 0]).astype(np.float32)
+    on_grid = to_preprocessed_grid(maps, case.record)
+    assert on_grid.shape == (2, *case.record.shape)
+    np.testing.assert_array_equal(on_grid[0] > 0.5, case.labels == 4)
+    np.testing.assert_array_equal(restore_probabilities(on_grid, case.record), maps)

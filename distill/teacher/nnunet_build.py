@@ -1,0 +1,237 @@
+"""Build a compact, real nnU-Net v2 teacher on phantoms with nnU-Net's own code.
+
+Used as the test fixture, by the demo, and as the recipe for CPU-sized teachers:
+
+1. phantom cases written as an nnU-Net raw dataset (region-based BraTS ``dataset.json``);
+2. nnU-Net's fingerprint extraction, experiment planning and preprocessing (3d_fullres);
+3. a *compact plan* derived from nnU-Net's: same stages, strides, kernels, spacing and
+   preprocessing, but ``features_per_stage = base * 2**stage`` capped at ``max_features``
+   (nnU-Net's default is 32 … 320, ~31 M parameters at BraTS scale); the plan keeps the
+   default ``data_identifier`` so the preprocessed data is reused as is;
+4. every requested fold trained by ``nnUNetTrainer`` itself for a fixed number of
+   iterations (0 = networks initialised by the trainer and saved in its checkpoint format),
+   optionally followed by nnU-Net's validation with ``--npz``-style probabilities.
+
+nnU-Net reads its folders from environment variables at import time, so everything that
+imports ``nnunetv2`` runs in a child process (``python -m distill.teacher.nnunet_build``)
+whose environment names the folders of this build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from distill.errors import DistillError
+
+COMPACT_PLANS = "nnUNetPlans_distillCompact"
+TRAINER = "nnUNetTrainer"
+CONFIGURATION = "3d_fullres"
+
+
+@dataclass(frozen=True)
+class CompactTeacherConfig:
+    """What to build.
+
+    Attributes:
+        work_dir: receives ``nnUNet_raw/``, ``nnUNet_preprocessed/`` and ``nnUNet_results/``.
+        dataset_id, dataset_name: the nnU-Net dataset.
+        n_cases, seed, phantom_shape: the phantom training set (at least 5 cases for 5 folds).
+        base_features, max_features: width rule of the compact plan.
+        iterations: training iterations per fold (0 = initialised, untrained networks).
+        folds: which folds to build.
+        export_validation_probabilities: run nnU-Net's validation and keep its ``.npz`` files.
+        raw_dataset: use this existing nnU-Net raw dataset folder instead of phantoms.
+    """
+
+    work_dir: Path
+    dataset_id: int = 991
+    dataset_name: str = "DistillPhantoms"
+    n_cases: int = 6
+    seed: int = 0
+    phantom_shape: tuple[int, int, int] = (48, 48, 32)
+    base_features: int = 4
+    max_features: int = 32
+    iterations: int = 0
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    export_validation_probabilities: bool = False
+    raw_dataset: Path | None = None
+
+    @property
+    def dataset_folder_name(self) -> str:
+        return f"Dataset{self.dataset_id:03d}_{self.dataset_name}"
+
+
+@dataclass(frozen=True)
+class CompactTeacher:
+    """Where the built teacher lives and what it is."""
+
+    model_dir: Path
+    raw_dataset_dir: Path
+    preprocessed_dir: Path
+    parameters_per_member: int
+    folds: tuple[int, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def nnunet_environment(work_dir: Path) -> dict[str, str]:
+    """Environment for an nnU-Net child process working under ``work_dir``."""
+    env = dict(os.environ)
+    env.update(
+        nnUNet_raw=str(work_dir / "nnUNet_raw"),
+        nnUNet_preprocessed=str(work_dir / "nnUNet_preprocessed"),
+        nnUNet_results=str(work_dir / "nnUNet_results"),
+        nnUNet_def_n_proc="1",
+    )
+    return env
+
+
+def model_dir_for(config: CompactTeacherConfig) -> Path:
+    return (
+        Path(config.work_dir) / "nnUNet_results" / config.dataset_folder_name / f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}"
+    )
+
+
+def build_compact_nnunet(config: CompactTeacherConfig, log_path: Path | None = None) -> CompactTeacher:
+    """Build (or finish building) the teacher; steps already done are skipped."""
+    work = Path(config.work_dir).resolve()
+    config = CompactTeacherConfig(**{**asdict(config), "work_dir": work})
+    raw_dir = work / "nnUNet_raw" / config.dataset_folder_name
+    seconds: dict[str, float] = {}
+    if config.raw_dataset is not None:
+        if not (Path(config.raw_dataset) / "dataset.json").is_file():
+            raise DistillError(f"{config.raw_dataset}: not an nnU-Net raw dataset (no dataset.json)")
+        raw_dir.parent.mkdir(parents=True, exist_ok=True)
+        if not raw_dir.exists():
+            raw_dir.symlink_to(Path(config.raw_dataset).resolve(), target_is_directory=True)
+    elif not (raw_dir / "dataset.json").is_file():
+        from distill.data.phantoms import PhantomConfig, write_phantoms
+
+        start = time.perf_counter()
+        write_phantoms(raw_dir, n_cases=config.n_cases, seed=config.seed,
+                       config=PhantomConfig(shape=config.phantom_shape), layout="nnunet", progress=False)  # fmt: skip
+        seconds["phantoms"] = time.perf_counter() - start
+    start = time.perf_counter()
+    payload = json.dumps({**asdict(config), "work_dir": str(work), "raw_dataset": None})
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "distill.teacher.nnunet_build", payload],
+            env=nnunet_environment(work), stdout=log, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        if log_path:
+            log.close()
+    if done.returncode != 0:
+        raise DistillError(f"building the nnU-Net teacher in {work} failed:\n{done.stderr[-3000:]}")
+    seconds["nnunet"] = time.perf_counter() - start
+    summary = json.loads((model_dir_for(config) / "distill_build.json").read_text())
+    return CompactTeacher(
+        model_dir=model_dir_for(config),
+        raw_dataset_dir=raw_dir,
+        preprocessed_dir=work / "nnUNet_preprocessed" / config.dataset_folder_name,
+        parameters_per_member=summary["parameters_per_member"],
+        folds=tuple(config.folds),
+        seconds={**seconds, **summary["seconds"]},
+    )
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def compact_plans(plans: dict, base_features: int, max_features: int) -> dict:
+    """nnU-Net's plans with narrower 3d_fullres stages (see the module docstring)."""
+    plans = json.loads(json.dumps(plans))
+    plans["plans_name"] = COMPACT_PLANS
+    arch = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
+    default_features = list(arch["features_per_stage"])
+    arch["features_per_stage"] = [min(base_features * 2**i, max_features) for i in range(arch["n_stages"])]
+    plans["distill_compact_plan"] = {
+        "derived_from": "nnUNetPlans",
+        "configuration": CONFIGURATION,
+        "features_per_stage": {"default": default_features, "compact": arch["features_per_stage"]},
+        "rule": f"min({base_features} * 2**stage, {max_features}); everything else as planned by nnU-Net",
+    }
+    return plans
+
+
+def _child(config: dict) -> None:  # pragma: no cover - runs in the child process, covered by integration tests
+    import shutil
+
+    import numpy as np
+    import torch
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    dataset_id = config["dataset_id"]
+    pre_dir = Path(os.environ["nnUNet_preprocessed"]) / f"Dataset{dataset_id:03d}_{config['dataset_name']}"
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    if not (pre_dir / "nnUNetPlans.json").is_file():
+        extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, clean=True, verbose=False)
+        plan_experiments([dataset_id])
+    compact_file = pre_dir / f"{COMPACT_PLANS}.json"
+    if not compact_file.is_file():
+        plans = json.loads((pre_dir / "nnUNetPlans.json").read_text())
+        compact_file.write_text(json.dumps(compact_plans(plans, config["base_features"], config["max_features"]), indent=2))
+    plans = json.loads(compact_file.read_text())
+    data_dir = pre_dir / plans["configurations"][CONFIGURATION]["data_identifier"]
+    if not data_dir.is_dir():
+        preprocess([dataset_id], COMPACT_PLANS, configurations=(CONFIGURATION,), num_processes=(1,), verbose=False)
+    seconds["plan_and_preprocess"] = time.perf_counter() - start
+
+    # Single-threaded augmentation for training: deterministic and light on 2 cores. Set only
+    # now because nnU-Net's planner passes the same number to torch.set_num_threads.
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    dataset_json = json.loads((pre_dir / "dataset.json").read_text())
+    parameters = 0
+    for fold in config["folds"]:
+        start = time.perf_counter()
+        torch.manual_seed(config["seed"] * 100 + fold)
+        np.random.seed(config["seed"] * 100 + fold)
+        # nnU-Net 2.8 reads (and pops) a "continue_training" flag from the plans it is given.
+        trainer_plans = {**json.loads(json.dumps(plans)), "continue_training": False}
+        trainer = nnUNetTrainer(trainer_plans, CONFIGURATION, fold, dataset_json, device=torch.device("cpu"))
+        final = Path(trainer.output_folder) / "checkpoint_final.pth"
+        if not final.is_file():
+            if config["iterations"] > 0:
+                trainer.num_epochs = 1
+                trainer.num_iterations_per_epoch = config["iterations"]
+                trainer.num_val_iterations_per_epoch = 1
+                trainer.run_training()
+            else:
+                trainer.initialize()
+                trainer.do_split()
+                Path(trainer.output_folder).mkdir(parents=True, exist_ok=True)
+                base = Path(trainer.output_folder_base)
+                (base / "plans.json").write_text(json.dumps(plans, indent=2))
+                (base / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+                shutil.copyfile(pre_dir / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
+                trainer.save_checkpoint(str(final))
+            if config["export_validation_probabilities"]:
+                trainer.initialize() if not trainer.was_initialized else None
+                trainer.load_checkpoint(str(final))
+                trainer.perform_actual_validation(save_probabilities=True)
+        if not parameters:
+            if not trainer.was_initialized:
+                trainer.initialize()
+            parameters = sum(p.numel() for p in trainer.network.parameters())
+        seconds[f"fold_{fold}"] = time.perf_counter() - start
+    out = Path(os.environ["nnUNet_results"]) / f"Dataset{dataset_id:03d}_{config['dataset_name']}"
+    summary = {"parameters_per_member": parameters, "seconds": seconds, "iterations": config["iterations"]}
+    (out / f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}" / "distill_build.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _child(json.loads(sys.argv[1]))

@@ -1,0 +1,131 @@
+"""The nnU-Net teacher adapter against nnU-Net's own prediction, on a real nnU-Net model folder."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.data.case import Case, load_case
+from distill.data.discovery import find_cases
+from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig, TeacherError
+
+pytestmark = [pytest.mark.nnunet, pytest.mark.slow]
+
+
+def _first_case(teacher_build) -> Case:
+    files = find_cases(teacher_build.raw_dataset_dir)[0]
+    return load_case(files)
+
+
+def test_build_is_a_real_nnunet_folder(nnunet_teacher):
+    model = nnunet_teacher.model_dir
+    assert (model / "plans.json").is_file() and (model / "dataset.json").is_file()
+    for fold in range(5):
+        checkpoint = torch.load(model / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        assert checkpoint["trainer_name"] == "nnUNetTrainer"
+        assert checkpoint["init_args"]["configuration"] == "3d_fullres"
+    plans = json.loads((model / "plans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 4
+    assert (nnunet_teacher.preprocessed_dir / "splits_final.json").is_file()
+
+
+def test_probabilities_equal_nnunetv2_predict(nnunet_teacher, tmp_path):
+    """Same folder, same case: our soft maps are nnU-Net's --save_probabilities output."""
+    files = find_cases(nnunet_teacher.raw_dataset_dir)[0]
+    (tmp_path / "in").mkdir()
+    for path in files.image_paths:
+        shutil.copy(path, tmp_path / "in" / path.name)
+    command = [str(Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"), "-i", str(tmp_path / "in"),
+               "-o", str(tmp_path / "out"), "-m", str(nnunet_teacher.model_dir), "-f", "0", "1", "2", "3", "4",
+               "-device", "cpu", "--save_probabilities", "-npp", "1", "-nps", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = np.load(tmp_path / "out" / f"{files.case_id}.npz")["probabilities"].transpose(0, 3, 2, 1)
+
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir))
+    prediction = teacher.predict(load_case(files))
+    assert prediction.n_passes == 40  # 5 folds x 8 flips
+    assert prediction.probabilities.shape == reference.shape
+    np.testing.assert_allclose(prediction.probabilities, reference, atol=1e-5)
+
+    import nibabel as nib
+
+    labels = np.asarray(nib.load(tmp_path / "out" / f"{files.case_id}.nii.gz").dataobj)
+    regions = prediction.probabilities > 0.5  # WT, TC, ET, folded back as nnU-Net does (regions_class_order 1, 2, 3)
+    ours = np.zeros(labels.shape, np.uint8)
+    for value, region in zip((1, 2, 3), regions):
+        ours[region] = value
+    np.testing.assert_array_equal(ours, labels)
+    assert prediction.uncertainty.min() >= 0 and prediction.uncertainty.max() > 0
+
+
+def test_info_describes_the_teacher(nnunet_teacher):
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, folds=("0", "1")))
+    info = teacher.info
+    assert info.output_kind == "sigmoid" and info.channels == ("WT", "TC", "ET")
+    assert info.members == ("fold_0", "fold_1") and info.tta == "mirror8"
+    assert info.parameters_per_member == nnunet_teacher.parameters_per_member
+    assert set(info.identity["checkpoints"]) == {"fold_0", "fold_1"}
+    again = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, folds=("0", "1")))
+    assert again.info.identity_hash == info.identity_hash
+    no_tta = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, folds=("0", "1"), tta="none"))
+    assert no_tta.info.identity_hash != info.identity_hash
+    assert no_tta.predict(_first_case(nnunet_teacher)).n_passes == 2
+
+
+def test_out_of_fold_members_use_single_folds(nnunet_teacher):
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, tta="none"))
+    case = _first_case(nnunet_teacher)
+    one = teacher.predict(case, members=["fold_3"])
+    assert one.n_passes == 1
+    assert np.all(one.uncertainty == 0)  # a single pass has no spread
+
+
+def _copy_model(nnunet_teacher, tmp_path) -> Path:
+    target = tmp_path / nnunet_teacher.model_dir.name
+    shutil.copytree(nnunet_teacher.model_dir, target)
+    return target
+
+
+def test_missing_checkpoint_is_named(nnunet_teacher, tmp_path):
+    model = _copy_model(nnunet_teacher, tmp_path)
+    (model / "fold_2" / "checkpoint_final.pth").unlink()
+    with pytest.raises(TeacherError, match=r"fold_2/checkpoint_final\.pth: checkpoint missing"):
+        NnUNetTeacher(NnUNetTeacherConfig(model_dir=model, folds=("0", "1", "2")))
+    assert NnUNetTeacher(NnUNetTeacherConfig(model_dir=model, tta="none")).folds == ("fold_0", "fold_1", "fold_3", "fold_4")
+
+
+def test_corrupt_checkpoint_is_named(nnunet_teacher, tmp_path):
+    model = _copy_model(nnunet_teacher, tmp_path)
+    (model / "fold_1" / "checkpoint_final.pth").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(TeacherError, match=r"fold_1/checkpoint_final\.pth: unreadable nnU-Net checkpoint"):
+        NnUNetTeacher(NnUNetTeacherConfig(model_dir=model))
+
+
+def test_plans_that_do_not_match_the_checkpoint(nnunet_teacher, tmp_path):
+    model = _copy_model(nnunet_teacher, tmp_path)
+    plans = json.loads((model / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] = 6
+    (model / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(TeacherError, match="does not fit"):
+        NnUNetTeacher(NnUNetTeacherConfig(model_dir=model, folds=("0",)))
+
+
+def test_missing_plans_json(nnunet_teacher, tmp_path):
+    model = _copy_model(nnunet_teacher, tmp_path)
+    (model / "plans.json").unlink()
+    with pytest.raises(TeacherError, match=r"plans\.json: missing"):
+        NnUNetTeacher(NnUNetTeacherConfig(model_dir=model))
+
+
+def test_wrong_channel_count(nnunet_teacher):
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, folds=("0",), tta="none"))
+    case = _first_case(nnunet_teacher)
+    bad = Case(case_id="three", images=case.images[:3], affine=case.affine, labels=None)
+    with pytest.raises(Exception, match="expected 4 channels, got 3"):
+        teacher.predict(bad)
