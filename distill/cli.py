@@ -119,6 +119,141 @@ def evaluate_command(
     console.print(f"per-case metrics: {result.csv_path}\nsummary: {result.json_path}")
 
 
+@app.command("teacher-cache")
+def teacher_cache_command(
+    out: Annotated[Path, typer.Option(help="Cache folder (created, or resumed).")],
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", "-m", help="nnU-Net model folder <Trainer>__<Plans>__<configuration>.")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Training cases: BraTS folders or an nnU-Net raw dataset.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Ground-truth label maps, if not beside the images.")] = None,
+    folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds, e.g. 0,1,2,3,4 (default: all present).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="checkpoint_final.pth or checkpoint_best.pth.")] = "checkpoint_final.pth",
+    tta: Annotated[str, typer.Option(help="mirror8 (every flip the checkpoint allows) or none.")] = "mirror8",
+    tile_step: Annotated[float, typer.Option(help="Sliding-window step as a fraction of the patch.")] = 0.5,
+    mode: Annotated[str, typer.Option(help="full (all folds on every case) or oof (only folds that did not train on it).")] = "full",
+    splits: Annotated[Optional[Path], typer.Option(help="nnU-Net splits_final.json for --mode oof.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Process only shard i/n of the cases (0-based), e.g. 0/4.")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray (one Ray task per shard).")] = "local",
+    workers: Annotated[int, typer.Option(help="Ray tasks (shards) with --engine ray.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    label_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "auto",
+    spacing: Annotated[Optional[float], typer.Option(help="Spacing of the students' grid in mm (default: the images' own).")] = None,
+    member: Annotated[Optional[list[Path]], typer.Option(help="Extra teacher member config (MONAI), repeatable.")] = None,
+    member_weights: Annotated[Optional[Path], typer.Option(help="Per-region member weights from distill teacher-weights.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Only check every entry of an existing cache.")] = False,
+    clean: Annotated[bool, typer.Option("--clean", help="Remove debris of killed writers (only while none runs).")] = False,
+) -> None:
+    """Run the teacher ensemble once over the cases; cache soft maps and uncertainty (resumable)."""
+    from distill.teacher.cache import remove_leftovers, verify_cache
+
+    if clean:
+        for name in remove_leftovers(out):
+            console.print(f"removed {name}")
+    if verify or clean:
+        report = verify_cache(out)
+        typer.echo("\n".join(report.lines()))
+        raise typer.Exit(0 if report.ok else 1)
+    if model_dir is None or images is None:
+        raise typer.BadParameter("--model-dir and --images are needed to fill a cache (only --verify/--clean work without)")
+    from distill.teacher.run import TeacherCacheConfig, parse_shard, run_teacher_cache
+
+    config = TeacherCacheConfig(
+        model_dir=model_dir, images=images, out=out, labels=labels,
+        folds=tuple(f.strip() for f in folds.split(",")) if folds else None,
+        checkpoint=checkpoint, tta=tta, tile_step=tile_step, device=device, mode=mode, splits=splits,
+        shard=parse_shard(shard), engine=engine, workers=workers, label_convention=label_convention,
+        target_spacing=_spacing(spacing), members=tuple(member or ()), member_weights=member_weights,
+    )  # fmt: skip
+    result = run_teacher_cache(config)
+    per_case = f"{result.seconds_per_case:.1f} s/case" if result.seconds_per_case else "-"
+    console.print(
+        f"{result.cache_dir}: {len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed; "
+        f"{result.bytes_written / 1e6:.1f} MB written; {per_case}; "
+        + ("complete (manifest written)" if result.complete else "incomplete (other shards pending or failures)")
+    )
+    for case_id, error in result.failed.items():
+        console.print(f"[red]failed[/] {case_id}: {error}", soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command("teacher-weights")
+def teacher_weights_command(
+    model_dir: Annotated[Path, typer.Option("--model-dir", "-m", help="nnU-Net model folder.")],
+    member: Annotated[list[Path], typer.Option(help="Extra member config (MONAI), repeatable.")],
+    cases: Annotated[Path, typer.Option(help="Validation cases with ground truth.")],
+    out: Annotated[Path, typer.Option(help="Weights JSON to write.")],
+    folds: Annotated[Optional[str], typer.Option(help="Comma-separated nnU-Net folds (default: all present).")] = None,
+    tta: Annotated[str, typer.Option(help="mirror8 or none.")] = "mirror8",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    label_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "auto",
+    step: Annotated[float, typer.Option(help="Grid step of the weight search on the simplex.")] = 0.1,
+) -> None:
+    """Fit per-region ensemble weights (maximise Dice per region); compared with simple averaging."""
+    from distill.teacher.run import TeacherWeightsJob, run_teacher_weights
+
+    job = TeacherWeightsJob(
+        model_dir=model_dir, members=tuple(member), cases=cases, output=out,
+        folds=tuple(f.strip() for f in folds.split(",")) if folds else None, tta=tta, device=device,
+        label_convention=label_convention, step=step,
+    )  # fmt: skip
+    result = run_teacher_weights(job)
+    for region, scores in result.dice.items():
+        typer.echo(f"{region}: Dice fitted {scores['fitted']:.4f} vs uniform {scores['uniform']:.4f}")
+    console.print(f"weights written to {result.path}")
+
+
+RATIO_HELP = (
+    "Final student size as a fraction of ONE teacher member's parameters (read from the cache). "
+    "0.08 of the default 31 M-parameter BraTS nnU-Net is ~2.5 M; 0.08 of a compact ~1.25 M teacher is ~100k; "
+    "30k-100k students of a full-size teacher need --params or ratios near 0.001-0.003."
+)
+
+
+@app.command("train-student")
+def train_student_command(
+    cache: Annotated[Path, typer.Option(help="Teacher cache from distill teacher-cache.")],
+    out: Annotated[Path, typer.Option(help="Run folder (resumed if it exists).")],
+    params: Annotated[Optional[int], typer.Option(help="Final student's parameter budget (hit within 5%).")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help=RATIO_HELP)] = None,
+    family: Annotated[str, typer.Option(help="Student family (see distill.students registry).")] = "unet",
+    assistants: Annotated[str, typer.Option(help="Teacher assistants: 0, auto, a count K, or sizes like 300000,100000.")] = "0",
+    dense_guidance: Annotated[bool, typer.Option(help="DGKD: every larger model guides each link, one dropped per batch.")] = False,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per link.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Patches per step (per process).")] = 2,
+    patch_size: Annotated[int, typer.Option(help="Cubic patch edge in voxels.")] = 64,
+    lr: Annotated[float, typer.Option(help="Initial learning rate (AdamW, polynomial decay).")] = 3e-3,
+    kd_weight: Annotated[float, typer.Option(help="λ in (1-λ)·supervised + λ·KD; 0 = ground truth only.")] = 0.7,
+    temperature: Annotated[float, typer.Option(help="KD temperature T (loss scaled by T²).")] = 2.0,
+    graph_flow: Annotated[float, typer.Option(help="Weight of 3D graph-flow distillation on links with a live teacher.")] = 0.0,
+    graph_flow_stages: Annotated[str, typer.Option(help="Shallow,deep feature names for graph flow.")] = "enc1,bottleneck",
+    boundary: Annotated[float, typer.Option(help="Weight of the boundary loss, ramped in over the second half.")] = 0.0,
+    uncertainty_weighting: Annotated[bool, typer.Option(help="Down-weight KD where the teacher passes disagree.")] = False,
+    val_cases: Annotated[int, typer.Option(help="Held-out cache cases for validation.")] = 1,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Train a 3D student (through an optional teacher-assistant chain) from a teacher cache."""
+    from distill.train import TrainConfig, train_student
+
+    config = TrainConfig(
+        cache=cache, out=out, family=family, params=params, ratio=ratio, assistants=assistants,
+        dense_guidance=dense_guidance, steps=steps, batch_size=batch_size, patch_size=(patch_size,) * 3, lr=lr,
+        kd_weight=kd_weight, temperature=temperature, graph_flow_weight=graph_flow,
+        graph_flow_stages=tuple(s.strip() for s in graph_flow_stages.split(",")), boundary_weight=boundary,
+        uncertainty_weighting=uncertainty_weighting, val_cases=val_cases, checkpoint_every=checkpoint_every,
+        seed=seed, device=device,
+    )  # fmt: skip
+    result = train_student(config)
+    console.print(
+        f"student: {result.parameters:,} parameters ({result.ratio:.4f} of one teacher member), "
+        f"{result.macs_128 / 1e9:.2f} GMACs at 128³; chain {' -> '.join(f'{n:,}' for n in result.chain)}"
+    )
+    for key, value in sorted(result.metrics.items()):
+        typer.echo(f"{key}: {value:.4f}")
+    console.print(f"weights: {result.weights}\ncard: {result.card}")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Working folder for the demo.")] = Path("distill-demo"),
