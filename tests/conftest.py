@@ -84,3 +84,15 @@ def nnunet_teacher(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("nnunet_teacher")
     return build_compact_nnunet(CompactTeacherConfig(work_dir=work, iterations=2), log_path=work / "build.log")
+
+
+@pytest.fixture(scope="session")
+def phantom_cache(nnunet_teacher, tmp_path_factory):
+    """A complete teacher cache of the compact nnU-Net's 6 phantom cases (fold 0, no TTA: fast)."""
+    from distill.teacher.run import TeacherCacheConfig, run_teacher_cache
+
+    out = tmp_path_factory.mktemp("phantom_cache") / "cache"
+    result = run_teacher_cache(TeacherCacheConfig(model_dir=nnunet_teacher.model_dir, images=nnunet_teacher.raw_dataset_dir,
+                                                  out=out, folds=("0",), tta="none", progress=False))  # fmt: skip
+    assert result.complete
+    return out

@@ -1092,6 +1092,12 @@ class TeacherCache:
         except KeyError:
             raise CacheError(f"{self.root}: case {case_id!r} is not in this cache") from None
 
+    def stored_bytes(self, case_id: str) -> int:
+        """Bytes on disk of one case (data folder and entry)."""
+        entry = self.entry(case_id)
+        folder = self._layout.data(entry.data)
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) + self._layout.entry(case_id).stat().st_size
+
     def shape(self, case_id: str) -> tuple[int, int, int]:
         """Spatial shape ``(X, Y, Z)`` of the case's preprocessed grid."""
         return self.entry(case_id).shape

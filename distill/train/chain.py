@@ -1,0 +1,184 @@
+"""``distill train-student``: size the student, plan the teacher-assistant chain, train every link.
+
+Chain rule: assistant sizes lie between one teacher member and the final student, geometric in
+parameter count (see :func:`distill.students.assistant_sizes`). The first link learns from the
+cached ensemble soft maps plus ground truth; every later link learns from the link before it,
+run live (or, with dense guidance, from all earlier links and the cache). Each link is its own
+folder under ``<out>/links/`` and resumes on its own, so a killed chain restarts at the link
+and step it reached. The final student is written as ``student.pt`` (a plain state dict,
+loadable with ``torch.load(weights_only=True)``) and described by ``student.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill import __version__
+from distill.data.atomic import atomic_path, atomic_write_json
+from distill.students import (
+    assistant_sizes,
+    auto_assistants,
+    build_student,
+    config_for_params,
+    config_for_ratio,
+    describe_student,
+)
+from distill.teacher.cache import TeacherCache
+from distill.train.config import TrainConfig, TrainConfigError, check_resumable, parse_assistants, save_config
+from distill.train.distributed import init_distributed, shutdown
+from distill.train.link import LinkResult, LiveTeacher, train_link
+from distill.train.sampler import PatchSampler
+
+CARD_FORMAT = "distill-student-card"
+CARD_VERSION = 1
+STUDENT_WEIGHTS = "student.pt"
+STUDENT_CARD = "student.json"
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    card: Path
+    parameters: int
+    macs_128: int
+    ratio: float
+    chain: list[int]
+    metrics: dict[str, float]
+    links: list[LinkResult] = field(default_factory=list)
+
+
+def split_cases(case_ids: list[str], n_val: int) -> tuple[list[str], list[str]]:
+    """Deterministic held-out cases: the ``n_val`` case ids with the smallest hash (none if too few cases)."""
+    if n_val <= 0 or len(case_ids) <= n_val:
+        return sorted(case_ids), []
+    ranked = sorted(case_ids, key=lambda c: hashlib.sha256(c.encode()).hexdigest())
+    return sorted(ranked[n_val:]), sorted(ranked[:n_val])
+
+
+def plan_chain(config: TrainConfig, teacher_params: int, student_params: int) -> list[int]:
+    """Parameter budgets of the assistants, largest first (the final student not included)."""
+    choice = parse_assistants(config.assistants)
+    if choice == "auto":
+        return assistant_sizes(teacher_params, student_params, auto_assistants(teacher_params, student_params))
+    if isinstance(choice, int):
+        return assistant_sizes(teacher_params, student_params, choice) if choice else []
+    for size in choice:
+        if not student_params < size < teacher_params:
+            raise TrainConfigError(
+                f"assistant size {size} must lie between the student ({student_params}) and one teacher member ({teacher_params})"
+            )
+    return list(choice)
+
+
+def _final_config(config: TrainConfig, teacher_params: int, out_channels: int, output_kind: str):
+    if config.params is not None:
+        if config.params >= teacher_params:
+            raise TrainConfigError(f"--params {config.params} is not smaller than one teacher member ({teacher_params})")
+        return config_for_params(config.family, config.params, in_channels=4, out_channels=out_channels, output_kind=output_kind)
+    return config_for_ratio(config.family, config.ratio, teacher_params, in_channels=4, out_channels=out_channels,
+                            output_kind=output_kind)  # fmt: skip
+
+
+def _card(config, cache, final_config, summary, chain_results, links, train_ids, val_ids, world_size) -> dict[str, Any]:
+    spec = cache.spec
+    return {
+        "format": CARD_FORMAT,
+        "version": CARD_VERSION,
+        "toolkit_version": __version__,
+        "family": config.family,
+        "student": final_config.to_dict(),
+        "parameters": summary.parameters,
+        "macs_128": summary.macs_128,
+        "ratio_to_teacher": summary.parameters / spec.teacher["parameters_per_member"],
+        "output_kind": spec.teacher["output_kind"],
+        "channels": list(spec.teacher["channels"]),
+        "chain": [
+            {"name": r.name, "parameters": size, "steps": config.steps, "seconds": round(r.seconds, 2),
+             "steps_per_second": round(r.steps_per_second, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
+             "validation": r.metrics}
+            for size, r in zip(chain_results, links)
+        ],  # fmt: skip
+        "loss": {
+            "supervised": "Dice + BCE on WT/TC/ET", "supervised_weight": 1 - config.kd_weight,
+            "kd": "per-channel binary KL of tempered sigmoids x T^2", "kd_weight": config.kd_weight,
+            "temperature": config.temperature, "dense_guidance": config.dense_guidance,
+            "uncertainty_weighting": config.uncertainty_weighting, "graph_flow_weight": config.graph_flow_weight,
+            "graph_flow_stages": list(config.graph_flow_stages), "boundary_weight": config.boundary_weight,
+        },  # fmt: skip
+        "training": {**config.to_dict(), "world_size": world_size},
+        "data": {
+            "cache": str(config.cache), "cache_spec_hash": spec.identity_hash, "mode": spec.mode,
+            "teacher": spec.teacher["name"], "teacher_identity_hash": spec.teacher_hash,
+            "teacher_parameters_per_member": spec.teacher["parameters_per_member"],
+            "preprocessing": spec.preprocessing, "train_cases": train_ids, "val_cases": val_ids,
+        },  # fmt: skip
+        "validation": links[-1].metrics if links else {},
+    }
+
+
+def train_student(config: TrainConfig) -> TrainResult:
+    """Train the chain described by ``config`` (resuming what exists in ``config.out``)."""
+    dist = init_distributed(config.device)
+    try:
+        return _train(config, dist)
+    finally:
+        shutdown(dist)
+
+
+def _train(config: TrainConfig, dist) -> TrainResult:
+    out = Path(config.out)
+    cache = TeacherCache.open(config.cache)
+    teacher = cache.spec.teacher
+    output_kind, channels, teacher_params = teacher["output_kind"], list(teacher["channels"]), int(teacher["parameters_per_member"])
+    final_config = _final_config(config, teacher_params, len(channels), output_kind)
+    if final_config.output_kind != output_kind or final_config.out_channels != len(channels):
+        raise TrainConfigError(
+            f"the cache's teacher outputs {output_kind} {channels}; the student would output "
+            f"{final_config.output_kind} with {final_config.out_channels} channels"
+        )
+    student_params = describe_student(build_student(final_config)).parameters
+    sizes = [*plan_chain(config, teacher_params, student_params), student_params]
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        check_resumable(out / "run.json", config)
+        save_config(out / "run.json", config)
+    train_ids, val_ids = split_cases(cache.case_ids, config.val_cases)
+    has_ground_truth = all(cache.entry(c).has_regions for c in train_ids)
+
+    links: list[LinkResult] = []
+    live: list[LiveTeacher] = []
+    start = time.perf_counter()
+    for index, size in enumerate(sizes):
+        is_final = index == len(sizes) - 1
+        link_config = final_config if is_final else config_for_params(
+            config.family, size, in_channels=4, out_channels=len(channels), output_kind=output_kind)  # fmt: skip
+        torch.manual_seed(config.seed + index)  # same initial weights for the same link in every run
+        model = build_student(link_config)
+        name = f"link{index}_{'student' if is_final else 'assistant'}_{describe_student(model).parameters}"
+        sampler = PatchSampler(cache, train_ids, config.patch_size, config.foreground_fraction,
+                               seed=config.seed + 1000 * index + 7919 * dist.rank)  # fmt: skip
+        result = train_link(name, out / "links" / name, model, live, sampler, val_ids, config, output_kind,
+                            has_ground_truth, dist)  # fmt: skip
+        links.append(result)
+        model.eval().requires_grad_(False)
+        live.append(LiveTeacher(name=name, model=model))
+
+    final_model = live[-1].model
+    summary = describe_student(final_model)
+    weights_path, card_path = out / STUDENT_WEIGHTS, out / STUDENT_CARD
+    if dist.is_main:
+        with atomic_path(weights_path) as tmp:
+            torch.save(final_model.state_dict(), tmp)
+        card = _card(config, cache, final_config, summary, sizes, links, train_ids, val_ids, dist.world_size)
+        card["total_seconds"] = round(time.perf_counter() - start, 2)
+        atomic_write_json(card_path, card)
+    return TrainResult(
+        weights=weights_path, card=card_path, parameters=summary.parameters, macs_128=summary.macs_128,
+        ratio=summary.parameters / teacher_params, chain=sizes, metrics=links[-1].metrics, links=links,
+    )  # fmt: skip

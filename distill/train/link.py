@@ -1,0 +1,324 @@
+"""Training one link of a teacher-assistant chain.
+
+A link is one model trained for ``config.steps`` steps from one or more teachers:
+
+* the cached ensemble soft maps (the first link always learns from these, plus ground truth);
+* live models of the chain run in the loop (later links), which makes feature losses such as
+  graph flow possible without caching features.
+
+The loss is ``(1-λ)·(Dice+BCE vs ground truth) + λ·mean_t KD(student, teacher_t)`` (TAKD,
+Mirzadeh et al., AAAI 2020) plus optional graph flow (live teacher only) and boundary terms.
+With dense guidance (DGKD, Son et al., ICCV 2021) every teacher is used and one random
+teacher is dropped per batch.
+
+A link checkpoints every ``checkpoint_every`` steps (model, optimiser, loss-module weights,
+sampler state, RNG), writes ``weights.pt`` (state dict only) when done, and resumes from its
+checkpoint after a kill.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from distill.data.atomic import atomic_path, atomic_write_json
+from distill.losses import (
+    CompositeLoss,
+    GraphFlowLoss,
+    LossTerm,
+    boundary_loss_from_regions,
+    kd_sigmoid,
+    kd_softmax,
+    pretrain_paraphraser,
+    ramp_in,
+    region_dice_bce_loss,
+    uncertainty_weight,
+)
+from distill.train.config import TrainConfig, TrainConfigError
+from distill.train.distributed import DistInfo, all_reduce_grads, barrier
+from distill.train.sampler import Batch, PatchSampler
+from distill.train.validate import validate
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "weights.pt"
+DONE = "done.json"
+LOG = "log.csv"
+
+
+@dataclass
+class LiveTeacher:
+    """A trained model of the chain used as a teacher in the loop (frozen, eval mode)."""
+
+    name: str
+    model: torch.nn.Module
+
+
+@dataclass
+class LinkResult:
+    name: str
+    weights: Path
+    metrics: dict[str, float]
+    seconds: float
+    steps_per_second: float
+    peak_memory_mb: float
+    loss_terms: dict[str, float] = field(default_factory=dict)
+
+
+def _kd_over_teachers(student_logits, teachers, uncertainties, *, temperature, output_kind, use_uncertainty):
+    """Mean KD over the teachers kept for this batch."""
+    losses = []
+    for probs, uncertainty in zip(teachers, uncertainties):
+        if output_kind == "sigmoid":
+            weight_args = {"teacher_uncertainty": uncertainty} if (use_uncertainty and uncertainty is not None) else {}
+            losses.append(kd_sigmoid(student_logits, probs, temperature=temperature, **weight_args))
+        else:
+            losses.append(kd_softmax(student_logits, probs, temperature=temperature))
+    return torch.stack(losses).mean()
+
+
+def build_loss(config: TrainConfig, output_kind: str, has_ground_truth: bool, graph_flow: GraphFlowLoss | None) -> CompositeLoss:
+    """The composite loss of a link (terms with weight 0 are left out)."""
+    terms = []
+    supervised_weight = 1.0 - config.kd_weight
+    if supervised_weight > 0:
+        if not has_ground_truth:
+            raise TrainConfigError("the cache holds no ground truth: train with --kd-weight 1 (KD only)")
+        if output_kind != "sigmoid":
+            raise TrainConfigError("ground truth is cached as WT/TC/ET regions; a softmax student trains with --kd-weight 1")
+        terms.append(LossTerm("supervised", region_dice_bce_loss, supervised_weight,
+                              inputs={"logits": "student_logits", "regions": "regions"}))  # fmt: skip
+    if config.kd_weight > 0:
+        kd = functools.partial(_kd_over_teachers, temperature=config.temperature, output_kind=output_kind,
+                               use_uncertainty=config.uncertainty_weighting)  # fmt: skip
+        terms.append(LossTerm("kd", kd, config.kd_weight, inputs=["student_logits", "teachers", "uncertainties"]))
+    if graph_flow is not None:
+        terms.append(LossTerm("graph_flow", graph_flow, config.graph_flow_weight,
+                              schedule=ramp_in(config.graph_flow_start, config.graph_flow_ramp),
+                              inputs={"student_shallow": "student_shallow", "student_deep": "student_deep",
+                                      "teacher_shallow": "teacher_shallow", "teacher_deep": "teacher_deep"}))  # fmt: skip
+    if config.boundary_weight > 0 and has_ground_truth:
+        # Boundary loss is ramped in over the second half of the link (Kervadec et al. 2021).
+        terms.append(LossTerm("boundary", boundary_loss_from_regions, config.boundary_weight,
+                              schedule=ramp_in(config.steps // 2, config.steps // 4),
+                              inputs={"student_logits": "student_logits", "regions": "regions"}))  # fmt: skip
+    if not terms:
+        raise TrainConfigError("every loss term is switched off")
+    return CompositeLoss(terms)
+
+
+def _graph_flow_for(config: TrainConfig, student, teacher: LiveTeacher, sampler: PatchSampler, device) -> GraphFlowLoss:
+    """Graph-flow loss between the same named stages of student and live teacher, with paraphrasers
+    pre-trained as autoencoders on the teacher's features (Zou et al. 2022, after Factor Transfer)."""
+    shallow, deep = config.graph_flow_stages
+    s_channels, t_channels = student.feature_channels(), teacher.model.feature_channels()
+    for name in (shallow, deep):
+        if name not in s_channels or name not in t_channels:
+            raise TrainConfigError(f"graph-flow stage {name!r} not in the models' features ({', '.join(s_channels)})")
+    embed = max(4, min(t_channels[shallow], t_channels[deep]))
+    # Up to 4 nodes per axis, never more than the deep stage has voxels at this patch size.
+    coarsest = max(student.feature_strides()[deep], teacher.model.feature_strides()[deep])
+    nodes = max(1, min(4, *(p // coarsest for p in config.patch_size)))
+    features = {shallow: [], deep: []}
+    with torch.no_grad():
+        for _ in range(4):
+            batch = sampler.sample(config.batch_size).to(device)
+            _, teacher_features = teacher.model(batch.images, return_features=True)
+            for name in features:
+                features[name].append(teacher_features[name].detach())
+    paraphrasers = tuple(pretrain_paraphraser(features[name], steps=config.paraphraser_steps, factor_channels=embed).to(device)
+                         for name in (shallow, deep))  # fmt: skip
+    return GraphFlowLoss(
+        student_channels=(s_channels[shallow], s_channels[deep]),
+        teacher_channels=(t_channels[shallow], t_channels[deep]),
+        embed_channels=embed,
+        nodes_per_axis=nodes,
+        teacher_paraphrasers=paraphrasers,
+    ).to(device)
+
+
+def _lr_at(config: TrainConfig, step: int) -> float:
+    """Polynomial decay (exponent 0.9), as nnU-Net trains."""
+    return config.lr * (1.0 - step / config.steps) ** 0.9
+
+
+def _teacher_inputs(batch: Batch, live: list[LiveTeacher], config: TrainConfig, rng: np.random.Generator,
+                    need_features: bool, output_kind: str):
+    """Teacher probabilities (and live-teacher features) for one batch; DGKD drops one at random."""
+    sources: list[tuple[str, object]] = []
+    if not live or config.dense_guidance:
+        sources.append(("cache", None))
+    sources += [(t.name, t) for t in (live if config.dense_guidance else live[-1:])]
+    if config.dense_guidance and len(sources) > 1:
+        sources.pop(int(rng.integers(len(sources))))
+    teachers, uncertainties, features = [], [], None
+    for name, teacher in sources:
+        if teacher is None:
+            teachers.append(batch.teacher_probs)
+            uncertainties.append(batch.teacher_uncertainty)
+            continue
+        with torch.no_grad():
+            logits, teacher_features = teacher.model(batch.images, return_features=True)
+        probs = torch.sigmoid(logits) if output_kind == "sigmoid" else torch.softmax(logits, dim=1)
+        teachers.append(probs.float())
+        uncertainties.append(None)
+        if need_features and teacher is live[-1]:
+            features = teacher_features
+    if need_features and features is None:  # the graph-flow teacher was dropped this batch: run it anyway
+        with torch.no_grad():
+            _, features = live[-1].model(batch.images, return_features=True)
+    return teachers, uncertainties, features
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def train_link(
+    name: str,
+    link_dir: Path,
+    student: torch.nn.Module,
+    live_teachers: list[LiveTeacher],
+    sampler: PatchSampler,
+    val_case_ids: list[str],
+    config: TrainConfig,
+    output_kind: str,
+    has_ground_truth: bool,
+    dist: DistInfo,
+) -> LinkResult:
+    """Train ``student`` for one link (or load it if the link is done); returns its validation metrics."""
+    device = dist.device
+    link_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = link_dir / WEIGHTS
+    if (link_dir / DONE).is_file() and weights_path.is_file():
+        student.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
+        done = json.loads((link_dir / DONE).read_text())
+        return LinkResult(name, weights_path, done["metrics"], done["seconds"], done["steps_per_second"], done["peak_memory_mb"])
+
+    student.to(device).train()
+    graph_flow = None
+    if config.graph_flow_weight > 0 and live_teachers:
+        graph_flow = _graph_flow_for(config, student, live_teachers[-1], sampler, device)
+    loss_fn = build_loss(config, output_kind, has_ground_truth, graph_flow).to(device)
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+    model = dist.wrap(student)
+    optimizer = torch.optim.AdamW([*student.parameters(), *loss_params], lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed + 7919 * dist.rank + 1)
+
+    step = 0
+    checkpoint_path = link_dir / CHECKPOINT
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loss_fn.load_state_dict(state["loss"])
+        step = int(state["step"])
+        if dist.world_size == 1:
+            sampler.load_state(state["sampler"])
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+        else:  # per-rank streams are re-seeded from the step reached
+            sampler.rng = np.random.default_rng(config.seed + 7919 * dist.rank + step)
+
+    log_file = link_dir / LOG
+    header = ["step", "lr", "seconds", "total"] + [f"{t.name}/{k}" for t in loss_fn.terms for k in ("weight", "raw", "weighted")]
+    if graph_flow is not None:
+        header += ["graph_flow/vertex", "graph_flow/edge"]
+    writer = None
+    if dist.is_main:
+        fresh = not log_file.is_file() or step == 0
+        log_handle = open(log_file, "w" if fresh else "a", newline="")  # noqa: SIM115
+        writer = csv.DictWriter(log_handle, fieldnames=header, extrasaction="ignore", restval="")
+        if fresh:
+            writer.writeheader()
+    tensorboard = _tensorboard_writer(link_dir) if dist.is_main else None
+
+    amp = config.amp and device.type == "cuda"
+    start_time, start_step = time.perf_counter(), step
+    bar = tqdm(total=config.steps, initial=step, desc=name, unit="step", disable=not (config.progress and dist.is_main))
+    graph_term = next((t for t in loss_fn.terms if t.name == "graph_flow"), None)
+    try:
+        while step < config.steps:
+            lr = _lr_at(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = sampler.sample(config.batch_size).to(device)
+            teachers, uncertainties, teacher_features = _teacher_inputs(
+                batch, live_teachers, config, rng, graph_term is not None and graph_term.weight_at(step) > 0, output_kind
+            )
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                logits, features = model(batch.images, return_features=True)
+            tensors = {"student_logits": logits.float(), "teachers": teachers, "uncertainties": uncertainties}
+            if batch.regions is not None:
+                tensors["regions"] = batch.regions
+            if teacher_features is not None:
+                shallow, deep = config.graph_flow_stages
+                tensors.update(student_shallow=features[shallow].float(), student_deep=features[deep].float(),
+                               teacher_shallow=teacher_features[shallow], teacher_deep=teacher_features[deep])  # fmt: skip
+            total, logs = loss_fn(step, **tensors)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            all_reduce_grads(loss_params, dist)
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k.endswith("/weighted") or k == "total"})
+            if writer is not None:
+                writer.writerow({"step": step, "lr": lr, "seconds": round(time.perf_counter() - start_time, 3), **logs})
+            if tensorboard is not None:
+                for key, value in logs.items():
+                    tensorboard.add_scalar(f"{name}/{key}", value, step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                if dist.is_main:
+                    _save_checkpoint(checkpoint_path, {
+                        "model": student.state_dict(), "optimizer": optimizer.state_dict(), "loss": loss_fn.state_dict(),
+                        "step": step, "sampler": sampler.state(), "rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(), "training_hash": config.training_hash(),
+                    })  # fmt: skip
+                    log_handle.flush()
+                barrier(dist)
+            if config.val_every and step % config.val_every == 0 and dist.is_main and val_case_ids:
+                bar.write(f"{name} step {step}: " + json.dumps(validate(student, sampler.cache, val_case_ids, device)))
+    finally:
+        bar.close()
+        if writer is not None:
+            log_handle.close()
+        if tensorboard is not None:
+            tensorboard.close()
+
+    seconds = time.perf_counter() - start_time
+    steps_per_second = (step - start_step) / seconds if seconds > 0 and step > start_step else 0.0
+    metrics = validate(student, sampler.cache, val_case_ids, device) if (dist.is_main and val_case_ids) else {}
+    result = LinkResult(name, weights_path, metrics, seconds, steps_per_second, _peak_memory_mb(device))
+    if dist.is_main:
+        with atomic_path(weights_path) as tmp:
+            torch.save(student.state_dict(), tmp)
+        atomic_write_json(link_dir / DONE, {"metrics": metrics, "seconds": seconds, "steps_per_second": steps_per_second,
+                                            "peak_memory_mb": result.peak_memory_mb})  # fmt: skip
+    barrier(dist)
+    return result
+
+
+def _tensorboard_writer(link_dir: Path):
+    """A TensorBoard writer when the ``tensorboard`` package is installed; the CSV log is always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(link_dir / "tensorboard"))
+

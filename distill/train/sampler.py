@@ -1,0 +1,105 @@
+"""Training patches drawn from the chunked teacher cache, with tumour oversampling and augmentation.
+
+Each patch is read with :meth:`TeacherCache.read_patch`, which decodes only the chunks the
+box touches. A fraction of patches is centred on a random tumour voxel (nnU-Net oversamples
+foreground a third of the time), the rest anywhere in the brain crop. Augmentation: random
+flips on each axis (applied to inputs, teacher maps and ground truth alike) and a per-channel
+intensity scale and shift on the inputs only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from distill.teacher.cache import TeacherCache
+
+# Tumour voxels remembered per case for oversampling; a random subset is plenty.
+MAX_FOREGROUND_POINTS = 20000
+
+
+@dataclass
+class Batch:
+    """Tensors ``(B, C, *patch)``: images, teacher probabilities and uncertainty, regions (or None)."""
+
+    images: torch.Tensor
+    teacher_probs: torch.Tensor
+    teacher_uncertainty: torch.Tensor
+    regions: torch.Tensor | None
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) if t is not None else None for t in
+                       (self.images, self.teacher_probs, self.teacher_uncertainty, self.regions)))  # fmt: skip
+
+
+class PatchSampler:
+    """Draws augmented patches from the cache cases ``case_ids`` with its own seeded generator."""
+
+    def __init__(self, cache: TeacherCache, case_ids: list[str], patch_size, foreground_fraction: float, seed: int):
+        if not case_ids:
+            raise ValueError("no training cases to sample from")
+        self.cache = cache
+        self.case_ids = list(case_ids)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.foreground_fraction = foreground_fraction
+        self.rng = np.random.default_rng(seed)
+        self._foreground: dict[str, np.ndarray] = {}
+
+    def _foreground_points(self, case_id: str) -> np.ndarray:
+        """Coordinates of tumour voxels (ground truth WT, else teacher WT > 0.5), subsampled."""
+        if case_id not in self._foreground:
+            case = self.cache.read_case(case_id)
+            mask = case.regions[0] if case.regions is not None else case.probabilities[0] > 0.5
+            points = np.argwhere(mask)
+            if len(points) > MAX_FOREGROUND_POINTS:
+                points = points[np.random.default_rng(len(points)).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)]
+            self._foreground[case_id] = points
+        return self._foreground[case_id]
+
+    def _start(self, case_id: str) -> tuple[int, int, int]:
+        shape = np.array(self.cache.shape(case_id))
+        size = np.array(self.patch_size)
+        points = self._foreground_points(case_id) if self.rng.random() < self.foreground_fraction else np.empty((0, 3))
+        if len(points):
+            centre = points[self.rng.integers(len(points))]
+            start = centre - size // 2
+        else:
+            start = np.array([self.rng.integers(0, max(1, n - s + 1)) for n, s in zip(shape, size)])
+        # Keep the box on the volume where it fits; a volume smaller than the patch is zero-padded.
+        upper = np.maximum(shape - size, 0)
+        return tuple(int(v) for v in np.clip(start, np.minimum(0, shape - size), upper))
+
+    def _augment(self, arrays: list[np.ndarray | None], images: np.ndarray) -> tuple[np.ndarray, list]:
+        for axis in range(3):
+            if self.rng.random() < 0.5:
+                images = np.flip(images, axis=axis + 1)
+                arrays = [np.flip(a, axis=axis + 1) if a is not None else None for a in arrays]
+        scale = self.rng.uniform(0.9, 1.1, size=(images.shape[0], 1, 1, 1)).astype(np.float32)
+        shift = self.rng.uniform(-0.1, 0.1, size=(images.shape[0], 1, 1, 1)).astype(np.float32)
+        return images * scale + shift, arrays
+
+    def sample(self, batch_size: int) -> Batch:
+        images, probs, uncertainty, regions = [], [], [], []
+        for _ in range(batch_size):
+            case_id = self.case_ids[self.rng.integers(len(self.case_ids))]
+            patch = self.cache.read_patch(case_id, self._start(case_id), self.patch_size)
+            image, (p, u, r) = self._augment([patch.probabilities, patch.uncertainty, patch.regions], patch.images)
+            images.append(np.ascontiguousarray(image))
+            probs.append(np.ascontiguousarray(p))
+            uncertainty.append(np.ascontiguousarray(u))
+            regions.append(np.ascontiguousarray(r) if r is not None else None)
+        stacked_regions = None if any(r is None for r in regions) else torch.from_numpy(np.stack(regions).astype(np.float32))
+        return Batch(
+            images=torch.from_numpy(np.stack(images)),
+            teacher_probs=torch.from_numpy(np.stack(probs)),
+            teacher_uncertainty=torch.from_numpy(np.stack(uncertainty)),
+            regions=stacked_regions,
+        )
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
