@@ -126,3 +126,31 @@ def test_verify_command_reports_damage(nnunet_teacher, tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 1
     assert entry.stem in done.stdout
+
+
+def _monai_member(tmp_path):
+    from monai.networks.nets import SegResNet
+
+    from distill.teacher.torch_member import save_member
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    kwargs = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 8}
+    return save_member(tmp_path / "member", "SegResNet", kwargs, SegResNet(**kwargs).state_dict(),
+                       channels=["TC", "WT", "ET"], tta="none", preprocessing={"normalisation": "zscore_nonzero", "divisor": 8})  # fmt: skip
+
+
+def test_cross_architecture_ensemble_cache_and_fitted_weights(nnunet_teacher, tmp_path):
+    """nnU-Net folds + a MONAI SegResNet member: weights fitted per region, then cached."""
+    member = _monai_member(tmp_path)
+    weights = tmp_path / "weights.json"
+    fitted = subprocess.run([sys.executable, "-m", "distill", "teacher-weights", "-m", str(nnunet_teacher.model_dir),
+                             "--member", str(member), "--cases", str(nnunet_teacher.raw_dataset_dir), "--out", str(weights),
+                             "--folds", "0", "--tta", "none", "--step", "0.25"], capture_output=True, text=True)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr[-2000:]
+    assert "uniform" in fitted.stdout and weights.is_file()
+    result = run_teacher_cache(_config(nnunet_teacher, tmp_path / "cache", folds=("0",), tta="none",
+                                       members=(member,), member_weights=weights))  # fmt: skip
+    assert result.complete
+    spec = TeacherCache.open(tmp_path / "cache").spec
+    assert spec.teacher["name"].startswith("ensemble") and spec.channels == ("WT", "TC", "ET")
