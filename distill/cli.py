@@ -245,6 +245,8 @@ def train_student_command(
         seed=seed, device=device,
     )  # fmt: skip
     result = train_student(config)
+    if result.rank != 0:
+        return
     console.print(
         f"student: {result.parameters:,} parameters ({result.ratio:.4f} of one teacher member), "
         f"{result.macs_128 / 1e9:.2f} GMACs at 128³; chain {' -> '.join(f'{n:,}' for n in result.chain)}"

@@ -53,7 +53,8 @@ def student_config(family: str, **overrides: Any) -> StudentConfig:
     try:
         factory = _FAMILIES[family]
     except KeyError:
-        raise StudentConfigError(f"unknown student family {family!r}; available: {', '.join(available_students())}") from None
+        known = ", ".join(available_students())
+        raise StudentConfigError(f"unknown student family {family!r}; available: {known}") from None
     return factory(**overrides)
 
 
@@ -79,8 +80,11 @@ def scaled_widths(base_width: float, depth: int, width_scale: float) -> tuple[in
     return tuple(max(MIN_WIDTH, round(base_width * width_scale * 2**i)) for i in range(depth + 1))
 
 
-def _make_config(family: str, base_width: float, depth: int, width_scale: float,
-                 widths: Sequence[int] | None, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> StudentConfig:
+def _make_config(
+    family: str, base_width: float, depth: int, width_scale: float, widths: Sequence[int] | None,
+    defaults: Mapping[str, Any], overrides: Mapping[str, Any],
+) -> StudentConfig:
+    """Widths from ``base_width * width_scale`` unless pinned, then the family defaults, then ``overrides``."""
     if "family" in overrides:
         raise StudentConfigError("the family of a registered student is its registry name; do not override it")
     if widths is None:
@@ -88,30 +92,36 @@ def _make_config(family: str, base_width: float, depth: int, width_scale: float,
     return StudentConfig(family=family, widths=tuple(widths), **{**defaults, **overrides})
 
 
-# Design defaults; measured whole-volume CPU latencies are in the students' test module docs.
+# Chosen by whole-volume CPU latency at 30k-100k parameters (see the family docstring above):
+# one plain conv per stage beat two; separable nets need a dense-free upsampling to stay small.
 PLAIN_DEFAULTS: Mapping[str, Any] = {"conv": "plain", "convs_per_stage": 1, "stem_stride": 2, "upsample": "transpose"}
-SEPARABLE_DEFAULTS: Mapping[str, Any] = {"conv": "separable", "convs_per_stage": 2, "stem_stride": 2, "upsample": "trilinear"}
+SEPARABLE_DEFAULTS: Mapping[str, Any] = {
+    "conv": "separable", "convs_per_stage": 2, "stem_stride": 2, "upsample": "trilinear",
+}  # fmt: skip
+Widths = Sequence[int] | None
 
 
 @register("unet")
-def unet(width_scale: float = 1.0, depth: int = 3, widths: Sequence[int] | None = None, **overrides: Any) -> StudentConfig:
+def unet(width_scale: float = 1.0, depth: int = 3, widths: Widths = None, **overrides: Any) -> StudentConfig:
     """Plain 3x3x3 convs, one per stage, strided stem; widths ``(4, 8, 16, 32) * width_scale`` at depth 3."""
     return _make_config("unet", 4, depth, width_scale, widths, PLAIN_DEFAULTS, overrides)
 
 
 @register("unet-tiny")
-def unet_tiny(width_scale: float = 1.0, depth: int = 2, widths: Sequence[int] | None = None, **overrides: Any) -> StudentConfig:
+def unet_tiny(width_scale: float = 1.0, depth: int = 2, widths: Widths = None, **overrides: Any) -> StudentConfig:
     """CI-sized ``unet``: widths ``(2, 4, 8)``, a few thousand parameters."""
     return _make_config("unet-tiny", 2, depth, width_scale, widths, PLAIN_DEFAULTS, overrides)
 
 
 @register("unet-separable")
-def unet_separable(width_scale: float = 1.0, depth: int = 4, widths: Sequence[int] | None = None, **overrides: Any) -> StudentConfig:
+def unet_separable(width_scale: float = 1.0, depth: int = 4, widths: Widths = None, **overrides: Any) -> StudentConfig:
     """Depthwise-separable convs, two per stage, strided stem; widths ``(4, 8, 16, 32, 64) * width_scale``."""
     return _make_config("unet-separable", 4, depth, width_scale, widths, SEPARABLE_DEFAULTS, overrides)
 
 
 @register("unet-separable-tiny")
-def unet_separable_tiny(width_scale: float = 1.0, depth: int = 2, widths: Sequence[int] | None = None, **overrides: Any) -> StudentConfig:
+def unet_separable_tiny(
+    width_scale: float = 1.0, depth: int = 2, widths: Widths = None, **overrides: Any
+) -> StudentConfig:
     """CI-sized ``unet-separable``: widths ``(2, 4, 8)``, a few thousand parameters."""
     return _make_config("unet-separable-tiny", 2, depth, width_scale, widths, SEPARABLE_DEFAULTS, overrides)

@@ -66,7 +66,10 @@ def _on_meta(model: nn.Module) -> nn.Module:
 
 @functools.lru_cache(maxsize=4096)
 def config_parameters(config: StudentConfig) -> int:
-    """Parameter count of the student ``config`` builds, without allocating weights (cached: the search repeats configs)."""
+    """Parameter count of the student ``config`` builds, without allocating weights.
+
+    Cached: the sizing search asks again for configs it has already built.
+    """
     with torch.device("meta"):
         return count_parameters(StudentUNet(config))
 
@@ -82,7 +85,8 @@ def config_for_params(family: str, target_params: int, in_channels: int = 4, out
 
     Searches the width scale at the family's default depth first (bisection on a log scale;
     the count grows monotonically with the scale), then other depths, nearest first, and
-    returns the closest count found within tolerance.
+    returns the closest count found within tolerance. ``depth=`` in ``overrides`` pins the
+    depth; other overrides are config fields (``norm``, ``convs_per_stage``, ...).
 
     Raises:
         StudentSizingError: ``target_params`` below :data:`MIN_STUDENT_PARAMS`, not below
@@ -91,21 +95,24 @@ def config_for_params(family: str, target_params: int, in_channels: int = 4, out
     """
     _check_budget(target_params, teacher_params)
     if "widths" in overrides or "width_scale" in overrides:
-        raise StudentSizingError("sizing chooses the widths itself; do not pass widths or width_scale with a parameter budget")
+        raise StudentSizingError("a parameter budget sets the widths itself; do not pass widths or width_scale with it")
+    pinned_depth = overrides.pop("depth", None)
     fields = {"in_channels": in_channels, "out_channels": out_channels, "output_kind": output_kind, **overrides}
-    default_depth = student_config(family, **fields).depth
+    depths = [pinned_depth] if pinned_depth else _depths_nearest_first(student_config(family, **fields).depth)
     misses: list[tuple[int, int]] = []  # (count, depth) of the nearest counts below and above the target
-    for depth in _depths_nearest_first(default_depth):
+    for depth in depths:
         below, above = _bracket_width_scale(family, target_params, depth, fields)
-        best = min((c for c in (below, above) if c is not None), key=lambda c: abs(config_parameters(c) - target_params))
+        candidates = [c for c in (below, above) if c is not None]
+        best = min(candidates, key=lambda c: abs(config_parameters(c) - target_params))
         if abs(config_parameters(best) - target_params) <= tolerance * target_params:
             _check_below_teacher(config_parameters(best), teacher_params)
             return best
-        misses += [(config_parameters(c), depth) for c in (below, above) if c is not None]
+        misses += [(config_parameters(c), depth) for c in candidates]
     closest = sorted(misses, key=lambda m: abs(m[0] - target_params))[:2]
     described = " and ".join(f"{count:,} (depth {depth})" for count, depth in closest)
     raise StudentSizingError(
-        f"no {family!r} student has {target_params:,} parameters within ±{tolerance * 100:g}%; closest achievable: {described}"
+        f"no {family!r} student has {target_params:,} parameters within ±{tolerance * 100:g}%; "
+        f"closest achievable: {described}"
     )
 
 
@@ -133,15 +140,19 @@ def config_for_ratio(family: str, ratio: float, teacher_params: int, in_channels
     if target < MIN_STUDENT_PARAMS:
         raise StudentSizingError(
             f"--ratio {ratio} of a {teacher_params:,}-parameter teacher gives {target:,} parameters, under the "
-            f"{MIN_STUDENT_PARAMS:,} a student needs; use a ratio of at least {MIN_STUDENT_PARAMS / teacher_params:.2g} or --params"
+            f"{MIN_STUDENT_PARAMS:,} a student needs; use a ratio of at least "
+            f"{MIN_STUDENT_PARAMS / teacher_params:.2g} or --params"
         )
-    return config_for_params(family, target, in_channels, out_channels, output_kind, tolerance, teacher_params, **overrides)
+    return config_for_params(
+        family, target, in_channels, out_channels, output_kind, tolerance, teacher_params, **overrides
+    )
 
 
 def _check_budget(target_params: int, teacher_params: int | None) -> None:
     if target_params < MIN_STUDENT_PARAMS:
         raise StudentSizingError(
-            f"a student of {target_params:,} parameters is too small to learn from a teacher; ask for at least {MIN_STUDENT_PARAMS:,}"
+            f"a student of {target_params:,} parameters is too small to learn from a teacher; "
+            f"ask for at least {MIN_STUDENT_PARAMS:,}"
         )
     if teacher_params is not None:
         _check_below_teacher(target_params, teacher_params)
@@ -150,7 +161,8 @@ def _check_budget(target_params: int, teacher_params: int | None) -> None:
 def _check_below_teacher(params: int, teacher_params: int | None) -> None:
     if teacher_params is not None and params >= teacher_params:
         raise StudentSizingError(
-            f"a student of {params:,} parameters is not smaller than its {teacher_params:,}-parameter teacher; ask for fewer"
+            f"a student of {params:,} parameters is not smaller than its {teacher_params:,}-parameter teacher; "
+            "ask for fewer"
         )
 
 
@@ -159,7 +171,9 @@ def _depths_nearest_first(default_depth: int) -> list[int]:
     return sorted(range(1, MAX_DEPTH + 1), key=lambda d: (abs(d - default_depth), d))
 
 
-def _bracket_width_scale(family: str, target: int, depth: int, fields: dict) -> tuple[StudentConfig | None, StudentConfig | None]:
+def _bracket_width_scale(
+    family: str, target: int, depth: int, fields: dict
+) -> tuple[StudentConfig | None, StudentConfig | None]:
     """The configs just below and just at-or-above ``target`` parameters at ``depth`` (``None`` where out of range)."""
 
     def config(scale: float) -> StudentConfig:
@@ -206,8 +220,10 @@ class StudentSummary:
     def __str__(self) -> str:
         ratio = "" if self.ratio_to_teacher is None else f" (ratio {self.ratio_to_teacher:.4g} of the teacher)"
         widths = "-".join(str(w) for w in self.widths)
-        return (f"student {self.family}: {self.parameters:,} parameters{ratio}, {self.macs_128 / 1e9:.2f} GMACs per 128^3, "
-                f"widths {widths}, divisor {self.divisor}")
+        return (
+            f"student {self.family}: {self.parameters:,} parameters{ratio}, "
+            f"{self.macs_128 / 1e9:.2f} GMACs per 128^3, widths {widths}, divisor {self.divisor}"
+        )
 
 
 def describe_student(model: StudentUNet, teacher_params: int | None = None) -> StudentSummary:
@@ -260,7 +276,8 @@ def auto_assistants(teacher_params: int, student_params: int) -> int:
 def _check_pair(teacher_params: int, student_params: int) -> None:
     if not 0 < student_params < teacher_params:
         raise StudentSizingError(
-            f"assistants sit between a larger teacher and a smaller student; got teacher {teacher_params:,} and student {student_params:,}"
+            "assistants sit between a larger teacher and a smaller student; "
+            f"got teacher {teacher_params:,} and student {student_params:,}"
         )
 
 

@@ -1,14 +1,14 @@
 """Tiny 3D U-Nets: the student family.
 
 A student is an encoder-decoder with skips, small enough (~1k-100k parameters) to segment a
-whole BraTS volume in well under a second on a GPU and in seconds on two CPU threads.
+whole BraTS volume (4 x 240 x 240 x 155) in about a second on two CPU threads.
 
 Why the default first stage is strided: parameters are a poor proxy for speed, and the
 convolutions that run at full resolution decide the cost. A U-Net whose first stage works at
 full resolution spends most of its time there (two full-resolution conv layers made a 32k
 U-Net ~8x slower than one with a strided first stage, at the same parameter count). With
 ``stem_stride=2`` the first conv already downsamples, every stage works at 1/2 resolution or
-coarser, and only the output head touches full resolution, with a handful of MACs per voxel.
+coarser, and only the output head touches full resolution (27 * w0 * K / 8 MACs per voxel).
 
 Layout, for ``widths = (w0, ..., wD)`` and stem stride ``s`` (1 or 2)::
 
@@ -69,7 +69,8 @@ class StudentConfig:
         widths: channels per stage, shallow to deep; ``len(widths) - 1`` downsamplings after the stem.
         convs_per_stage: conv layers in every encoder and decoder stage (>= 1); in the encoder
             the first of them is the strided one.
-        conv: ``"plain"`` 3x3x3 convs, or ``"separable"`` (depthwise 3x3x3 + pointwise 1x1x1).
+        conv: ``"plain"`` 3x3x3 convs, or ``"separable"`` (depthwise 3x3x3 + pointwise 1x1x1)
+            everywhere except the stem conv, which stays plain.
         norm: ``"instance"``, ``"batch"``, ``"group"`` or ``"none"``.
         activation: ``"leakyrelu"`` (slope 0.01), ``"relu"`` or ``"gelu"``.
         stem_stride: 2 (default) makes the first conv downsample so no stage runs at full
@@ -107,15 +108,18 @@ class StudentConfig:
             if getattr(self, name) not in allowed:
                 raise StudentConfigError(f"student {name}={getattr(self, name)!r} is not one of {allowed}")
         if len(self.widths) < 2:
-            raise StudentConfigError(f"student widths {self.widths} need at least 2 stages (one encoder stage and the bottleneck)")
+            raise StudentConfigError(f"student widths {self.widths} need 2 stages or more (encoder, bottleneck)")
         if min(self.widths) < 1 or self.in_channels < 1 or self.out_channels < 1:
-            raise StudentConfigError(f"student channel counts must be >= 1 (widths {self.widths}, in {self.in_channels}, out {self.out_channels})")
+            raise StudentConfigError(
+                f"student channel counts must be >= 1 "
+                f"(widths {self.widths}, in {self.in_channels}, out {self.out_channels})"
+            )
         if self.convs_per_stage < 1:
             raise StudentConfigError(f"student convs_per_stage must be >= 1, got {self.convs_per_stage}")
         if self.output_kind == SOFTMAX and self.out_channels < 2:
             raise StudentConfigError("a softmax student needs at least 2 output channels")
         if self.deep_supervision:
-            raise StudentConfigError("students do not support deep supervision (the distillation losses use the final logits)")
+            raise StudentConfigError("students have no deep supervision (the distillation losses use the final logits)")
 
     @property
     def depth(self) -> int:
@@ -184,20 +188,20 @@ def make_conv(kind: str, in_ch: int, out_ch: int, stride: int, bias: bool) -> nn
 
 
 class ConvNormAct(nn.Sequential):
-    """conv -> norm -> activation; ``(B, in_ch, *S) -> (B, out_ch, *S / stride)``."""
+    """conv -> norm -> activation: ``(B, in_ch, *S) -> (B, out_ch, *S / stride)``; ``conv`` overrides the config's."""
 
-    def __init__(self, config: StudentConfig, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    def __init__(self, config: StudentConfig, in_ch: int, out_ch: int, stride: int = 1, conv: str | None = None):
         # Every norm subtracts a mean and adds its own shift, so a conv bias before it is wasted.
         super().__init__(
-            make_conv(config.conv, in_ch, out_ch, stride, bias=config.norm == "none"),
+            make_conv(conv or config.conv, in_ch, out_ch, stride, bias=config.norm == "none"),
             make_norm(config.norm, out_ch),
             make_activation(config.activation),
         )
 
 
-def conv_stage(config: StudentConfig, in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
-    """``convs_per_stage`` ConvNormAct layers; only the first changes channels and stride."""
-    layers = [ConvNormAct(config, in_ch, out_ch, stride)]
+def conv_stage(config: StudentConfig, in_ch: int, out_ch: int, stride: int, first_conv: str | None = None):
+    """``convs_per_stage`` ConvNormAct layers; the first changes channels and stride (its conv type may differ)."""
+    layers = [ConvNormAct(config, in_ch, out_ch, stride, conv=first_conv)]
     layers += [ConvNormAct(config, out_ch, out_ch) for _ in range(config.convs_per_stage - 1)]
     return nn.Sequential(*layers)
 
@@ -216,7 +220,9 @@ class Upsample2x(nn.Module):
         if mode == "transpose":
             # kernel 3, padding 1, output_padding 1 also gives exactly 2x the size.
             pad, out_pad = (0, 0) if kernel == 2 else (1, 1)
-            self.proj = nn.ConvTranspose3d(in_ch, out_ch, kernel, stride=2, padding=pad, output_padding=out_pad, bias=bias)
+            self.proj = nn.ConvTranspose3d(
+                in_ch, out_ch, kernel, stride=2, padding=pad, output_padding=out_pad, bias=bias
+            )
         else:
             self.proj = nn.Conv3d(in_ch, out_ch, 1, bias=bias)
 
@@ -261,11 +267,15 @@ def run_padded(body: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torc
     Returns:
         ``(logits (B, K, D, H, W), features)``; ``features`` is empty without ``feature_strides``.
 
-    Export notes (both matter for dynamic spatial axes): sizes are read from ``x.shape`` at run
+    Export notes (each keeps the spatial axes dynamic): sizes are read from ``x.shape`` at run
     time and combined with ``+ - * //`` only, which both ONNX exporters record as graph ops;
     the padded size is written ``ceil(S / divisor) * divisor`` so torch.export can prove every
     stride-2 level even (skips line up); and cropping is a negative pad, because slicing makes
-    torch.export specialise on whether the input was already a multiple of the divisor.
+    torch.export specialise on whether the input was already a multiple of the divisor. With
+    torch.export, declare the axes ``Dim.DYNAMIC`` and export an example that is not a multiple
+    of the divisor; inputs no larger than the divisor on some axis also need
+    ``torch.fx.experimental._config.patch(backed_size_oblivious=True)`` around the export (else
+    torch.export assumes no bottleneck axis is 1). The TorchScript exporter needs neither.
     """
     sizes = x.shape[2:]
     blocks = [(size + divisor - 1) // divisor for size in sizes]  # bottleneck voxels per axis
@@ -307,9 +317,12 @@ class StudentUNet(nn.Module):
         super().__init__()
         self.config = config
         w = config.widths
-        strides = [config.stem_stride] + [2] * (config.depth - 1)
-        ins = [config.in_channels] + list(w[:-2])
-        self.encoders = nn.ModuleList(conv_stage(config, ins[i], w[i], strides[i]) for i in range(config.depth))
+        # The stem conv is always plain: a depthwise conv over 4 modalities mixes nothing, and on
+        # CPU the separable stem took ~3x longer than a plain one on a whole volume (it runs on
+        # the most voxels of any layer); MobileNets keep a dense first conv for the same reason.
+        stem = conv_stage(config, config.in_channels, w[0], config.stem_stride, first_conv="plain")
+        deeper = [conv_stage(config, w[i - 1], w[i], stride=2) for i in range(1, config.depth)]
+        self.encoders = nn.ModuleList([stem, *deeper])
         self.bottleneck = conv_stage(config, w[-2], w[-1], stride=2)
         # decoders[i] produces dec{i}; they run from the deepest (i = D-1) to dec0.
         self.decoders = nn.ModuleList(DecoderStage(config, w[i + 1], w[i]) for i in range(config.depth))
@@ -320,8 +333,8 @@ class StudentUNet(nn.Module):
         """dec0 features -> K logits at full resolution: a 1x1x1 conv, or a 2x upsample if the stem strided.
 
         The upsampling head is always a 3x3x3 transposed conv (whatever ``upsample`` says): it
-        writes the only full-resolution tensor besides the input, and on CPU it was ~2x faster
-        than a 1x1x1 conv + trilinear resize there, with smoother logits than a 2x2x2 kernel.
+        writes the only full-resolution tensor besides the input, and on CPU it was faster than a
+        1x1x1 conv + trilinear resize there, with smoother logits than a 2x2x2 kernel.
         """
         c = self.config
         if c.stem_stride == 1:
@@ -334,15 +347,13 @@ class StudentUNet(nn.Module):
 
     def feature_channels(self) -> dict[str, int]:
         """Channels of every named feature, in forward order: enc0.., bottleneck, dec{D-1}..dec0."""
-        w = self.config.widths
-        d = self.config.depth
-        return {**{f"enc{i}": w[i] for i in range(d)}, "bottleneck": w[d], **{f"dec{i}": w[i] for i in reversed(range(d))}}
+        depth = self.config.depth
+        return {name: self.config.widths[feature_level(name, depth)] for name in feature_names(depth)}
 
     def feature_strides(self) -> dict[str, int]:
         """Stride (input voxels per feature voxel, per axis) of every named feature, same order."""
-        s = self.config.stem_stride
-        d = self.config.depth
-        return {**{f"enc{i}": s * 2**i for i in range(d)}, "bottleneck": s * 2**d, **{f"dec{i}": s * 2**i for i in reversed(range(d))}}
+        depth = self.config.depth
+        return {name: self.config.stem_stride * 2 ** feature_level(name, depth) for name in feature_names(depth)}
 
     def _body(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Padded ``(B, C, *P)`` -> ``(logits (B, K, *P), features)``; every P a multiple of the divisor."""
@@ -371,6 +382,16 @@ class StudentUNet(nn.Module):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid per channel for region students, softmax over channels otherwise."""
         return torch.sigmoid(logits) if self.config.output_kind == SIGMOID else torch.softmax(logits, dim=1)
+
+
+def feature_names(depth: int) -> list[str]:
+    """Stage names in forward order: ``enc0 .. enc{depth-1}, bottleneck, dec{depth-1} .. dec0``."""
+    return [f"enc{i}" for i in range(depth)] + ["bottleneck"] + [f"dec{i}" for i in reversed(range(depth))]
+
+
+def feature_level(name: str, depth: int) -> int:
+    """Resolution level of a stage: ``i`` for ``enc{i}``/``dec{i}``, ``depth`` for the bottleneck."""
+    return depth if name == "bottleneck" else int(name[3:])
 
 
 def init_weights(module: nn.Module) -> None:

@@ -51,6 +51,7 @@ class TrainResult:
     chain: list[int]
     metrics: dict[str, float]
     links: list[LinkResult] = field(default_factory=list)
+    rank: int = 0  # torchrun rank of this process; only rank 0 writes and reports
 
 
 def split_cases(case_ids: list[str], n_val: int) -> tuple[list[str], list[str]]:
@@ -180,5 +181,5 @@ def _train(config: TrainConfig, dist) -> TrainResult:
         atomic_write_json(card_path, card)
     return TrainResult(
         weights=weights_path, card=card_path, parameters=summary.parameters, macs_128=summary.macs_128,
-        ratio=summary.parameters / teacher_params, chain=sizes, metrics=links[-1].metrics, links=links,
+        ratio=summary.parameters / teacher_params, chain=sizes, metrics=links[-1].metrics, links=links, rank=dist.rank,
     )  # fmt: skip

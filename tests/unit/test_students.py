@@ -7,6 +7,7 @@ slower checks (export) cheap. Expected values are computed by hand from the laye
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 
@@ -78,7 +79,7 @@ def test_unknown_family_names_the_available_ones():
         ({"norm": "layer"}, "norm"),
         ({"activation": "swish"}, "activation"),
         ({"conv": "dilated"}, "conv"),
-        ({"widths": (8,)}, "at least 2 stages"),
+        ({"widths": (8,)}, "2 stages or more"),
         ({"output_kind": "softmax", "out_channels": 1}, "softmax"),
         ({"deep_supervision": True}, "deep supervision"),
         ({"stem_stride": 4}, "stem_stride"),
@@ -141,8 +142,12 @@ def test_features_are_named_in_forward_order_with_declared_channels_and_strides(
 
 def test_feature_strides_and_channels_by_hand_for_the_default_unet():
     model = build_student("unet")  # widths (4, 8, 16, 32), strided stem
-    assert model.feature_channels() == {"enc0": 4, "enc1": 8, "enc2": 16, "bottleneck": 32, "dec2": 16, "dec1": 8, "dec0": 4}
-    assert model.feature_strides() == {"enc0": 2, "enc1": 4, "enc2": 8, "bottleneck": 16, "dec2": 8, "dec1": 4, "dec0": 2}
+    assert model.feature_channels() == {
+        "enc0": 4, "enc1": 8, "enc2": 16, "bottleneck": 32, "dec2": 16, "dec1": 8, "dec0": 4,
+    }  # fmt: skip
+    assert model.feature_strides() == {
+        "enc0": 2, "enc1": 4, "enc2": 8, "bottleneck": 16, "dec2": 8, "dec1": 4, "dec0": 2,
+    }  # fmt: skip
     assert model.divisor == 16
 
 
@@ -181,6 +186,22 @@ def test_a_logits_loss_reaches_every_parameter_so_ddp_needs_no_unused_parameter_
     assert not missing
 
 
+def test_ddp_wraps_a_student_returning_logits_and_named_features(tmp_path):
+    """One gloo process is enough to catch outputs DDP cannot walk and parameters it waits for."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(seeded_student("unet-tiny").train())
+        for _ in range(2):  # the second step is where unused parameters would raise
+            logits, features = model(torch.randn(2, 4, 17, 16, 15), return_features=True)
+            (logits.mean() + features["bottleneck"].mean()).backward()
+    finally:
+        dist.destroy_process_group()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 # ---------------------------------------------------------------------------------------------
 # Output kinds
 
@@ -213,7 +234,8 @@ def test_json_round_trip_rebuilds_an_identical_model(family):
     restored = StudentConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     original, rebuilt = build_student(config), build_student(restored)
-    assert {k: v.shape for k, v in original.state_dict().items()} == {k: v.shape for k, v in rebuilt.state_dict().items()}
+    shapes = [{k: v.shape for k, v in model.state_dict().items()} for model in (original, rebuilt)]
+    assert shapes[0] == shapes[1]
     rebuilt.load_state_dict(original.state_dict())
     x = torch.randn(1, 4, 19, 17, 13)
     with torch.no_grad():
@@ -275,11 +297,18 @@ def test_onnx_export_keeps_dynamic_batch_and_spatial_axes(family, tmp_path):
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_torch_export_keeps_spatial_axes_dynamic_across_divisible_and_odd_sizes(family):
-    """torch.export is the front end of the default (dynamo) ONNX exporter, opset 18."""
+    """torch.export is the front end of the default (dynamo) ONNX exporter, opset 18.
+
+    ``backed_size_oblivious`` stops torch.export from assuming no axis of the bottleneck is 1
+    (its 0/1 specialisation), which would reject inputs no larger than the divisor.
+    """
+    from torch.fx.experimental import _config as fx_config
+
     model = seeded_student(family)
     dynamic = torch.export.Dim.DYNAMIC
-    program = torch.export.export(model, (torch.randn(2, 4, 33, 35, 37),),
-                                  dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic, 4: dynamic}})
+    with fx_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(model, (torch.randn(2, 4, 33, 35, 37),),
+                                      dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic, 4: dynamic}})
     for shape in [(1, 4, 32, 32, 32), (3, 4, 37, 29, 23), (1, 4, 17, 16, 9), (1, 4, 5, 3, 2)]:
         x = torch.randn(shape)
         with torch.no_grad():
@@ -322,6 +351,11 @@ def test_params_budget_is_hit_within_five_percent(family, target):
     achieved = count_parameters(build_student(config))
     assert abs(achieved - target) <= 0.05 * target, (config.widths, achieved)
     assert config.family == family
+
+
+def test_params_budget_with_a_pinned_depth_keeps_that_depth():
+    config = config_for_params("unet", 60_000, depth=4)
+    assert config.depth == 4 and abs(config_parameters(config) - 60_000) <= 3_000
 
 
 def test_params_budget_keeps_output_kind_and_channels():
@@ -369,14 +403,40 @@ def test_nonsense_ratio_inputs_are_refused(ratio, teacher):
 
 
 def test_an_unreachable_tolerance_names_the_closest_counts():
-    with pytest.raises(StudentSizingError, match="closest achievable: 30,152 .*29,788"):
+    with pytest.raises(StudentSizingError, match="closest achievable") as error:
         config_for_params("unet", 30_001, tolerance=1e-9)
+    counts = [int(n.replace(",", "")) for n in re.findall(r"(\d[\d,]*) \(depth", str(error.value))]
+    assert len(counts) == 2 and all(0 < abs(n - 30_001) < 1_000 for n in counts)
+
+
+# The default unet, widths (4, 8, 16, 32), one plain 3x3x3 conv per stage, instance norm with
+# affine (2 per channel), no conv bias before a norm; decoder: 2x2x2 transposed conv, concat,
+# conv; head: 3x3x3 transposed conv 4 -> 3 with bias. Per layer: (parameters, voxels it runs
+# on at 128^3: output voxels for convs, input voxels for transposed convs).
+DEFAULT_UNET_LAYERS = [
+    (4 * 4 * 27, 64**3), (2 * 4, 0),  # enc0: strided stem conv, norm
+    (4 * 8 * 27, 32**3), (2 * 8, 0),  # enc1
+    (8 * 16 * 27, 16**3), (2 * 16, 0),  # enc2
+    (16 * 32 * 27, 8**3), (2 * 32, 0),  # bottleneck
+    (32 * 16 * 8, 8**3), (32 * 16 * 27, 16**3), (2 * 16, 0),  # dec2: up, conv, norm
+    (16 * 8 * 8, 16**3), (16 * 8 * 27, 32**3), (2 * 8, 0),  # dec1
+    (8 * 4 * 8, 32**3), (8 * 4 * 27, 64**3), (2 * 4, 0),  # dec0
+    (4 * 3 * 27, 64**3), (3, 0),  # head weight, bias
+]  # fmt: skip
+
+
+def test_default_unet_parameters_and_macs_by_hand():
+    model = build_student("unet")
+    assert count_parameters(model) == sum(p for p, _ in DEFAULT_UNET_LAYERS) == 42_599
+    # Norm layers and biases are not counted as MACs; a conv's weight count times its voxels is.
+    assert count_macs(model) == sum(p * v for p, v in DEFAULT_UNET_LAYERS) == 658_767_872
 
 
 def test_describe_student_prints_parameters_ratio_and_macs():
     model = build_student("unet")
     summary = describe_student(model, teacher_params=426_000)
     assert summary.parameters == 42_599 and summary.divisor == 16 and summary.widths == (4, 8, 16, 32)
+    assert summary.macs_128 == 658_767_872
     assert summary.ratio_to_teacher == pytest.approx(0.1, rel=1e-3)
     text = str(summary)
     assert "42,599 parameters" in text and "GMACs per 128^3" in text and "ratio 0.1" in text
