@@ -258,18 +258,33 @@ def train_student_command(
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Working folder for the demo.")] = Path("distill-demo"),
-    n_cases: Annotated[int, typer.Option("--n-cases", "-n", min=2, help="Number of phantom cases.")] = 6,
+    out: Annotated[Path, typer.Option(help="Working folder for the demo (resumed if it exists).")] = Path("distill-demo"),
+    n_cases: Annotated[int, typer.Option("--n-cases", "-n", min=5, help="Training phantoms (5 folds need 5).")] = 6,
+    n_test: Annotated[int, typer.Option(min=1, help="Held-out test phantoms.")] = 2,
+    teacher_iterations: Annotated[int, typer.Option(min=0, help="nnU-Net training iterations per fold.")] = 20,
+    params: Annotated[int, typer.Option(help="Student parameter budget.")] = 30_000,
+    steps: Annotated[int, typer.Option(min=1, help="Student training steps.")] = 100,
+    larger: Annotated[bool, typer.Option(help="64x64x40 phantoms and 48-voxel patches (slower, closer to real work).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Run the pipeline built so far on embedded phantoms (no input needed)."""
+    """The whole pipeline on embedded phantoms: nnU-Net teacher, cache, student, export, predict, evaluate."""
     from distill.demo import DemoConfig, run_demo
-    from distill.eval.report import format_summary
 
-    result = run_demo(DemoConfig(out_dir=out, n_cases=n_cases, seed=seed))
-    typer.echo(format_summary(result.summary))
+    config = DemoConfig(
+        out_dir=out, n_cases=n_cases, n_test=n_test, seed=seed, teacher_iterations=teacher_iterations,
+        student_params=params, steps=steps, phantom_shape=(64, 64, 40) if larger else (48, 48, 32),
+        patch=48 if larger else 32,
+    )  # fmt: skip
+    result = run_demo(config)
     for line in result.steps:
         console.print(line)
+    typer.echo(result.table())
+
+
+# export, predict and bench live in their own module (the inference side imports no training code).
+from distill.cli_infer import register as _register_inference_commands  # noqa: E402
+
+_register_inference_commands(app)
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""The ``export``, ``predict`` and ``bench`` commands; :func:`register` adds them to the main app.
+
+Same style as :mod:`distill.cli`: each command turns its options into a config, calls one
+library function and prints the small result it returns. Input errors are
+:class:`distill.errors.DistillError`, which ``distill.cli.main`` shows as one line with exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from distill.data.conventions import CONVENTIONS
+
+console = Console(stderr=True)
+CONVENTION_HELP = "Output label convention: " + ", ".join(CONVENTIONS)
+BACKEND_HELP = (
+    "torch, onnxruntime or tensorrt; options may follow after colons, e.g. torch:cuda:fp16:graphs, "
+    "onnxruntime:cuda, tensorrt:int8, torch:compile."
+)
+
+
+def _backend_spec(backend: str, device: Optional[str], precision: Optional[str], threads: Optional[int], cuda_graphs: bool,
+                  compile_model: bool, engine_cache: Optional[Path], build_engine: bool):
+    from distill.infer.backends import BackendSpec
+
+    options = {"device": device, "precision": precision, "threads": threads, "engine_cache": engine_cache,
+               "cuda_graphs": cuda_graphs or None, "compile": compile_model or None, "build_engine": build_engine or None}  # fmt: skip
+    return BackendSpec.parse(backend, **{k: v for k, v in options.items() if v is not None})
+
+
+def _triple(text: Optional[str], option: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise typer.BadParameter(f"{option} takes three positive sizes like 240,240,155, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="Student run folder (student.pt + student.json from train-student).")],
+    out: Annotated[Path, typer.Argument(help="Package folder to create.")],
+    held_out: Annotated[Optional[Path], typer.Option(help="Held-out BraTS cases for the parity gate (default: synthetic phantoms).")] = None,
+    max_held_out: Annotated[int, typer.Option(min=1, help="Use at most this many held-out cases.")] = 3,
+    n_phantoms: Annotated[int, typer.Option(min=1, help="Phantoms for the parity gate when no --held-out is given.")] = 2,
+    label_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "brats2017",
+    enforce_hierarchy: Annotated[bool, typer.Option(help="Post-process: clip TC to WT and ET to TC.")] = True,
+    simplify: Annotated[bool, typer.Option("--simplify", help="Apply onnxruntime's basic (portable) graph optimisations.")] = False,
+    tensorrt: Annotated[Optional[list[str]], typer.Option(help="Also build a TensorRT engine: fp32, fp16 or int8 (repeatable; needs a GPU).")] = None,
+    calibration_cache: Annotated[Optional[Path], typer.Option(help="Teacher cache for INT8 calibration tiles.")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity gate.")] = 2,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
+) -> None:
+    """Export a trained student to a verified model package (ONNX + preprocessing + label mapping)."""
+    from distill.export.run import ExportConfig, export_package
+    from distill.infer.postprocess import PostprocessConfig
+
+    config = ExportConfig(
+        run_dir=run_dir, out=out, held_out=held_out, max_held_out=max_held_out, n_phantoms=n_phantoms,
+        label_convention=label_convention, postprocess=PostprocessConfig(enforce_hierarchy=enforce_hierarchy),
+        simplify=simplify, tensorrt=tuple(tensorrt or ()), calibration_cache=calibration_cache, threads=threads,
+        overwrite=overwrite,
+    )  # fmt: skip
+    console.print(str(export_package(config)), highlight=False, soft_wrap=True)
+
+
+def predict_command(
+    package: Annotated[Path, typer.Argument(help="Model package folder (from distill export).")],
+    input_dir: Annotated[Path, typer.Argument(help="Cases to segment (BraTS 2017-21, 2023+ or nnU-Net raw layout).")],
+    output_dir: Annotated[Path, typer.Argument(help="Receives <case>.nii.gz label maps.")],
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (onnxruntime: also tensorrt, its provider).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16, bf16 (torch) or int8 (tensorrt).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads.")] = None,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch on CUDA: replay captured CUDA graphs.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch: run through torch.compile.")] = False,
+    engine_cache: Annotated[Optional[Path], typer.Option(help="TensorRT: folder for engines built outside the package.")] = None,
+    build_engine: Annotated[bool, typer.Option("--build-engine", help="TensorRT: build a missing engine here (minutes).")] = False,
+    label_convention: Annotated[Optional[str], typer.Option(help=CONVENTION_HELP + " (default: the package's).")] = None,
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.npz.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave cases whose label map exists.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Segment every case of a folder with a model package."""
+    from distill.infer.predict import PredictConfig, predict_folder
+
+    config = PredictConfig(
+        package=package, input_dir=input_dir, output_dir=output_dir,
+        backend=_backend_spec(backend, device, precision, threads, cuda_graphs, compile_model, engine_cache, build_engine),
+        label_convention=label_convention, save_probabilities=save_probabilities, skip_existing=skip_existing,
+        progress=progress,
+    )  # fmt: skip
+    console.print(str(predict_folder(config)), highlight=False, soft_wrap=True)
+
+
+def bench_command(
+    package: Annotated[Path, typer.Argument(help="Model package folder.")],
+    input_dir: Annotated[Optional[Path], typer.Option("--input", help="BraTS cases; the first is timed (default: a 1 mm phantom).")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(help="Backend to time (repeatable; default: every one available). " + BACKEND_HELP)] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Model-only repetitions after warm-up.")] = 20,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
+    e2e_runs: Annotated[int, typer.Option(min=1, help="End-to-end repetitions (NIfTI in -> NIfTI out).")] = 5,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and onnxruntime.")] = 2,
+    full_shape: Annotated[Optional[str], typer.Option(help="Also time the model on the case padded to this grid, e.g. 240,240,155.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Latency of a package on each available backend side by side: p50/p95/p99, model-only and end-to-end."""
+    from distill.infer.backends import BackendSpec
+    from distill.infer.bench import BenchConfig, run_bench
+
+    specs = tuple(BackendSpec.parse(b, threads=threads) for b in backend or ())
+    config = BenchConfig(package=package, input_dir=input_dir, backends=specs, runs=runs, warmup=warmup, e2e_runs=e2e_runs,
+                         threads=threads, full_shape=_triple(full_shape, "--full-shape"), out=out)  # fmt: skip
+    result = run_bench(config)
+    typer.echo(result.table())
+    if result.path is not None:
+        console.print(f"results: {result.path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export``, ``predict`` and ``bench`` to ``app``."""
+    app.command("export")(export_command)
+    app.command("predict")(predict_command)
+    app.command("bench")(bench_command)
+
+
+__all__ = ["bench_command", "export_command", "predict_command", "register"]

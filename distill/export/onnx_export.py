@@ -1,0 +1,294 @@
+"""ONNX export of a student, its self-checks, and the numeric parity gate.
+
+Exporter choice: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``),
+opset 17. Both exporters handled the students' 3D convs, InstanceNorm and free spatial axes
+with ~1e-4 max abs difference (design notes §4), so the choice rests on the rest:
+
+* it needs nothing beyond torch and onnx, while the dynamo exporter (default since torch
+  2.9, opset 18) needs ``onnxscript``, which Distill does not pin;
+* it records the students' run-time padding arithmetic as graph ops and gives dynamic batch
+  and spatial axes from ``dynamic_axes`` alone; torch.export needs ``Dim.DYNAMIC``, a
+  non-multiple example and ``backed_size_oblivious`` for sizes under the divisor
+  (see :func:`distill.students.run_padded`);
+* opset 17 has native ``InstanceNormalization`` and is parsed by TensorRT 8.6 and later.
+
+The exporter is deprecated upstream; when it goes, the dynamo route with the settings above
+replaces it, and the parity gate below is what proves the swap.
+
+Parity gate (as in timm's ``onnx_export`` + ``onnx_validate``, extended to whole cases): on
+held-out cases, the candidate runtime's sigmoid probabilities may differ from torch's by at
+most ``max_abs_probability`` anywhere, and the thresholded labels must agree on at least
+``min_label_agreement`` of the voxels; otherwise :class:`ParityError` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.data.conventions import LabelConvention
+from distill.errors import DistillError
+from distill.export.package import INPUT_NAME, OUTPUT_NAME
+
+OPSET = 17
+EXPORTER = "torch.onnx TorchScript-based exporter (dynamo=False)"
+DYNAMIC_AXES = {0: "batch", 2: "x", 3: "y", 4: "z"}
+
+
+class ExportError(DistillError):
+    """The network could not be exported, or the exported graph is not valid ONNX."""
+
+
+class ParityError(DistillError):
+    """An exported model disagrees with torch beyond the parity thresholds."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and checks
+
+
+def export_onnx(model: torch.nn.Module, example_shape: Sequence[int]) -> bytes:
+    """Serialised single-file ONNX of ``model``: ``images (B, C, X, Y, Z) -> logits (B, K, X, Y, Z)``.
+
+    Batch and the three spatial axes are dynamic; ``example_shape`` only drives the trace (the
+    students' padding is traced as shape arithmetic, so any size works afterwards). The graph
+    passes ``onnx.checker`` with ``full_check`` (shape inference included).
+    """
+    model = model.eval()
+    example = torch.zeros(tuple(example_shape), dtype=torch.float32)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The tracer warns about every Python int it records; the parity gate, not the
+            # warnings, is what proves the graph generalises to other shapes.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example,), buffer, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES},
+            )  # fmt: skip
+    except Exception as exc:  # the exporter raises many types; all mean "this network does not export"
+        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {exc})") from exc
+    data = buffer.getvalue()
+    check_onnx(data)
+    return data
+
+
+def check_onnx(data: bytes) -> None:
+    """``onnx.checker`` with shape inference, plus: no external data, the expected input and output."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load_from_string(data)
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported graph is not valid ONNX ({type(exc).__name__}: {exc})") from exc
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise ExportError("the exported graph refers to external data files; packages hold single-file models only")
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+        raise ExportError(f"the exported graph has inputs {inputs} and outputs {outputs}, expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]")
+
+
+def simplify_onnx(data: bytes) -> bytes:
+    """The graph after onnxruntime's basic (hardware-independent) offline optimisations.
+
+    Basic level = constant folding and removal of redundant nodes, standard ONNX ops only, so
+    the result still runs anywhere (TensorRT, other runtimes). Extended levels would write
+    onnxruntime-specific fused ops and are deliberately not used.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "simplified.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(target)
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        simplified = target.read_bytes()
+    check_onnx(simplified)
+    return simplified
+
+
+def onnxruntime_session(data: bytes | str | Path, threads: int | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",)):
+    """An onnxruntime session with all graph optimisations and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = data if isinstance(data, bytes) else str(data)
+    return ort.InferenceSession(source, options, providers=list(providers))
+
+
+def run_onnxruntime(session, images: np.ndarray) -> np.ndarray:
+    """Logits ``(B, K, *S)`` float32 from a session for images ``(B, C, *S)``."""
+    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    """Pass marks of the parity gate.
+
+    Attributes:
+        max_abs_probability: largest allowed ``|p_candidate - p_torch|`` over every voxel and channel.
+        min_label_agreement: smallest allowed fraction of voxels with the same output label.
+    """
+
+    max_abs_probability: float = 1e-4
+    min_label_agreement: float = 0.9999
+
+
+# Reduced precision cannot meet the FP32 marks: these are the gates for engines built in it.
+PRECISION_THRESHOLDS: dict[str, ParityThresholds] = {
+    "fp32": ParityThresholds(1e-4, 0.9999),
+    "fp16": ParityThresholds(5e-2, 0.999),
+    "int8": ParityThresholds(0.25, 0.99),
+}
+
+
+@dataclass(frozen=True)
+class CaseParity:
+    """Parity figures of one case (over the voxels of its preprocessed grid, padding excluded)."""
+
+    case_id: str
+    max_abs_probability: float
+    label_agreement: float
+    voxels: int
+
+
+@dataclass
+class ParityReport:
+    """Parity of one runtime against torch over every held-out case."""
+
+    runtime: str
+    thresholds: ParityThresholds
+    cases: list[CaseParity] = field(default_factory=list)
+
+    @property
+    def max_abs_probability(self) -> float:
+        return max((c.max_abs_probability for c in self.cases), default=0.0)
+
+    @property
+    def label_agreement(self) -> float:
+        """Voxel-weighted agreement over all cases."""
+        voxels = sum(c.voxels for c in self.cases)
+        return sum(c.label_agreement * c.voxels for c in self.cases) / voxels if voxels else 1.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            bool(self.cases)
+            and self.max_abs_probability <= self.thresholds.max_abs_probability
+            and all(c.label_agreement >= self.thresholds.min_label_agreement for c in self.cases)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "passed": self.passed,
+            "max_abs_probability": self.max_abs_probability,
+            "label_agreement": self.label_agreement,
+            "thresholds": asdict(self.thresholds),
+            "cases": [asdict(c) for c in self.cases],
+        }
+
+    def raise_if_failed(self) -> None:
+        if self.passed:
+            return
+        if not self.cases:
+            raise ParityError(f"{self.runtime}: no held-out case to check parity on")
+        worst = min(self.cases, key=lambda c: c.label_agreement)
+        raise ParityError(
+            f"{self.runtime} disagrees with torch: max |probability difference| {self.max_abs_probability:.3g} "
+            f"(allowed {self.thresholds.max_abs_probability:g}), lowest label agreement {worst.label_agreement:.6f} "
+            f"on {worst.case_id} (needed {self.thresholds.min_label_agreement:g}); nothing was written. "
+            "Check the runtime version, or export again without --simplify"
+        )
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """One held-out case on the preprocessed grid.
+
+    Attributes:
+        case_id: name used in reports.
+        images: float32 ``(C, X, Y, Z)``, preprocessed as the package says.
+        valid: the box ``(slice, slice, slice)`` of real (unpadded) voxels.
+    """
+
+    case_id: str
+    images: np.ndarray
+    valid: tuple[slice, slice, slice]
+
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
+def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
+    """Sigmoid per region channel, in float64 so the comparison itself adds no rounding error."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def labels_from_probabilities(probabilities: np.ndarray, thresholds: Sequence[float], convention: LabelConvention) -> np.ndarray:
+    """Region probabilities ``(3, *S)`` -> label map ``S`` in ``convention`` (thresholds per region)."""
+    regions = probabilities > np.asarray(thresholds, dtype=np.float64).reshape(-1, *([1] * (probabilities.ndim - 1)))
+    return convention.from_regions(regions)
+
+
+def measure_parity(runtime: str, reference: LogitsFn, candidate: LogitsFn, cases: Iterable[ParityCase],
+                   thresholds: ParityThresholds, region_thresholds: Sequence[float],
+                   convention: LabelConvention) -> ParityReport:
+    """Compare ``candidate`` with ``reference`` (both ``(1, C, *S) -> (1, K, *S)`` logits) on each case."""
+    report = ParityReport(runtime=runtime, thresholds=thresholds)
+    for case in cases:
+        batch = case.images[None].astype(np.float32)
+        box = (slice(None), *case.valid)
+        expected = probabilities_from_logits(reference(batch)[0])[box]
+        actual = probabilities_from_logits(candidate(batch)[0])[box]
+        agreement = float(np.mean(
+            labels_from_probabilities(expected, region_thresholds, convention)
+            == labels_from_probabilities(actual, region_thresholds, convention)
+        ))  # fmt: skip
+        report.cases.append(CaseParity(case.case_id, float(np.max(np.abs(expected - actual))), agreement, int(expected[0].size)))
+    return report
+
+
+def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
+    """The torch reference: the student in eval mode, FP32, on the CPU."""
+    model = model.eval().float().cpu()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).numpy()
+
+    return run
+
+
+def onnxruntime_logits_fn(data: bytes, threads: int | None = None) -> LogitsFn:
+    session = onnxruntime_session(data, threads)
+    return lambda images: run_onnxruntime(session, images)
+
+
+__all__ = [
+    "DYNAMIC_AXES", "EXPORTER", "OPSET", "PRECISION_THRESHOLDS", "CaseParity", "ExportError", "ParityCase",
+    "ParityError", "ParityReport", "ParityThresholds", "check_onnx", "export_onnx", "labels_from_probabilities",
+    "measure_parity", "onnxruntime_logits_fn", "onnxruntime_session", "probabilities_from_logits", "run_onnxruntime",
+    "simplify_onnx", "torch_logits_fn",
+]  # fmt: skip

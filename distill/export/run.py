@@ -1,0 +1,424 @@
+"""``distill export``: a trained student run folder -> a verified model package.
+
+Steps, all inside a hidden temporary folder beside the target, which is renamed onto the
+target only at the very end (a failed gate or a crash leaves no package behind):
+
+1. read ``student.pt`` (weights only) and ``student.json`` (the card); rebuild the student;
+2. preprocess the held-out cases (a folder of BraTS cases, or synthetic phantoms) the way the
+   package will say;
+3. export the ONNX (:mod:`distill.export.onnx_export`), check it, optionally simplify it;
+4. parity gate: onnxruntime vs torch on the held-out cases, or :class:`ParityError`;
+5. write ``model.onnx``, ``model.pt`` and the hashed ``model.json``;
+6. optionally build TensorRT engines, each held to its own parity gate;
+7. re-open and verify the package, then rename it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill import __version__
+from distill.data.case import load_case
+from distill.data.conventions import REGIONS, get_convention
+from distill.data.discovery import MODALITIES, find_cases
+from distill.data.preprocess import PreprocessConfig, preprocess
+from distill.errors import DistillError
+from distill.export.onnx_export import (
+    EXPORTER,
+    OPSET,
+    ParityCase,
+    ParityThresholds,
+    export_onnx,
+    measure_parity,
+    onnxruntime_logits_fn,
+    simplify_onnx,
+    torch_logits_fn,
+)
+from distill.export.package import (
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MANIFEST_NAME,
+    ONNX_NAME,
+    OUTPUT_NAME,
+    PACKAGE_FORMAT,
+    WEIGHTS_NAME,
+    ModelPackage,
+    default_inference_settings,
+    inputs_section,
+    labels_section,
+    preprocessing_section,
+    sha256_file,
+    write_manifest,
+)
+from distill.infer.postprocess import PostprocessConfig
+from distill.students import StudentConfig, build_student, count_macs, count_parameters
+
+# The run-folder contract of `distill train-student` (distill.train.chain writes these names).
+STUDENT_WEIGHTS = "student.pt"
+STUDENT_CARD = "student.json"
+CARD_FORMAT = "distill-student-card"
+# Card keys copied into the manifest; the rest (training cases, losses, timings) stays with the run.
+CARD_SUMMARY_KEYS = ("format", "version", "toolkit_version", "family", "parameters", "macs_128", "ratio_to_teacher",
+                     "output_kind", "channels", "validation")  # fmt: skip
+HELD_OUT_PHANTOM_SEED = 9_000  # far from the seeds phantom training sets use by default
+
+
+class ExportConfigError(DistillError):
+    """The run folder or the export options cannot give a package."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how.
+
+    Attributes:
+        run_dir: a student run folder with ``student.pt`` and ``student.json``.
+        out: the package folder to create.
+        held_out: folder of held-out BraTS cases (any layout Distill reads) for the parity
+            gate; ``None`` uses ``n_phantoms`` synthetic phantoms at ``phantom_spacing`` mm.
+        max_held_out: use at most this many held-out cases (sorted by id).
+        label_convention: default output convention written in the manifest.
+        thresholds: probability threshold per region (WT, TC, ET).
+        postprocess: the package's default post-processing.
+        simplify: run onnxruntime's basic offline graph optimisation on the exported graph.
+        tensorrt: precisions of TensorRT engines to build now (needs TensorRT and a GPU).
+        calibration_cache: teacher cache to draw INT8 calibration tiles from.
+        calibration_tiles: how many INT8 calibration tiles.
+        parity: pass marks of the onnxruntime gate.
+        threads: CPU threads for torch and onnxruntime during the gate.
+        tile, max_edge: sliding-window tile edge and the largest whole-volume edge (also the
+            TensorRT profile's max), in voxels, rounded up to the network divisor.
+        overwrite: replace an existing package at ``out``.
+    """
+
+    run_dir: Path
+    out: Path
+    held_out: Path | None = None
+    max_held_out: int = 3
+    n_phantoms: int = 2
+    phantom_spacing: float = 4.0
+    label_convention: str = "brats2017"
+    thresholds: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    postprocess: PostprocessConfig = field(default_factory=lambda: PostprocessConfig(enforce_hierarchy=True))
+    simplify: bool = False
+    tensorrt: tuple[str, ...] = ()
+    calibration_cache: Path | None = None
+    calibration_tiles: int = 32
+    parity: ParityThresholds = field(default_factory=ParityThresholds)
+    threads: int | None = 2
+    tile: int = 128
+    max_edge: int = 256
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_package` made."""
+
+    package_dir: Path
+    parameters: int
+    onnx_bytes: int
+    package_bytes: int
+    parity: dict[str, Any]
+    engines: tuple[str, ...]
+    seconds: float
+
+    def __str__(self) -> str:
+        gate = self.parity["onnxruntime"]
+        return (f"{self.package_dir}: {self.parameters:,}-parameter student, ONNX {self.onnx_bytes / 1e6:.2f} MB, "
+                f"package {self.package_bytes / 1e6:.2f} MB; parity onnxruntime vs torch on {len(gate['cases'])} case(s): "
+                f"max |dp| {gate['max_abs_probability']:.2g}, label agreement {gate['label_agreement']:.6f}; "
+                f"engines: {', '.join(self.engines) or 'none'}; {self.seconds:.1f} s")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the run folder
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    model: torch.nn.Module
+    config: StudentConfig
+    card: dict[str, Any]
+    weights_path: Path
+    card_path: Path
+
+
+def read_student_run(run_dir: Path) -> StudentRun:
+    """The student of a run folder, rebuilt from its card and loaded with ``weights_only=True``."""
+    run_dir = Path(run_dir)
+    weights_path, card_path = run_dir / STUDENT_WEIGHTS, run_dir / STUDENT_CARD
+    for path in (weights_path, card_path):
+        if not path.is_file():
+            raise ExportConfigError(
+                f"{path}: missing; a student run folder (from `distill train-student`) holds {STUDENT_WEIGHTS} and {STUDENT_CARD}"
+            )
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportConfigError(f"{card_path}: unreadable student card ({exc})") from exc
+    if card.get("format", CARD_FORMAT) != CARD_FORMAT or "student" not in card:
+        raise ExportConfigError(f"{card_path}: not a Distill student card (format {card.get('format')!r}, needs a 'student' config)")
+    config = StudentConfig.from_dict(card["student"])
+    model = build_student(config)
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # unpickling and key mismatches raise several types
+        raise ExportConfigError(f"{weights_path}: does not load into the student the card describes ({exc})") from exc
+    _check_card_matches(card, config, model, card_path)
+    return StudentRun(model.eval(), config, card, weights_path, card_path)
+
+
+def _check_card_matches(card: Mapping[str, Any], config: StudentConfig, model: torch.nn.Module, card_path: Path) -> None:
+    parameters = count_parameters(model)
+    if "parameters" in card and int(card["parameters"]) != parameters:
+        raise ExportConfigError(f"{card_path}: card says {card['parameters']:,} parameters, the weights have {parameters:,}")
+    if config.output_kind != "sigmoid" or config.out_channels != len(REGIONS):
+        raise ExportConfigError(
+            f"{card_path}: packages serve region students (3 sigmoid outputs WT, TC, ET); this one outputs "
+            f"{config.out_channels} {config.output_kind} channels"
+        )
+    channels = tuple(card.get("channels", REGIONS))
+    if channels != REGIONS:
+        raise ExportConfigError(f"{card_path}: output channels {list(channels)} are not {list(REGIONS)}")
+    if config.in_channels != len(MODALITIES):
+        raise ExportConfigError(
+            f"{card_path}: the student reads {config.in_channels} channels; BraTS packages need {len(MODALITIES)} ({', '.join(MODALITIES)})"
+        )
+
+
+def package_preprocess_config(card: Mapping[str, Any], divisor: int) -> PreprocessConfig:
+    """The card's training preprocessing, padded to a multiple of the network divisor.
+
+    Training let the network pad internally; padding here to the same multiple gives the
+    network the same amount of zeros (placed around the brain crop rather than after it)
+    and hands runtimes, TensorRT above all, shapes that are multiples of the divisor.
+    """
+    section = dict(card.get("data", {}).get("preprocessing") or {})
+    spacing = section.get("target_spacing")
+    card_divisor = int(section.get("divisor") or 1)
+    return PreprocessConfig(
+        target_spacing=tuple(float(s) for s in spacing) if spacing else None,  # type: ignore[arg-type]
+        divisor=math.lcm(card_divisor, divisor),
+        image_order=int(section.get("image_order", 1)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out cases
+
+
+def held_out_cases(config: ExportConfig, preprocessing: PreprocessConfig) -> tuple[list[ParityCase], str]:
+    """Preprocessed parity cases and a description of where they came from."""
+    if config.held_out is not None:
+        cases = []
+        for files in find_cases(config.held_out)[: config.max_held_out]:
+            case = load_case(files, with_labels=False)
+            cases.append(_parity_case(case.case_id, case.images, case.affine, preprocessing))
+        return cases, f"{len(cases)} held-out case(s) from {config.held_out}"
+    return phantom_parity_cases(config.n_phantoms, config.phantom_spacing, preprocessing), (
+        f"{config.n_phantoms} synthetic phantom(s) at {config.phantom_spacing:g} mm (seeds from {HELD_OUT_PHANTOM_SEED})"
+    )
+
+
+def phantom_parity_cases(n: int, spacing: float, preprocessing: PreprocessConfig, seed: int = HELD_OUT_PHANTOM_SEED) -> list[ParityCase]:
+    """``n`` synthetic phantoms, preprocessed as the package says (no patient data involved)."""
+    from distill.data.phantoms import PhantomConfig, make_phantom
+
+    cases = []
+    for k in range(n):
+        phantom = make_phantom(seed + k, PhantomConfig(spacing_mm=spacing))
+        images = np.stack([phantom.images[m] for m in MODALITIES]).astype(np.float32)
+        cases.append(_parity_case(f"phantom-{seed + k}", images, phantom.affine, preprocessing))
+    return cases
+
+
+def _parity_case(case_id: str, images: np.ndarray, affine: np.ndarray, preprocessing: PreprocessConfig) -> ParityCase:
+    prepared = preprocess(images, affine, config=preprocessing, source=case_id)
+    valid = tuple(slice(before, n - after) for n, (before, after) in zip(prepared.images.shape[1:], prepared.record.pad))
+    return ParityCase(case_id=case_id, images=prepared.images, valid=valid)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest
+
+
+def build_manifest(config: ExportConfig, run: StudentRun, preprocessing: PreprocessConfig, parity: dict[str, Any],
+                   held_out: str, simplified: bool) -> dict[str, Any]:
+    """Everything but ``files`` (added by :func:`write_manifest`) and ``engines`` (added per build)."""
+    convention = get_convention(config.label_convention)
+    card = run.card
+    data = card.get("data", {})
+    settings = default_inference_settings(run.config.in_channels, preprocessing.divisor, config.max_edge, config.tile)
+    return {
+        "format": PACKAGE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "toolkit_version": __version__,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "onnx": ONNX_NAME, "weights": WEIGHTS_NAME,
+            "input": {"name": INPUT_NAME, "layout": "B,C,X,Y,Z", "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "layout": "B,K,X,Y,Z", "dtype": "float32", "values": "logits"},
+            "dynamic_axes": ["B", "X", "Y", "Z"],
+            "exporter": EXPORTER, "opset": OPSET, "simplified": simplified,
+            "torch_version": torch.__version__, "onnx_version": _version_of("onnx"),
+            "student": run.config.to_dict(),
+            "parameters": count_parameters(run.model), "macs_128": count_macs(run.model),
+        },  # fmt: skip
+        "inputs": inputs_section(MODALITIES),
+        "output": {"kind": "sigmoid", "regions": list(REGIONS), "thresholds": dict(zip(REGIONS, config.thresholds))},
+        "labels": labels_section(convention),
+        "preprocessing": preprocessing_section(preprocessing, data.get("preprocessing", {}).get("normalisation", "zscore_in_brain_mask")),
+        "inference": settings.to_dict(),
+        "postprocessing": _postprocess_dict(config.postprocess),
+        "source": {
+            "student_card": {k: card[k] for k in CARD_SUMMARY_KEYS if k in card},
+            "student_card_sha256": sha256_file(run.card_path),
+            "student_weights_sha256": sha256_file(run.weights_path),
+            "teacher": data.get("teacher"),
+            "teacher_identity_hash": data.get("teacher_identity_hash"),
+            "training_preprocessing": data.get("preprocessing"),
+        },
+        "parity": {"held_out": held_out, **parity},
+        "engines": [],
+    }
+
+
+def _postprocess_dict(config: PostprocessConfig) -> dict[str, Any]:
+    return {"enforce_hierarchy": config.enforce_hierarchy, "min_size": dict(config.min_size), "min_size_unit": config.min_size_unit,
+            "keep_largest": list(config.keep_largest), "connectivity": config.connectivity}  # fmt: skip
+
+
+def _version_of(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return "not installed"
+
+
+# ---------------------------------------------------------------------------------------------
+# The export
+
+
+def export_package(config: ExportConfig) -> ExportResult:
+    """Export ``config.run_dir`` to the package folder ``config.out`` (see the module docstring).
+
+    Raises:
+        ExportConfigError: bad run folder, existing target, unusable options.
+        ParityError: an exported model disagrees with torch; nothing is written.
+        TensorRTUnavailable: TensorRT engines asked for where TensorRT cannot run.
+    """
+    start = time.perf_counter()
+    out = Path(config.out)
+    _check_target(out, config.overwrite)
+    get_convention(config.label_convention)  # fail on an unknown name before the slow steps
+    if config.tensorrt:
+        from distill.export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+    run = read_student_run(config.run_dir)
+    preprocessing = package_preprocess_config(run.card, run.config.divisor)
+    cases, held_out = held_out_cases(config, preprocessing)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; a package is meant to be read by services too
+    try:
+        engines = _write_package(staging, config, run, preprocessing, cases, held_out)
+        package = ModelPackage.open(staging)  # what a user will open, verified before it gets its name
+        _move_into_place(staging, out, config.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(
+        package_dir=out, parameters=package.manifest["model"]["parameters"],
+        onnx_bytes=(out / ONNX_NAME).stat().st_size, package_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+        parity=package.manifest["parity"], engines=engines, seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _write_package(staging: Path, config: ExportConfig, run: StudentRun, preprocessing: PreprocessConfig,
+                   cases: list[ParityCase], held_out: str) -> tuple[str, ...]:
+    divisor = preprocessing.divisor
+    example = (1, run.config.in_channels, 2 * divisor + 3, 2 * divisor + 1, divisor + 5)  # not multiples: the trace must not care
+    onnx_bytes = export_onnx(run.model, example)
+    if config.simplify:
+        onnx_bytes = simplify_onnx(onnx_bytes)
+    with torch_threads(config.threads):
+        report = measure_parity("onnxruntime", torch_logits_fn(run.model), onnxruntime_logits_fn(onnx_bytes, config.threads),
+                                cases, config.parity, config.thresholds, get_convention(config.label_convention))  # fmt: skip
+    report.raise_if_failed()
+    (staging / ONNX_NAME).write_bytes(onnx_bytes)
+    torch.save(run.model.state_dict(), staging / WEIGHTS_NAME)
+    manifest = build_manifest(config, run, preprocessing, {"onnxruntime": report.to_dict()}, held_out, config.simplify)
+    write_manifest(staging, manifest)
+    return _build_engines(staging, config, cases)
+
+
+def _build_engines(staging: Path, config: ExportConfig, cases: list[ParityCase]) -> tuple[str, ...]:
+    if not config.tensorrt:
+        return ()
+    from distill.export.tensorrt_build import build_gated_engine, calibration_tiles, calibration_tiles_from_cache
+
+    package = ModelPackage.open(staging)
+    # Post-norm activations are scale-free, so small tiles calibrate as well as whole volumes.
+    tile = (max(64, 2 * package.preprocess_config.divisor),) * 3
+    names = []
+    for precision in config.tensorrt:
+        calibration = None
+        if precision == "int8" and config.calibration_cache:
+            calibration = calibration_tiles_from_cache(config.calibration_cache, config.calibration_tiles, tile)
+        elif precision == "int8":
+            calibration = calibration_tiles([c.images for c in cases], config.calibration_tiles, tile)
+        built = build_gated_engine(package, precision, cases, calibration, threads=config.threads)
+        package.add_engine(built.key.file_name, built.data, built.entry)
+        names.append(built.key.file_name)
+    return tuple(names)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block (``None`` leaves it)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise ExportConfigError(f"{out}: already exists; choose another folder or pass --overwrite")
+    if out.exists() and not (out / MANIFEST_NAME).is_file():
+        raise ExportConfigError(f"{out}: exists and is not a model package; refusing to replace it")
+
+
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename ``staging`` to ``out``; an old package is moved aside first and removed after."""
+    old = None
+    if out.exists() and overwrite:
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["ExportConfig", "ExportConfigError", "ExportResult", "StudentRun", "export_package", "held_out_cases",
+           "package_preprocess_config", "phantom_parity_cases", "read_student_run"]  # fmt: skip

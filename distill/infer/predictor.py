@@ -1,0 +1,226 @@
+"""One predictor for the CLI, the benchmarks and the service: a package in, label maps out.
+
+    predictor = Predictor.from_package("pkg/", backend="onnxruntime", threads=2)
+    result = predictor.segment(images, affine)                  # images (4, X, Y, Z), any grid
+    result.labels                                                # (X, Y, Z) uint8, input grid, package convention
+
+Like nnU-Net's in-memory predictor, it holds the network once and reads everything else from
+the self-describing folder: channel order, preprocessing and its inverse, thresholds,
+post-processing and label mapping. Per case:
+
+1. check channels (count, and names when given, aliases accepted) and reorder to the package's;
+2. preprocess (crop to the brain, z-score, resample, pad to the divisor) as the manifest says;
+3. run the backend over the whole volume when it is small enough and the backend takes its
+   shape, else in overlapping tiles (:func:`distill.infer.sliding_window.predict_logits`);
+4. sigmoid, back to the input grid (:func:`restore_probabilities`), threshold per region,
+   post-process, write labels in the requested convention; optional probabilities and a
+   per-region uncertainty (binary entropy in bits, 0 = certain, 1 = p of 0.5).
+
+Stage times (preprocess, model, postprocess) come with every result; the model stage runs
+until the backend's device work is finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.data.conventions import LabelConvention, get_convention
+from distill.data.nifti import voxel_spacing
+from distill.data.preprocess import PreprocessedCase, preprocess, restore_probabilities
+from distill.errors import DataError
+from distill.export.package import ModelPackage
+from distill.infer.backends import Backend, BackendSpec, create_backend
+from distill.infer.postprocess import PostprocessConfig, postprocess_regions
+from distill.infer.sliding_window import predict_logits
+
+
+class InputMismatchError(DataError):
+    """Images whose channels do not match what the package expects."""
+
+
+@dataclass
+class Segmentation:
+    """One case's result, on the input grid.
+
+    Attributes:
+        labels: uint8 ``(X, Y, Z)`` in :attr:`convention`.
+        convention: label convention name.
+        probabilities: float32 ``(3, X, Y, Z)`` (WT, TC, ET) or ``None``.
+        uncertainty: float32 ``(3, X, Y, Z)`` binary entropy in bits, or ``None``.
+        tiled: whether the model ran in tiles (``False``: one whole-volume pass).
+        timings: seconds per stage: ``preprocess``, ``model``, ``postprocess``.
+    """
+
+    labels: np.ndarray
+    convention: str
+    probabilities: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    tiled: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def binary_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """``-(p log2 p + (1-p) log2 (1-p))`` per voxel and region; 0 where p is 0 or 1."""
+    p = np.clip(probabilities.astype(np.float64), 1e-12, 1 - 1e-12)
+    return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
+
+
+class Predictor:
+    """A loaded package and one backend; see the module docstring."""
+
+    def __init__(self, package: ModelPackage, backend: Backend, postprocess: PostprocessConfig | None = None) -> None:
+        self.package = package
+        self.backend = backend
+        self.postprocess = postprocess or package.postprocess_config
+        self.settings = package.inference
+        self.ready = False
+
+    @classmethod
+    def from_package(cls, path: str | Path, backend: str | BackendSpec = "torch", *, device: str | None = None,
+                     precision: str | None = None, threads: int | None = None, verify: bool = True,
+                     warm_up: bool = True, postprocess: PostprocessConfig | None = None, **options: Any) -> Predictor:
+        """Open (and verify) a package and load ``backend`` for it.
+
+        Args:
+            backend: a :class:`BackendSpec`, or its text form (``"torch:cuda:fp16"``; see
+                :meth:`BackendSpec.parse`); ``device``, ``precision``, ``threads`` and
+                ``options`` (``cuda_graphs``, ``compile``, ``engine_cache``, ``build_engine``)
+                override its fields.
+            warm_up: run once on a small input before returning, so :attr:`ready` means the
+                backend has executed here (TensorRT engines only prove they fit this way).
+
+        Raises:
+            PackageError, BackendUnavailable, BackendOptionError.
+        """
+        package = ModelPackage.open(path, verify=verify)
+        changes = {k: v for k, v in {"device": device, "precision": precision, "threads": threads, **options}.items() if v is not None}
+        spec = BackendSpec.parse(backend, **changes) if isinstance(backend, str) else replace(backend, **changes)
+        predictor = cls(package, create_backend(package, spec), postprocess)
+        if warm_up:
+            predictor.warm_up()
+        return predictor
+
+    # ------------------------------------------------------------------ readiness
+
+    @property
+    def warm_up_shape(self) -> tuple[int, ...]:
+        """The TensorRT profile's smallest input: every backend accepts it, and it costs little."""
+        return tuple(self.settings.profile_min)
+
+    def warm_up(self) -> None:
+        """One inference on zeros; :attr:`ready` turns true only if it succeeds."""
+        self.backend(torch.zeros(self.warm_up_shape))
+        self.backend.synchronize()
+        self.ready = True
+
+    # ------------------------------------------------------------------ channels
+
+    def check_channels(self, images: np.ndarray, modalities: Sequence[str] | None = None) -> np.ndarray:
+        """``images (C, X, Y, Z)`` in the package's channel order, or :class:`InputMismatchError`.
+
+        With ``modalities`` (one name per channel, aliases accepted, any order), channels are
+        reordered to the package's order; without, they must already be in it.
+        """
+        expected = self.package.modalities
+        if images.ndim != 4 or images.shape[0] != len(expected):
+            raise InputMismatchError(
+                f"the package expects {len(expected)} channels ({', '.join(expected)}, in this order) as an array "
+                f"(C, X, Y, Z); got shape {images.shape}"
+            )
+        if modalities is None:
+            return images
+        order = [self.resolve_modality(name) for name in modalities]
+        if sorted(order) != sorted(expected):
+            raise InputMismatchError(f"channels named {list(modalities)} do not cover {', '.join(expected)} once each")
+        return images[[order.index(m) for m in expected]]
+
+    def resolve_modality(self, name: str) -> str:
+        """The package's modality for ``name`` (case-insensitive; canonical names and aliases)."""
+        key = name.strip().lower()
+        for modality, aliases in self.package.aliases.items():
+            if key == modality or key in aliases:
+                return modality
+        accepted = "; ".join(f"{m}: {', '.join(a)}" for m, a in self.package.aliases.items())
+        raise InputMismatchError(f"unknown modality {name!r}; this package accepts {accepted}")
+
+    def stack_modalities(self, named: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``{modality or alias: (X, Y, Z)}`` -> ``(C, X, Y, Z)`` in the package's order."""
+        names = list(named)
+        images = np.stack([np.asarray(named[n], dtype=np.float32) for n in names]) if names else np.zeros((0, 1, 1, 1))
+        return self.check_channels(images, names)
+
+    # ------------------------------------------------------------------ the stages
+
+    def prepare(self, images: np.ndarray, affine: np.ndarray, modalities: Sequence[str] | None = None) -> PreprocessedCase:
+        """Channel check and preprocessing: ``(C, X, Y, Z)`` raw -> the package's grid."""
+        images = self.check_channels(np.asarray(images), modalities)
+        return preprocess(images.astype(np.float32, copy=False), np.asarray(affine, dtype=np.float64),
+                          config=self.package.preprocess_config)  # fmt: skip
+
+    def tile_for(self, shape: Sequence[int]) -> tuple[int, int, int] | None:
+        """``None`` (one whole-volume pass) when the volume is small enough and the backend takes it, else the tile."""
+        whole = (1, len(self.package.modalities), *shape)
+        if int(np.prod(shape)) <= self.settings.whole_volume_max_voxels and self.backend.fits(whole):
+            return None
+        return self.settings.tile
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Region probabilities ``(3, *S)`` float32 for preprocessed ``images (C, *S)``, and whether it tiled."""
+        tile = self.tile_for(images.shape[1:])
+        batch = torch.from_numpy(np.ascontiguousarray(images[None], dtype=np.float32)).to(self.backend.device)
+        logits = predict_logits(self.backend, batch, tile, self.settings.overlap)
+        probabilities = torch.sigmoid(logits[0].float()).cpu().numpy()
+        return probabilities, tile is not None
+
+    def finish(self, prepared: PreprocessedCase, probabilities: np.ndarray, affine: np.ndarray, convention: LabelConvention,
+               return_probabilities: bool, return_uncertainty: bool) -> Segmentation:
+        """Back to the input grid, thresholds, post-processing, labels in ``convention``."""
+        restored = restore_probabilities(probabilities, prepared.record)
+        thresholds = np.asarray(self.package.thresholds, dtype=np.float32).reshape(-1, 1, 1, 1)
+        regions = postprocess_regions(restored > thresholds, self.postprocess, spacing=voxel_spacing(affine))
+        return Segmentation(
+            labels=convention.from_regions(regions),
+            convention=convention.name,
+            probabilities=restored if return_probabilities else None,
+            uncertainty=binary_entropy(restored) if return_uncertainty else None,
+        )
+
+    def segment(self, images: np.ndarray, affine: np.ndarray, modalities: Sequence[str] | None = None,
+                label_convention: str | None = None, return_probabilities: bool = False,
+                return_uncertainty: bool = False) -> Segmentation:
+        """Labels on the input grid for one case.
+
+        Args:
+            images: ``(C, X, Y, Z)`` raw intensities, channels in the package's order unless
+                ``modalities`` names them.
+            affine: 4x4 voxel-to-world matrix of the input grid.
+            modalities: optional name (or alias) of each channel.
+            label_convention: output convention (default: the package's).
+        """
+        convention = get_convention(label_convention) if label_convention else self.package.convention
+        start = time.perf_counter()
+        prepared = self.prepare(images, affine, modalities)
+        prepared_at = time.perf_counter()
+        probabilities, tiled = self.infer(prepared.images)
+        self.backend.synchronize()
+        inferred_at = time.perf_counter()
+        result = self.finish(prepared, probabilities, affine, convention, return_probabilities, return_uncertainty)
+        result.tiled = tiled
+        result.timings = {"preprocess": prepared_at - start, "model": inferred_at - prepared_at,
+                          "postprocess": time.perf_counter() - inferred_at}  # fmt: skip
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """Backend description plus the package identity, for reports and service health checks."""
+        return {**self.backend.describe(), "package": str(self.package.root), "onnx_sha256": self.package.onnx_sha256,
+                "ready": self.ready}  # fmt: skip
+
+
+__all__ = ["InputMismatchError", "Predictor", "Segmentation", "binary_entropy"]
