@@ -44,19 +44,9 @@ def padded_input(divisor: int, device: torch.device) -> torch.Tensor:
 
 
 def write_random_student(folder: Path, target_params: int) -> Path:
-    from distill.students import build_student, config_for_params, describe_student
+    from distill.train.chain import save_untrained_student
 
-    torch.manual_seed(0)
-    config = config_for_params("unet", target_params)
-    model = build_student(config)
-    summary = describe_student(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "student.pt")
-    card = {"format": "distill-student-card", "student": config.to_dict(), "parameters": summary.parameters,
-            "macs_128": summary.macs_128, "output_kind": "sigmoid", "channels": ["WT", "TC", "ET"], "data": {}}  # fmt: skip
-    (folder / "student.json").write_text(json.dumps(card))
-    return folder
-
+    return save_untrained_student(folder, target_params)
 
 def time_variant(package: Path, text: str, engine_cache: Path, runs: int, warmup: int) -> dict:
     from distill.infer.backends import BackendSpec

@@ -43,20 +43,9 @@ STUDENT_SIZES = {"student-30k": 30_000, "student-100k": 100_000}
 
 def write_random_student(folder: Path, target_params: int) -> Path:
     """A run folder (student.pt + minimal card) holding a randomly initialised student."""
-    from distill.students import build_student, config_for_params, describe_student
+    from distill.train.chain import save_untrained_student
 
-    torch.manual_seed(0)
-    config = config_for_params("unet", target_params)
-    model = build_student(config)
-    summary = describe_student(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "student.pt")
-    card = {"format": "distill-student-card", "version": 1, "student": config.to_dict(), "parameters": summary.parameters,
-            "macs_128": summary.macs_128, "output_kind": "sigmoid", "channels": ["WT", "TC", "ET"],
-            "data": {"teacher": "none (random weights, latency only)"}, "validation": {}}  # fmt: skip
-    (folder / "student.json").write_text(json.dumps(card))
-    return folder
-
+    return save_untrained_student(folder, target_params)
 
 def seconds_of(fn, runs: int) -> list[float]:
     samples = []

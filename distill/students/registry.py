@@ -16,6 +16,13 @@ Families:
         ``(4, 8, 16, 32, 64) * scale``, strided stem, 1x1x1 conv + trilinear upsampling
         (a dense transposed conv would hold most of a separable net's parameters).
     ``unet-tiny`` / ``unet-separable-tiny``: the same designs with 3 stages ``(2, 4, 8)``.
+
+Measured on 2 shared CPU threads, whole 4 x 240 x 240 x 155 volume, torch 2.14: 30k-100k
+``unet`` students took ~0.7-1.5 s, ``unet-separable`` ~1.2-4 s (depthwise 3D convs save MACs,
+not time: they are memory-bound and poorly served by CPU kernels). One conv per stage beat two
+for plain nets at equal parameters (fewer full passes over the 1/2-resolution grid); for
+separable nets, two per stage with doubling widths kept the first stage narrowest. Moving
+model and input to ``torch.channels_last_3d`` cut torch CPU times by up to ~45%.
 """
 
 from __future__ import annotations
@@ -92,8 +99,7 @@ def _make_config(
     return StudentConfig(family=family, widths=tuple(widths), **{**defaults, **overrides})
 
 
-# Chosen by whole-volume CPU latency at 30k-100k parameters (see the family docstring above):
-# one plain conv per stage beat two; separable nets need a dense-free upsampling to stay small.
+# Chosen by whole-volume CPU latency at 30k-100k parameters (see the module docstring).
 PLAIN_DEFAULTS: Mapping[str, Any] = {"conv": "plain", "convs_per_stage": 1, "stem_stride": 2, "upsample": "transpose"}
 SEPARABLE_DEFAULTS: Mapping[str, Any] = {
     "conv": "separable", "convs_per_stage": 2, "stem_stride": 2, "upsample": "trilinear",

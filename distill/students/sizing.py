@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distill.errors import DistillError
 from distill.students.registry import student_config
-from distill.students.unet import SIGMOID, StudentConfig, StudentConfigError, StudentUNet
+from distill.students.unet import SIGMOID, StudentConfig, StudentUNet
 
 MIN_STUDENT_PARAMS = 1_000  # below this a 3D U-Net has a couple of channels per stage: refuse, never guess
 DEFAULT_TOLERANCE = 0.05

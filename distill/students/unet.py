@@ -370,7 +370,9 @@ class StudentUNet(nn.Module):
             features[f"dec{i}"] = x
         return self.head(x), features
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(B, C_in, *S)`` -> logits ``(B, K, *S)``, or ``(logits, features)`` with ``return_features``."""
         # Skipped while tracing: the tracer would bake the comparison into the graph as a constant.
         if not torch.jit.is_tracing() and (x.dim() != 5 or x.shape[1] != self.config.in_channels):

@@ -123,6 +123,33 @@ def _card(config, cache, final_config, summary, chain_results, links, train_ids,
     }
 
 
+def save_untrained_student(folder: Path, params: int, family: str = "unet", seed: int = 0,
+                           validation: dict[str, float] | None = None) -> Path:
+    """A run folder (``student.pt`` + a minimal card) holding a randomly initialised student.
+
+    For latency benchmarks and tests of export and inference, where what the network learnt
+    does not matter; the card says so in place of a teacher.
+    """
+    torch.manual_seed(seed)
+    config = config_for_params(family, params)
+    model = build_student(config)
+    summary = describe_student(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / STUDENT_WEIGHTS) as tmp:
+        torch.save(model.state_dict(), tmp)
+    atomic_write_json(folder / STUDENT_CARD, {
+        "format": CARD_FORMAT, "version": CARD_VERSION, "toolkit_version": __version__, "family": family,
+        "student": config.to_dict(), "parameters": summary.parameters, "macs_128": summary.macs_128,
+        "output_kind": config.output_kind, "channels": ["WT", "TC", "ET"],
+        "data": {"preprocessing": {"target_spacing": None, "divisor": 1, "image_order": 1,
+                                   "normalisation": "zscore_in_brain_mask"},
+                 "teacher": "none (untrained, random weights)", "teacher_identity_hash": "0" * 64},
+        "validation": dict(validation or {}),
+    })  # fmt: skip
+    return folder
+
+
 def train_student(config: TrainConfig) -> TrainResult:
     """Train the chain described by ``config`` (resuming what exists in ``config.out``)."""
     dist = init_distributed(config.device)

@@ -14,30 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
+from distill.train.chain import save_untrained_student
 from distill.cli_infer import register
 from distill.data.nifti import read_nifti
 from distill.data.phantoms import PhantomConfig, write_phantoms
 from distill.errors import DistillError
-from distill.students import build_student, config_for_params, describe_student
 
 
 def write_student_run(folder: Path, target_params: int = 20_000) -> Path:
     """A run folder as `distill train-student` leaves it: random weights and a minimal card."""
-    torch.manual_seed(0)
-    config = config_for_params("unet", target_params)
-    model = build_student(config)
-    summary = describe_student(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "student.pt")
-    card = {"format": "distill-student-card", "version": 1, "student": config.to_dict(), "parameters": summary.parameters,
-            "macs_128": summary.macs_128, "output_kind": "sigmoid", "channels": ["WT", "TC", "ET"], "data": {}, "validation": {}}  # fmt: skip
-    (folder / "student.json").write_text(json.dumps(card))
-    return folder
-
+    return save_untrained_student(folder, target_params)
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:

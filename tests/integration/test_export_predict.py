@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill.train.chain import save_untrained_student
 from distill.data.conventions import get_convention
 from distill.data.discovery import find_cases
 from distill.data.case import load_case
@@ -27,29 +28,14 @@ from distill.export.run import ExportConfig, ExportConfigError, export_package
 from distill.infer.backends import BackendSpec, BackendUnavailable
 from distill.infer.predict import PredictConfig, predict_folder
 from distill.infer.predictor import InputMismatchError, Predictor
-from distill.students import build_student, config_for_params, describe_student
+from distill.students import build_student
 
 PHANTOM = PhantomConfig(spacing_mm=4.0)
 
 
 def write_student_run(folder: Path, target_params: int = 20_000, seed: int = 0) -> Path:
     """A run folder as `distill train-student` leaves it: random weights and a minimal card."""
-    torch.manual_seed(seed)
-    config = config_for_params("unet", target_params)
-    model = build_student(config)
-    summary = describe_student(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "student.pt")
-    card = {
-        "format": "distill-student-card", "version": 1, "student": config.to_dict(), "parameters": summary.parameters,
-        "macs_128": summary.macs_128, "output_kind": "sigmoid", "channels": ["WT", "TC", "ET"],
-        "data": {"preprocessing": {"target_spacing": None, "divisor": 1, "image_order": 1, "normalisation": "zscore_in_brain_mask"},
-                 "teacher": "nnunet:test", "teacher_identity_hash": "0" * 64},
-        "validation": {},
-    }  # fmt: skip
-    (folder / "student.json").write_text(json.dumps(card))
-    return folder
-
+    return save_untrained_student(folder, target_params, seed=seed)
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:

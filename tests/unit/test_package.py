@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import synthetic_case
+from distill.train.chain import save_untrained_student
 from distill.data.nifti import write_nifti
 from distill.export.package import (
     FORMAT_VERSION,
@@ -23,29 +23,13 @@ from distill.export.package import (
 from distill.infer.backends import BackendOptionError, BackendSpec
 from distill.infer.bench import latency_stats
 from distill.infer.predictor import binary_entropy
-from distill.students import build_student, config_for_params, describe_student
 
 MODALITY_SUFFIXES = ("t1", "t1ce", "t2", "flair")
 
 
 def write_student_run(folder: Path, target_params: int = 20_000, seed: int = 0) -> Path:
     """A run folder as `distill train-student` leaves it: random weights and a minimal card."""
-    torch.manual_seed(seed)
-    config = config_for_params("unet", target_params)
-    model = build_student(config)
-    summary = describe_student(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "student.pt")
-    card = {
-        "format": "distill-student-card", "version": 1, "student": config.to_dict(), "parameters": summary.parameters,
-        "macs_128": summary.macs_128, "output_kind": "sigmoid", "channels": ["WT", "TC", "ET"],
-        "data": {"preprocessing": {"target_spacing": None, "divisor": 1, "image_order": 1, "normalisation": "zscore_in_brain_mask"},
-                 "teacher": "nnunet:test", "teacher_identity_hash": "0" * 64},
-        "validation": {"dice_teacher/WT": 0.5},
-    }  # fmt: skip
-    (folder / "student.json").write_text(json.dumps(card))
-    return folder
-
+    return save_untrained_student(folder, target_params, seed=seed, validation={"dice_teacher/WT": 0.5})
 
 def write_tiny_cases(root: Path, n: int = 1, shape=(40, 36, 30)) -> Path:
     """``n`` tiny BraTS-2017-named cases (random brain box, no labels needed for export)."""
