@@ -1092,10 +1092,12 @@ class TeacherCache:
         except KeyError:
             raise CacheError(f"{self.root}: case {case_id!r} is not in this cache") from None
 
-    def stored_bytes(self, case_id: str) -> int:
-        """Bytes on disk of one case (data folder and entry)."""
+    def stored_bytes(self, case_id: str, array: str | None = None) -> int:
+        """Bytes on disk of one case (data folder and entry), or of one of its arrays."""
         entry = self.entry(case_id)
         folder = self._layout.data(entry.data)
+        if array is not None:
+            return sum(f.stat().st_size for f in (folder / array).rglob("*") if f.is_file())
         return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) + self._layout.entry(case_id).stat().st_size
 
     def shape(self, case_id: str) -> tuple[int, int, int]:
