@@ -315,10 +315,8 @@ def train_link(
 
 
 def _tensorboard_writer(link_dir: Path):
-    """A TensorBoard writer when the ``tensorboard`` package is installed; the CSV log is always written."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
+    """TensorBoard event files beside the CSV log (``tensorboard --logdir <out>/links``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(link_dir / "tensorboard"))
 

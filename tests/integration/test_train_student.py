@@ -35,6 +35,8 @@ def test_params_budget_card_and_weights_only_checkpoint(phantom_cache, tmp_path)
     model = build_student(StudentConfig.from_dict(card["student"]))
     model.load_state_dict(torch.load(result.weights, weights_only=True))
     assert model(torch.zeros(1, 4, 20, 19, 17)).shape == (1, 3, 20, 19, 17)
+    link = next((tmp_path / "run" / "links").iterdir())
+    assert (link / "log.csv").is_file() and any((link / "tensorboard").iterdir())
 
 
 def test_ratio_sizes_against_one_teacher_member(phantom_cache, tmp_path):
