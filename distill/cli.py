@@ -263,7 +263,7 @@ def demo_command(
     n_test: Annotated[int, typer.Option(min=1, help="Held-out test phantoms.")] = 2,
     teacher_iterations: Annotated[int, typer.Option(min=0, help="nnU-Net training iterations per fold.")] = 20,
     params: Annotated[int, typer.Option(help="Student parameter budget.")] = 30_000,
-    steps: Annotated[int, typer.Option(min=1, help="Student training steps.")] = 100,
+    steps: Annotated[int, typer.Option(min=1, help="Student training steps.")] = 600,
     larger: Annotated[bool, typer.Option(help="64x64x40 phantoms and 48-voxel patches (slower, closer to real work).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:

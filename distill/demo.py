@@ -46,7 +46,7 @@ class DemoConfig:
     phantom_shape: tuple[int, int, int] = (48, 48, 32)
     teacher_iterations: int = 20
     student_params: int = 30_000
-    steps: int = 100
+    steps: int = 600  # a 30k student starts segmenting phantoms after a few hundred steps
     patch: int = 32
     progress: bool = True
 
