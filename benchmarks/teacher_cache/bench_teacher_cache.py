@@ -193,6 +193,8 @@ def main() -> None:
         "",
         f"Timings were taken on a shared 2-core machine while other jobs ran (load average {os.getloadavg()[0]:.1f} at the",
         "end), one after another rather than interleaved, so treat them as rough; sizes and errors are exact.",
+        "A rerun in the same --work reuses the timings of stages already done (work/timings.json); the committed",
+        "timings come from the first full run, the size columns from a rerun that added them.",
     ]  # fmt: skip
     (HERE / "RESULTS_teacher.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
