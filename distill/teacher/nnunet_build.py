@@ -47,6 +47,8 @@ class CompactTeacherConfig:
         folds: which folds to build.
         export_validation_probabilities: run nnU-Net's validation and keep its ``.npz`` files.
         raw_dataset: use this existing nnU-Net raw dataset folder instead of phantoms.
+        patch_size: training patch of the compact plan (``None`` keeps nnU-Net's); each axis
+            must be divisible by the product of that axis's pooling strides.
     """
 
     work_dir: Path
@@ -61,6 +63,7 @@ class CompactTeacherConfig:
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     export_validation_probabilities: bool = False
     raw_dataset: Path | None = None
+    patch_size: tuple[int, int, int] | None = None
 
     @property
     def dataset_folder_name(self) -> str:
@@ -144,20 +147,40 @@ def build_compact_nnunet(config: CompactTeacherConfig, log_path: Path | None = N
 # --------------------------------------------------------------------------- child process
 
 
-def compact_plans(plans: dict, base_features: int, max_features: int) -> dict:
-    """nnU-Net's plans with narrower 3d_fullres stages (see the module docstring)."""
+def compact_plans(plans: dict, base_features: int, max_features: int, patch_size: tuple[int, ...] | None = None) -> dict:
+    """nnU-Net's plans with narrower 3d_fullres stages and optionally a smaller patch (see the module docstring)."""
     plans = json.loads(json.dumps(plans))
     plans["plans_name"] = COMPACT_PLANS
-    arch = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
+    configuration = plans["configurations"][CONFIGURATION]
+    arch = configuration["architecture"]["arch_kwargs"]
     default_features = list(arch["features_per_stage"])
     arch["features_per_stage"] = [min(base_features * 2**i, max_features) for i in range(arch["n_stages"])]
+    default_patch = list(configuration["patch_size"])
+    if patch_size is not None:
+        configuration["patch_size"] = _checked_patch(list(patch_size), arch["strides"])
     plans["distill_compact_plan"] = {
         "derived_from": "nnUNetPlans",
         "configuration": CONFIGURATION,
         "features_per_stage": {"default": default_features, "compact": arch["features_per_stage"]},
-        "rule": f"min({base_features} * 2**stage, {max_features}); everything else as planned by nnU-Net",
-    }
+        "patch_size": {"default": default_patch, "compact": configuration["patch_size"]},
+        "rule": f"min({base_features} * 2**stage, {max_features}); patch as given (or nnU-Net's); "
+                "everything else (stages, strides, kernels, spacing, normalisation) as planned by nnU-Net",
+    }  # fmt: skip
     return plans
+
+
+def _checked_patch(patch: list[int], strides: list[list[int]]) -> list[int]:
+    """``patch`` if every axis is divisible by its total pooling stride (the encoder's bottleneck grid)."""
+    if len(patch) != len(strides[0]):
+        raise DistillError(f"compact plan: patch {patch} has {len(patch)} axes, the network {len(strides[0])}")
+    for axis, edge in enumerate(patch):
+        total = 1
+        for stage in strides:
+            total *= stage[axis]
+        if edge % total:
+            raise DistillError(f"compact plan: patch edge {edge} on axis {axis} is not divisible by the network's "
+                               f"total stride {total} on that axis")  # fmt: skip
+    return patch
 
 
 def _child(config: dict) -> None:  # pragma: no cover - runs in the child process, covered by integration tests
@@ -184,7 +207,7 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
     compact_file = pre_dir / f"{COMPACT_PLANS}.json"
     if not compact_file.is_file():
         plans = json.loads((pre_dir / "nnUNetPlans.json").read_text())
-        compact_file.write_text(json.dumps(compact_plans(plans, config["base_features"], config["max_features"]), indent=2))
+        compact_file.write_text(json.dumps(compact_plans(plans, config["base_features"], config["max_features"], config["patch_size"]), indent=2))
     plans = json.loads(compact_file.read_text())
     data_dir = pre_dir / plans["configurations"][CONFIGURATION]["data_identifier"]
     if not data_dir.is_dir():

@@ -1,0 +1,59 @@
+"""The compact nnU-Net plan: narrower stages, optionally a smaller patch, nothing else changed."""
+
+import pytest
+
+from distill.errors import DistillError
+from distill.teacher.nnunet_build import COMPACT_PLANS, compact_plans
+
+
+def nnunet_like_plans() -> dict:
+    """The parts of an nnU-Net 3d_fullres plan the compact rule touches (4 stages, z pooled twice)."""
+    return {
+        "plans_name": "nnUNetPlans",
+        "configurations": {
+            "3d_fullres": {
+                "patch_size": [96, 80, 80],
+                "spacing": [2.0, 2.0, 2.0],
+                "architecture": {
+                    "arch_kwargs": {
+                        "n_stages": 4,
+                        "features_per_stage": [32, 64, 128, 256],
+                        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]],
+                    }
+                },
+            }
+        },
+    }
+
+
+def test_features_follow_the_rule_and_the_rest_is_kept():
+    plans = compact_plans(nnunet_like_plans(), base_features=8, max_features=32)
+    configuration = plans["configurations"]["3d_fullres"]
+    assert plans["plans_name"] == COMPACT_PLANS
+    assert configuration["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 32]
+    assert configuration["patch_size"] == [96, 80, 80]
+    assert configuration["spacing"] == [2.0, 2.0, 2.0]
+    assert plans["distill_compact_plan"]["features_per_stage"]["default"] == [32, 64, 128, 256]
+
+
+def test_patch_is_replaced_and_recorded():
+    plans = compact_plans(nnunet_like_plans(), base_features=8, max_features=64, patch_size=(64, 64, 36))
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [64, 64, 36]
+    assert plans["distill_compact_plan"]["patch_size"] == {"default": [96, 80, 80], "compact": [64, 64, 36]}
+
+
+@pytest.mark.parametrize("patch, axis, total", [((60, 64, 64), 0, 8), ((64, 64, 34), 2, 4)])
+def test_patch_not_divisible_by_the_total_stride_is_refused(patch, axis, total):
+    with pytest.raises(DistillError, match=f"edge {patch[axis]} on axis {axis} .* total stride {total}"):
+        compact_plans(nnunet_like_plans(), base_features=8, max_features=64, patch_size=patch)
+
+
+def test_patch_with_the_wrong_number_of_axes_is_refused():
+    with pytest.raises(DistillError, match="2 axes"):
+        compact_plans(nnunet_like_plans(), base_features=8, max_features=64, patch_size=(64, 64))
+
+
+def test_input_plans_are_not_modified():
+    original = nnunet_like_plans()
+    compact_plans(original, base_features=8, max_features=64, patch_size=(64, 64, 64))
+    assert original == nnunet_like_plans()
