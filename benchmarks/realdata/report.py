@@ -145,8 +145,9 @@ def write_report(p, names: list[str]) -> None:
     for r in rows:
         agreement = " / ".join(f"{r['agreement_with_teacher'][g]:.3f}" for g in REGIONS) if "agreement_with_teacher" in r else "-"
         hd95 = " / ".join("-" if r["hd95_mm"][g] is None else f"{r['hd95_mm'][g]:.1f}" for g in REGIONS)
+        dice = " / ".join(f"{r['dice'][g]:.3f}" for g in REGIONS)
         table.append(f"| {r['model']} | {r['parameters']:,}{' x5' if r['model'].startswith('teacher') else ''} | "
-                     f"{r['macs_128'] / 1e9:.2f} | {' / '.join(f'{r['dice'][g]:.3f}' for g in REGIONS)} | "
+                     f"{r['macs_128'] / 1e9:.2f} | {dice} | "
                      f"{r['mean_dice']:.3f} | {hd95} | {agreement} | {r['latency_median_s']:.2f} | "
                      f"{r['speedup_vs_teacher']:.0f}x | {r.get('train_seconds', '-')} |")  # fmt: skip
     lines = [

@@ -151,13 +151,16 @@ class ParityThresholds:
         min_label_agreement: smallest allowed fraction of voxels with the same output label.
     """
 
-    max_abs_probability: float = 1e-4
+    # fp32 reassociation alone reaches ~1e-4: a 100k student on one whole real 1 mm BraTS volume
+    # (tiled, 2 threads) differed by 1.6e-4 with 99.9998 % of labels equal. Export bugs (axis
+    # order, padding, a dropped norm) show up as differences of 1e-2 and more, and in the labels.
+    max_abs_probability: float = 5e-4
     min_label_agreement: float = 0.9999
 
 
 # Reduced precision cannot meet the FP32 marks: these are the gates for engines built in it.
 PRECISION_THRESHOLDS: dict[str, ParityThresholds] = {
-    "fp32": ParityThresholds(1e-4, 0.9999),
+    "fp32": ParityThresholds(),
     "fp16": ParityThresholds(5e-2, 0.999),
     "int8": ParityThresholds(0.25, 0.99),
 }

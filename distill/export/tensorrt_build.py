@@ -11,7 +11,7 @@ builder flags (``FP16``, ``INT8``, ``OBEY_PRECISION_CONSTRAINTS``) and INT8 cali
 deprecated from 10.1 in favour of explicit Q/DQ, and per-layer precision hints were not
 always honoured in 10.0 (NVIDIA/TensorRT#3941). So:
 
-* ``fp32``: the exported graph as is, TF32 disabled (TF32 convs would miss the 1e-4 gate);
+* ``fp32``: the exported graph as is, TF32 disabled (TF32 convs would miss the fp32 gate);
 * ``fp16``: :func:`to_mixed_fp16` casts weights and activations to FP16 but keeps every
   normalisation (and its scale and shift) in FP32, with casts around it: instance-norm
   statistics over a whole volume overflow or lose precision in FP16;
