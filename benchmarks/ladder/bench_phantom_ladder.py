@@ -97,7 +97,11 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=48)
     parser.add_argument("--sizes", type=int, nargs="+", default=(100_000, 30_000))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="Rewrite RESULTS.md from results.json")
     args = parser.parse_args()
+    if args.report_only:
+        write_markdown(json.loads((HERE / "results.json").read_text()))
+        return
     torch.set_num_threads(2)
 
     from distill.data.conventions import get_convention
@@ -151,15 +155,39 @@ def main() -> None:
         "students": rows,
     }  # fmt: skip
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results)
+
+
+def findings(results: dict) -> list[str]:
+    """Plain statements: does each distillation step beat the one before it."""
+    rows = {(r["size"], r["variant"]): r for r in results["students"]}
+    teacher = results["teacher"]["dice_gt"]
+    lines = [f"- Teacher ensemble on the test phantoms, Dice WT/TC/ET {teacher['WT']:.3f} / {teacher['TC']:.3f} / "
+             f"{teacher['ET']:.3f} (mean {results['teacher']['dice_gt_mean']:.3f})."]  # fmt: skip
+    steps = [("a_no_kd", "b_kd", "KD over no KD"), ("b_kd", "c_kd_chain", "assistant chain over direct KD"),
+             ("c_kd_chain", "d_kd_chain_graphflow", "graph flow over the chain")]  # fmt: skip
+    for size in sorted({r["size"] for r in results["students"]}, reverse=True):
+        for before, after, label in steps:
+            if (size, before) not in rows or (size, after) not in rows:
+                continue
+            a, b = rows[(size, before)]["dice_gt_mean"], rows[(size, after)]["dice_gt_mean"]
+            verdict = "helps" if b - a > 0.01 else ("hurts" if b - a < -0.01 else "no difference (|delta| <= 0.01)")
+            lines.append(f"- {size:,}: {label}: mean Dice {a:.3f} -> {b:.3f} ({b - a:+.3f}), {verdict}.")
+    return lines
+
+
+def write_markdown(results: dict) -> None:
+    setup, teacher, rows = results["setup"], results["teacher"], results["students"]
     lines = [
         "# Distillation ladder on phantoms",
         "",
-        f"Command: `{results['command']}` ({os.cpu_count()} CPU cores, torch {torch.__version__}, 2 threads).",
-        f"Teacher: compact nnU-Net, {teacher_build.parameters_per_member:,} parameters per member, 5 folds x 8 TTA, "
-        f"{args.teacher_iterations} iterations per fold; test Dice vs ground truth WT/TC/ET "
-        f"{' / '.join(f'{d:.3f}' for d in teacher_dice)} (mean {teacher_dice.mean():.3f}).",
-        f"Students: {args.steps} steps per link, batch 2, patch {args.patch}³, seed {args.seed}; "
-        f"{args.train_cases} training and {args.test_cases} held-out test phantoms of shape {tuple(args.shape)}.",
+        f"Command: `{results['command']}` ({results['machine']['cpus']} CPU cores, torch {results['machine']['torch']}, "
+        f"{results['machine']['threads']} threads).",
+        f"Teacher: compact nnU-Net, {teacher['parameters_per_member']:,} parameters per member, 5 folds x 8 TTA, "
+        f"{teacher['iterations_per_fold']} iterations per fold.",
+        f"Students: {setup['steps_per_link']} steps per link, batch {setup['batch']}, patch {setup['patch']}³, seed "
+        f"{setup['seed']}; {setup['train_cases']} training and {setup['test_cases']} held-out test phantoms of shape "
+        f"{tuple(setup['shape'])}.",
         "",
         "| size | variant | params | chain | Dice GT WT/TC/ET | mean | Dice vs teacher WT/TC/ET | steps/s | peak MB |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -167,6 +195,11 @@ def main() -> None:
           f"{' / '.join(f'{v:.3f}' for v in r['dice_gt'].values())} | {r['dice_gt_mean']:.3f} | "
           f"{' / '.join(f'{v:.3f}' for v in r['dice_teacher'].values())} | {r['steps_per_second_final_link']:.2f} | "
           f"{r['peak_memory_mb']:.0f} |" for r in rows],
+        "",
+        "## Findings",
+        "",
+        *findings(results),
+        *([""] + results["notes"] if results.get("notes") else []),
     ]  # fmt: skip
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
