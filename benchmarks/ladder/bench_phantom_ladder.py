@@ -107,6 +107,7 @@ def main() -> None:
     from distill.data.conventions import get_convention
     from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
     from distill.train import TrainConfig, train_student
+    from distill.train.chain import share_first_link
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -125,6 +126,8 @@ def main() -> None:
         for variant, options in VARIANTS.items():
             run = work / "students" / f"{size}_{variant}"
             t0 = time.perf_counter()
+            if variant == "d_kd_chain_graphflow":
+                share_first_link(work / "students" / f"{size}_c_kd_chain", run)
             result = train_student(TrainConfig(cache=work / "cache", out=run, params=size, steps=args.steps,
                                                patch_size=(args.patch,) * 3, batch_size=2, seed=args.seed, val_cases=0,
                                                progress=False, **options))  # fmt: skip

@@ -189,9 +189,13 @@ def student_name(size: int, variant: str) -> str:
 
 def stage_student(p: Pipeline, size: int, variant: str) -> dict:
     from distill.train import TrainConfig, train_student
+    from distill.train.chain import share_first_link
 
     a = p.args
-    result = train_student(TrainConfig(cache=p.work / "cache_oof", out=p.work / "students" / student_name(size, variant),
+    run = p.work / "students" / student_name(size, variant)
+    if variant == "d_kd_chain_graphflow":
+        share_first_link(p.work / "students" / student_name(size, "c_kd_chain"), run)
+    result = train_student(TrainConfig(cache=p.work / "cache_oof", out=run,
                                        params=size, steps=a.steps, patch_size=(a.patch,) * 3, batch_size=2,
                                        seed=a.seed, val_cases=0, progress=False, **VARIANTS[variant]))  # fmt: skip
     card = json.loads(result.card.read_text())

@@ -12,6 +12,7 @@ loadable with ``torch.load(weights_only=True)``) and described by ``student.json
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,25 @@ def save_untrained_student(folder: Path, params: int, family: str = "unet", seed
         "validation": dict(validation or {}),
     })  # fmt: skip
     return folder
+
+
+def share_first_link(source_run: Path, target_run: Path) -> bool:
+    """Start ``target_run`` from the finished first link of ``source_run``; ``False`` if there is none.
+
+    For comparisons that differ only after the first link: e.g. a chain with graph flow and
+    the same chain without it share link 0 exactly (it learns from the cache, and graph flow
+    acts only on links with a live teacher), and the same seed gives bit-identical weights,
+    so training it twice is wasted time. ``target_run`` must not have links yet; it then
+    resumes past link 0 as after a kill. Links are matched by folder name (size included),
+    so a first link of another size is never picked up.
+    """
+    finished = sorted(Path(source_run).glob("links/link0_*/done.json"))
+    target_links = Path(target_run) / "links"
+    if not finished or target_links.exists():
+        return False
+    target_links.mkdir(parents=True)
+    shutil.copytree(finished[0].parent, target_links / finished[0].parent.name)
+    return True
 
 
 def train_student(config: TrainConfig) -> TrainResult:

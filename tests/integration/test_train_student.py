@@ -60,6 +60,26 @@ def test_chain_with_graph_flow_trains_every_link(phantom_cache, tmp_path):
     assert rows and all(float(r["graph_flow/raw"]) > 0 for r in rows)
 
 
+def test_graph_flow_chain_shares_the_plain_chains_first_link(phantom_cache, tmp_path):
+    """Link 0 of a chain is the same with or without graph flow: training it once gives identical weights."""
+    from distill.train.chain import share_first_link
+
+    chain = dict(params=6000, assistants="1", paraphraser_steps=5, **FAST)
+    plain = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "plain", **chain))
+    assert share_first_link(tmp_path / "plain", tmp_path / "shared")
+    assert not share_first_link(tmp_path / "plain", tmp_path / "shared")  # target already has links
+    assert not share_first_link(tmp_path / "nothing", tmp_path / "other")
+    shared = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "shared", graph_flow_weight=1.0, **chain))
+    fresh = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "fresh", graph_flow_weight=1.0, **chain))
+    link0 = {run: next((tmp_path / run / "links").glob("link0_*/weights.pt")) for run in ("plain", "shared", "fresh")}
+    weights = {run: torch.load(path, weights_only=True) for run, path in link0.items()}
+    assert all(torch.equal(weights["fresh"][k], weights["plain"][k]) for k in weights["plain"])
+    assert all(torch.equal(weights["shared"][k], weights["plain"][k]) for k in weights["plain"])
+    final = [torch.load(r.weights, weights_only=True) for r in (shared, fresh)]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    assert plain.chain == shared.chain
+
+
 def test_dense_guidance_runs(phantom_cache, tmp_path):
     result = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=6000, assistants="1",
                                        dense_guidance=True, **FAST))  # fmt: skip
