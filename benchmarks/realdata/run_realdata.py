@@ -279,8 +279,8 @@ def scores_of(result) -> dict:
     mean = {}
     for region in REGIONS:
         dice = [per_case[c][region]["dice"] for c in per_case]
-        hd95 = [per_case[c][region]["hd95"] for c in per_case if np.isfinite(per_case[c][region]["hd95"])]
-        mean[region] = {"dice": round(float(np.mean(dice)), 4), "hd95": round(float(np.mean(hd95)), 2) if hd95 else None}
+        hd95 = [per_case[c][region]["hd95"] for c in per_case]  # never NaN or inf (empty-mask policy)
+        mean[region] = {"dice": round(float(np.mean(dice)), 4), "hd95": round(float(np.mean(hd95)), 2)}
     mean["mean_dice"] = round(float(np.mean([mean[r]["dice"] for r in REGIONS])), 4)
     return {"mean": mean, "per_case": per_case}
 
