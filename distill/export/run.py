@@ -230,7 +230,8 @@ def held_out_cases(config: ExportConfig, preprocessing: PreprocessConfig) -> tup
         for files in find_cases(config.held_out)[: config.max_held_out]:
             case = load_case(files, with_labels=False)
             cases.append(_parity_case(case.case_id, case.images, case.affine, preprocessing))
-        return cases, f"{len(cases)} held-out case(s) from {config.held_out}"
+        # Case ids, not the folder's path: a package travels, and a local path means nothing elsewhere.
+        return cases, f"{len(cases)} held-out case(s): {', '.join(c.case_id for c in cases)}"
     return phantom_parity_cases(config.n_phantoms, config.phantom_spacing, preprocessing), (
         f"{config.n_phantoms} synthetic phantom(s) at {config.phantom_spacing:g} mm (seeds from {HELD_OUT_PHANTOM_SEED})"
     )
