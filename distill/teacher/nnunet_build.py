@@ -119,6 +119,7 @@ def build_compact_nnunet(config: CompactTeacherConfig, log_path: Path | None = N
         write_phantoms(raw_dir, n_cases=config.n_cases, seed=config.seed,
                        config=PhantomConfig(shape=config.phantom_shape), layout="nnunet", progress=False)  # fmt: skip
         seconds["phantoms"] = time.perf_counter() - start
+    check_existing_compact_plan(work / "nnUNet_preprocessed" / config.dataset_folder_name / f"{COMPACT_PLANS}.json", config)
     start = time.perf_counter()
     payload = json.dumps({**asdict(config), "work_dir": str(work), "raw_dataset": None})
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -167,6 +168,20 @@ def compact_plans(plans: dict, base_features: int, max_features: int, patch_size
                 "everything else (stages, strides, kernels, spacing, normalisation) as planned by nnU-Net",
     }  # fmt: skip
     return plans
+
+
+def check_existing_compact_plan(compact_file: Path, config: CompactTeacherConfig) -> None:
+    """Refuse to resume a build whose compact plan was written with other widths or another patch
+    (the plan is written once and reused, so a changed option would otherwise be ignored)."""
+    if not compact_file.is_file():
+        return
+    recorded = json.loads(compact_file.read_text()).get("distill_compact_plan", {})
+    patch = recorded.get("patch_size")
+    wanted_rule = f"min({config.base_features} * 2**stage, {config.max_features})"
+    wanted_patch = list(config.patch_size) if config.patch_size else (patch or {}).get("default")
+    if not recorded.get("rule", "").startswith(wanted_rule) or (patch and patch["compact"] != wanted_patch):
+        raise DistillError(f"{compact_file}: written for features {recorded.get('rule')!r} and patch "
+                           f"{(patch or {}).get('compact')}, not {wanted_rule} and {wanted_patch}; use a new work folder")  # fmt: skip
 
 
 def _checked_patch(patch: list[int], strides: list[list[int]]) -> list[int]:

@@ -3,7 +3,9 @@
 import pytest
 
 from distill.errors import DistillError
-from distill.teacher.nnunet_build import COMPACT_PLANS, compact_plans
+import json
+
+from distill.teacher.nnunet_build import COMPACT_PLANS, CompactTeacherConfig, check_existing_compact_plan, compact_plans
 
 
 def nnunet_like_plans() -> dict:
@@ -57,3 +59,15 @@ def test_input_plans_are_not_modified():
     original = nnunet_like_plans()
     compact_plans(original, base_features=8, max_features=64, patch_size=(64, 64, 64))
     assert original == nnunet_like_plans()
+
+
+def test_a_build_resumed_with_other_options_is_refused(tmp_path):
+    plan_file = tmp_path / "plans.json"
+    plan_file.write_text(json.dumps(compact_plans(nnunet_like_plans(), base_features=8, max_features=64, patch_size=(64, 64, 64))))
+    same = CompactTeacherConfig(work_dir=tmp_path, base_features=8, max_features=64, patch_size=(64, 64, 64))
+    check_existing_compact_plan(plan_file, same)
+    check_existing_compact_plan(tmp_path / "absent.json", same)
+    for other in (dict(patch_size=(32, 32, 32)), dict(patch_size=None), dict(max_features=32)):
+        config = CompactTeacherConfig(**{**same.__dict__, **other})
+        with pytest.raises(DistillError, match="use a new work folder"):
+            check_existing_compact_plan(plan_file, config)
