@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from distill.data.nifti import voxel_spacing
@@ -140,13 +141,28 @@ def crop(array: np.ndarray, bbox: Bbox) -> np.ndarray:
     return array[(..., *(slice(a, b) for a, b in bbox))]
 
 
+def masked_mean_std(images: np.ndarray, mask: np.ndarray, zero_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (float64, std floored at 1e-8) over ``mask``.
+
+    Two float64 reductions per channel over the zero-filled array, so the masked voxels are never
+    gathered into a copy (that copy cost as much as everything else in preprocessing);
+    ``zero_outside=True`` says ``images`` are already zero outside ``mask`` (skips the fill)."""
+    count = max(int(mask.sum()), 1)
+    means, stds = np.zeros(images.shape[0]), np.ones(images.shape[0])
+    for c in range(images.shape[0]):
+        kept = images[c] if zero_outside else np.where(mask, images[c], np.float32(0))
+        means[c] = kept.sum(dtype=np.float64) / count
+        variance = float(np.square(kept, dtype=np.float64).sum()) / count - means[c] ** 2
+        stds[c] = max(max(variance, 0.0) ** 0.5, 1e-8)
+    return means, stds
+
+
 def zscore_in_mask(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per channel ``(x - mean) / std`` over the masked voxels; zero outside the mask."""
+    means, stds = masked_mean_std(images, mask)
     out = np.zeros(images.shape, dtype=np.float32)
     for c in range(images.shape[0]):
-        values = images[c][mask].astype(np.float64)
-        std = max(float(values.std()), 1e-8)
-        out[c][mask] = ((values - values.mean()) / std).astype(np.float32)
+        np.multiply((images[c] - np.float32(means[c])) / np.float32(stds[c]), mask, out=out[c], casting="unsafe")
     return out
 
 
@@ -173,6 +189,8 @@ def resample(array: np.ndarray, shape: tuple[int, int, int], order: int = 1) -> 
         return array
     lead = array.shape[:-3]
     flat = array.reshape((-1, *array.shape[-3:]))
+    if order == 1:
+        return _resample_linear(flat, shape).reshape((*lead, *shape))
     factors = [n / o for n, o in zip(shape, array.shape[-3:])]
     out = np.empty((flat.shape[0], *shape), dtype=np.float32)
     for i, channel in enumerate(flat):
@@ -183,6 +201,17 @@ def resample(array: np.ndarray, shape: tuple[int, int, int], order: int = 1) -> 
     return out.reshape((*lead, *shape))
 
 
+def _resample_linear(flat: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Grid-aligned trilinear resampling of ``(K, X, Y, Z)``; the same sampling positions and edge
+    handling as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode="nearest")`` (equal to float32
+    rounding), but multi-threaded: on a 1 mm BraTS volume it is ~7x faster, which matters because
+    resampling dominates a tiny student's per-case time."""
+    volume = torch.from_numpy(np.asarray(flat, dtype=np.float32))[None]  # strided views are fine
+    with torch.no_grad():
+        resampled = torch.nn.functional.interpolate(volume, size=tuple(int(n) for n in shape), mode="trilinear", align_corners=False)
+    return resampled[0].numpy()
+
+
 def resample_labels(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Resample a label map by linear interpolation of each label's one-hot mask, then argmax."""
     if tuple(labels.shape) == tuple(shape):
@@ -191,6 +220,25 @@ def resample_labels(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarr
     onehot = np.stack([(labels == v).astype(np.float32) for v in values])
     winner = np.argmax(resample(onehot, shape, order=1), axis=0)
     return values[winner].astype(labels.dtype)
+
+
+def zscore_then_resample_linear(images: np.ndarray, mask: np.ndarray, mask_weight: np.ndarray) -> np.ndarray:
+    """``resample(zscore_in_mask(images, mask), order=1)`` computed on the resampled grid.
+
+    The caller's ``mask`` must be every voxel non-zero in some channel (:func:`brain_mask`), so
+    ``images == images * mask``, and
+    z-scoring inside it is ``(x - mean * mask) / std``. Linear resampling is linear and keeps
+    constants, so the resampled result is ``(resample(x) - mean * resample(mask)) / std``, where
+    ``mask_weight = resample(mask)``. Only the statistics touch the original grid: at 1 mm -> 2 mm
+    that is 8x fewer voxels to normalise, the bulk of a tiny student's per-case time.
+    """
+    means, stds = masked_mean_std(images, mask, zero_outside=True)
+    resampled = resample(images, mask_weight.shape, order=1)
+    if np.shares_memory(resampled, images):  # same grid: resample returned its input
+        resampled = resampled.astype(np.float32, copy=True)
+    for c in range(resampled.shape[0]):
+        resampled[c] = (resampled[c] - np.float32(means[c]) * mask_weight) / np.float32(stds[c])
+    return resampled
 
 
 def padding_for(shape, divisor: int) -> Pad:
@@ -233,14 +281,18 @@ def preprocess(
     mask = brain_mask(images)
     bbox = bounding_box(mask, source)
     cropped_mask = crop(mask, bbox)
-    cropped = zscore_in_mask(crop(images, bbox), cropped_mask)
+    cropped = crop(images, bbox)
     cropped_labels = crop(labels, bbox) if labels is not None else None
 
     new_shape = tuple(cropped.shape[1:])
     if config.target_spacing is not None:
         new_shape = resampled_shape(new_shape, voxel_spacing(affine), config.target_spacing)
-    resampled = resample(cropped, new_shape, order=config.image_order)
-    resampled_mask = resample(cropped_mask.astype(np.float32), new_shape, order=1) >= 0.5
+    mask_weight = resample(cropped_mask.astype(np.float32), new_shape, order=1)
+    if config.image_order == 1:
+        resampled = zscore_then_resample_linear(cropped, cropped_mask, mask_weight)
+    else:
+        resampled = resample(zscore_in_mask(cropped, cropped_mask), new_shape, order=config.image_order)
+    resampled_mask = mask_weight >= 0.5
     resampled *= resampled_mask  # keep "outside the brain" exactly zero after interpolation
     resampled_labels = resample_labels(cropped_labels, new_shape) if cropped_labels is not None else None
 
@@ -284,14 +336,25 @@ def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     return out
 
 
+def restore_probabilities_in_crop(probabilities: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """``(K, *record.shape)`` soft maps -> ``(K, *record.cropped_shape)`` float32: padding removed and
+    resampled back, still inside the brain's bounding box (:func:`uncrop` places them)."""
+    _check_grid(probabilities, record)
+    cropped = resample(unpad(probabilities, record.pad).astype(np.float32, copy=False), record.cropped_shape, order=1)
+    return cropped.copy() if np.shares_memory(cropped, probabilities) else cropped
+
+
+def uncrop(array: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """``(..., *record.cropped_shape)`` -> ``(..., *record.original_shape)``, zero outside the crop."""
+    out = np.zeros((*array.shape[:-3], *record.original_shape), dtype=array.dtype)
+    out[(..., *(slice(a, b) for a, b in record.bbox))] = array
+    return out
+
+
 def restore_probabilities(probabilities: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     """``(K, *record.shape)`` soft maps -> ``(K, *original_shape)`` float32, zero outside the crop.
 
     Zero is the right fill for sigmoid region maps (no tumour outside the brain); a softmax
     caller should set its background channel to 1 there.
     """
-    _check_grid(probabilities, record)
-    cropped = resample(unpad(probabilities, record.pad).astype(np.float32), record.cropped_shape, order=1)
-    out = np.zeros((probabilities.shape[0], *record.original_shape), dtype=np.float32)
-    out[(slice(None), *(slice(a, b) for a, b in record.bbox))] = cropped
-    return out
+    return uncrop(restore_probabilities_in_crop(probabilities, record), record)

@@ -12,7 +12,7 @@ post-processing and label mapping. Per case:
 2. preprocess (crop to the brain, z-score, resample, pad to the divisor) as the manifest says;
 3. run the backend over the whole volume when it is small enough and the backend takes its
    shape, else in overlapping tiles (:func:`distill.infer.sliding_window.predict_logits`);
-4. sigmoid, back to the input grid (:func:`restore_probabilities`), threshold per region,
+4. sigmoid, back to the input grid (resampled inside the brain's box, then placed), threshold per region,
    post-process, write labels in the requested convention; optional probabilities and a
    per-region uncertainty (binary entropy in bits, 0 = certain, 1 = p of 0.5).
 
@@ -33,7 +33,7 @@ import torch
 
 from distill.data.conventions import LabelConvention, get_convention
 from distill.data.nifti import voxel_spacing
-from distill.data.preprocess import PreprocessedCase, preprocess, restore_probabilities
+from distill.data.preprocess import PreprocessedCase, preprocess, restore_probabilities_in_crop, uncrop
 from distill.errors import DataError
 from distill.export.package import ModelPackage
 from distill.infer.backends import Backend, BackendSpec, create_backend
@@ -139,6 +139,8 @@ class Predictor:
         order = [self.resolve_modality(name) for name in modalities]
         if sorted(order) != sorted(expected):
             raise InputMismatchError(f"channels named {list(modalities)} do not cover {', '.join(expected)} once each")
+        if order == list(expected):
+            return images  # already in order: no copy of ~140 MB at 1 mm
         return images[[order.index(m) for m in expected]]
 
     def resolve_modality(self, name: str) -> str:
@@ -182,14 +184,17 @@ class Predictor:
     def finish(self, prepared: PreprocessedCase, probabilities: np.ndarray, affine: np.ndarray, convention: LabelConvention,
                return_probabilities: bool, return_uncertainty: bool) -> Segmentation:
         """Back to the input grid, thresholds, post-processing, labels in ``convention``."""
-        restored = restore_probabilities(probabilities, prepared.record)
+        # Thresholds, post-processing and labels work inside the brain's bounding box: outside it
+        # every region is empty, and the full 1 mm grid is ~3x more voxels to touch.
+        record = prepared.record
+        restored = restore_probabilities_in_crop(probabilities, record)
         thresholds = np.asarray(self.package.thresholds, dtype=np.float32).reshape(-1, 1, 1, 1)
         regions = postprocess_regions(restored > thresholds, self.postprocess, spacing=voxel_spacing(affine))
         return Segmentation(
-            labels=convention.from_regions(regions),
+            labels=uncrop(convention.from_regions(regions), record),
             convention=convention.name,
-            probabilities=restored if return_probabilities else None,
-            uncertainty=binary_entropy(restored) if return_uncertainty else None,
+            probabilities=uncrop(restored, record) if return_probabilities else None,
+            uncertainty=uncrop(binary_entropy(restored), record) if return_uncertainty else None,
         )
 
     def segment(self, images: np.ndarray, affine: np.ndarray, modalities: Sequence[str] | None = None,

@@ -8,11 +8,18 @@ from distill.data.preprocess import (
     PreprocessConfig,
     PreprocessRecord,
     bounding_box,
+    brain_mask,
+    crop,
+    masked_mean_std,
     padding_for,
     preprocess,
+    resample,
     restore_labels,
     restore_probabilities,
+    restore_probabilities_in_crop,
+    uncrop,
     zscore_in_mask,
+    zscore_then_resample_linear,
 )
 from distill.errors import DataError
 
@@ -38,6 +45,50 @@ def test_zscore_inside_mask_only():
     mask = np.array([[[True, True, False]]])
     out = zscore_in_mask(images, mask)
     np.testing.assert_allclose(out[0, 0, 0], [-1.0, 1.0, 0.0])  # mean 2, std 1 over the first two voxels
+
+
+def test_masked_mean_std_by_hand():
+    images = np.array([[[[1.0, 3.0, 50.0]]], [[[2.0, 2.0, 0.0]]]], dtype=np.float32)  # (2, 1, 1, 3)
+    mask = np.array([[[True, True, False]]])
+    means, stds = masked_mean_std(images, mask)
+    np.testing.assert_allclose(means, [2.0, 2.0])
+    np.testing.assert_allclose(stds, [1.0, 1e-8])  # a constant channel gets the floor, not a division by zero
+
+
+@pytest.mark.parametrize(("source", "target"), [((7, 5, 4), (3, 2, 2)), ((3, 2, 2), (7, 5, 4)), ((9, 1, 6), (4, 3, 6))])
+def test_linear_resampling_matches_scipy_zoom(source, target):
+    from scipy import ndimage
+
+    volume = np.random.default_rng(1).normal(size=(2, *source)).astype(np.float32)
+    factors = [n / o for n, o in zip(target, source)]
+    expected = np.stack([ndimage.zoom(c, factors, order=1, mode="nearest", grid_mode=True, prefilter=False) for c in volume])
+    np.testing.assert_allclose(resample(volume, target, order=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [(12, 11, 7), (24, 22, 14)])
+def test_normalising_after_resampling_equals_normalising_before(oblique_affine, target):
+    images, _ = synthetic_case(5, shape=(24, 22, 14))
+    x, y, z = np.indices(images.shape[1:])
+    images[:, (x - 2) ** 2 + (y - 2) ** 2 + (z - 2) ** 2 < 40] = 0  # a rounded brain edge, not a box
+    mask = brain_mask(images)
+    assert not crop(mask, bounding_box(mask)).all()
+    box = bounding_box(mask)
+    cropped, cropped_mask = crop(images, box), crop(mask, box)
+    before = images.copy()
+    weight = resample(cropped_mask.astype(np.float32), target, order=1)
+    fused = zscore_then_resample_linear(cropped, cropped_mask, weight)
+    reference = resample(zscore_in_mask(cropped, cropped_mask), target, order=1)
+    np.testing.assert_allclose(fused, reference, atol=2e-5)
+    np.testing.assert_array_equal(images, before)  # the caller's array is never written
+
+
+def test_probabilities_restored_in_the_crop_then_placed_equal_the_full_restore(oblique_affine):
+    images, _ = synthetic_case(6, shape=(30, 26, 22))
+    case = preprocess(images, oblique_affine, config=PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), divisor=8))
+    probabilities = np.random.default_rng(2).random((3, *case.record.shape)).astype(np.float32)
+    in_crop = restore_probabilities_in_crop(probabilities, case.record)
+    assert in_crop.shape == (3, *case.record.cropped_shape)
+    np.testing.assert_array_equal(uncrop(in_crop, case.record), restore_probabilities(probabilities, case.record))
 
 
 @pytest.mark.parametrize("divisor", [1, 8, 16])
