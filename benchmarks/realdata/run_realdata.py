@@ -14,9 +14,11 @@ is skipped on a rerun, so a killed run continues where it stopped:
   cache      ``distill teacher-cache`` (5 folds x 8 mirror TTA) in full and out-of-fold modes.
   students   ``distill train-student`` from the out-of-fold cache: (a) no KD, (b) KD,
              (c) KD + one assistant, (d) KD + assistant + graph flow, at each --sizes budget,
-             same steps per link, patch, batch and seed.
-  export     ``distill export`` of every student (parity gate on one real test case) into
-             ``packages/`` beside this file (committed).
+             same steps per link, patch and batch, once per --seeds (the ladder's verdicts use
+             every seed, so a difference smaller than the seed-to-seed spread is not read as one);
+             then two direct-KD alternatives (KD from the full cache; KD weight 0.3), first seed.
+  export     ``distill export`` of every student (parity gate on one real test case): the first
+             seed's into ``packages/`` beside this file (committed), the others into WORK.
   predict    every package (onnxruntime, CPU) and the teacher ensemble through nnU-Net, with and
              without mirror TTA, on the 4 test cases at their original 1 mm grid.
   evaluate   ``distill evaluate`` against the expert labels, and the students against the teacher.
@@ -59,6 +61,14 @@ VARIANTS = {
     "b_kd": dict(kd_weight=0.7, assistants="0"),
     "c_kd_chain": dict(kd_weight=0.7, assistants="1"),
     "d_kd_chain_graphflow": dict(kd_weight=0.7, assistants="1", graph_flow_weight=1.0),
+}
+#: Direct-KD alternatives tried after the first run showed KD not helping (first seed only, not
+#: packaged): the out-of-fold teacher misses ET in half the training cases, so its soft maps
+#: contradict the expert labels there; the full cache's teacher has seen each case, and a
+#: lower KD weight leans on the labels.
+EXTRA_VARIANTS = {
+    "b_kd_full_cache": dict(kd_weight=0.7, assistants="0", cache="full"),
+    "b_kd_weight_03": dict(kd_weight=0.3, assistants="0"),
 }
 
 
@@ -133,7 +143,7 @@ def teacher_config(p: Pipeline):
                                 raw_dataset=p.work / "nnunet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}",
                                 base_features=a.teacher_base_features, max_features=a.teacher_max_features,
                                 iterations=a.teacher_iterations, patch_size=tuple(a.teacher_patch) if a.teacher_patch else None,
-                                export_validation_probabilities=True, seed=a.seed)  # fmt: skip
+                                export_validation_probabilities=True, seed=a.seeds[0])  # fmt: skip
 
 
 def stage_teacher(p: Pipeline) -> dict:
@@ -183,24 +193,34 @@ def stage_cache(p: Pipeline, mode: str) -> dict:
             "stored_bytes": stored}  # fmt: skip
 
 
-def student_name(size: int, variant: str) -> str:
-    return f"{size // 1000}k_{variant}"
+def student_name(size: int, variant: str, seed: int | None = None) -> str:
+    """``100k_b_kd`` for the first (packaged) seed, ``100k_b_kd_seed1`` for a replicate."""
+    return f"{size // 1000}k_{variant}" + ("" if seed is None else f"_seed{seed}")
 
 
-def stage_student(p: Pipeline, size: int, variant: str) -> dict:
+def package_dir(p: Pipeline, name: str) -> Path:
+    """The first seed's ladder students are committed beside this file; replicates and extras stay in WORK."""
+    committed = "_seed" not in name and name.split("_", 1)[1] in VARIANTS
+    return (HERE / "packages" if committed else p.work / "packages") / name
+
+
+def stage_student(p: Pipeline, size: int, variant: str, seed: int) -> dict:
     from distill.train import TrainConfig, train_student
     from distill.train.chain import share_first_link
 
     a = p.args
-    run = p.work / "students" / student_name(size, variant)
+    tag = None if seed == a.seeds[0] else seed
+    run = p.work / "students" / student_name(size, variant, tag)
     if variant == "d_kd_chain_graphflow":
-        share_first_link(p.work / "students" / student_name(size, "c_kd_chain"), run)
-    result = train_student(TrainConfig(cache=p.work / "cache_oof", out=run,
+        share_first_link(p.work / "students" / student_name(size, "c_kd_chain", tag), run)
+    options = dict({**VARIANTS, **EXTRA_VARIANTS}[variant])
+    cache = p.work / f"cache_{options.pop('cache', 'oof')}"
+    result = train_student(TrainConfig(cache=cache, out=run,
                                        params=size, steps=a.steps, patch_size=(a.patch,) * 3, batch_size=2,
-                                       seed=a.seed, val_cases=0, progress=False, **VARIANTS[variant]))  # fmt: skip
+                                       seed=seed, val_cases=0, progress=False, **options))  # fmt: skip
     card = json.loads(result.card.read_text())
     return {
-        "parameters": result.parameters, "macs_128": result.macs_128, "ratio": result.ratio, "chain": result.chain,
+        "seed": seed, "cache": cache.name, "parameters": result.parameters, "macs_128": result.macs_128, "ratio": result.ratio, "chain": result.chain,
         "links": [{key: link.get(key) for key in ("parameters", "steps", "seconds", "steps_per_second", "peak_memory_mb")}
                   for link in card["chain"]],
     }  # fmt: skip
@@ -209,9 +229,9 @@ def stage_student(p: Pipeline, size: int, variant: str) -> dict:
 def stage_export(p: Pipeline, name: str) -> dict:
     from distill.export.run import ExportConfig, export_package
 
-    result = export_package(ExportConfig(run_dir=p.work / "students" / name, out=HERE / "packages" / name,
+    result = export_package(ExportConfig(run_dir=p.work / "students" / name, out=package_dir(p, name),
                                          held_out=p.work / "split" / "test", max_held_out=1, overwrite=True))  # fmt: skip
-    return {"package": str(result.package_dir.relative_to(HERE)), "onnx_bytes": result.onnx_bytes,
+    return {"package": os.path.relpath(result.package_dir, HERE), "onnx_bytes": result.onnx_bytes,
             "package_bytes": result.package_bytes, "parity": result.parity}  # fmt: skip
 
 
@@ -221,7 +241,7 @@ def stage_predict_student(p: Pipeline, name: str) -> dict:
     from distill.data.nifti import write_nifti
     from distill.infer.predictor import Predictor
 
-    predictor = Predictor.from_package(HERE / "packages" / name, "onnxruntime", threads=p.args.threads)
+    predictor = Predictor.from_package(package_dir(p, name), "onnxruntime", threads=p.args.threads)
     out = p.work / "predictions" / name
     out.mkdir(parents=True, exist_ok=True)
     per_case = {}
@@ -252,9 +272,10 @@ def stage_predict_teacher(p: Pipeline, tta: str) -> dict:
     for files in find_cases(p.work / "split" / "test"):
         case = load_case(files, with_labels=False)
         start = time.perf_counter()
-        regions = enforce_hierarchy(teacher.predict(case).probabilities > 0.5)
-        labels = get_convention("brats2017").from_regions(regions)
-        per_case[files.case_id] = {"total_seconds": round(time.perf_counter() - start, 3)}
+        probabilities, timings = teacher.predict_timed(case)  # nnU-Net's own predictor, no uncertainty
+        labels = get_convention("brats2017").from_regions(enforce_hierarchy(probabilities > 0.5))
+        per_case[files.case_id] = {"total_seconds": round(time.perf_counter() - start, 3),
+                                   **{f"{k}_seconds": round(v, 3) for k, v in timings.items()}}  # fmt: skip
         write_nifti(out / f"{files.case_id}.nii.gz", labels, case.affine)
     return {"predictions": str(out), "per_case": per_case, "folds": len(teacher.folds), "tta": tta}
 
@@ -262,14 +283,17 @@ def stage_predict_teacher(p: Pipeline, tta: str) -> dict:
 def stage_evaluate(p: Pipeline, name: str) -> dict:
     from distill.eval.evaluate import EvaluateConfig, evaluate
 
+    # Every label map here is in the BraTS 2017-21 convention; saying so also scores a map whose
+    # values alone cannot tell its convention (e.g. a student that only ever predicts label 2).
+    conventions = dict(pred_convention="brats2017", gt_convention="brats2017", progress=False)
     predictions = p.work / "predictions" / name
     scores = {"vs_ground_truth": scores_of(evaluate(EvaluateConfig(pred_dir=predictions, gt_dir=p.work / "split" / "test",
-                                                                   out_dir=p.work / "evaluation" / name, progress=False)))}  # fmt: skip
+                                                                   out_dir=p.work / "evaluation" / name, **conventions)))}  # fmt: skip
     if name != "teacher_mirror8":
         teacher = p.work / "predictions" / "teacher_mirror8"
         scores["vs_teacher"] = scores_of(evaluate(EvaluateConfig(pred_dir=predictions, gt_dir=teacher,
                                                                  out_dir=p.work / "evaluation" / f"{name}_vs_teacher",
-                                                                 progress=False)))  # fmt: skip
+                                                                 **conventions)))  # fmt: skip
     return scores
 
 
@@ -309,7 +333,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--patch", type=int, default=48, help="Student patch edge (voxels at 2 mm)")
     parser.add_argument("--sizes", type=int, nargs="+", default=(100_000, 30_000))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=(0, 1),
+                        help="Train every student once per seed; the first seed's students are the packaged ones")
     parser.add_argument("--until", default=None, help="Stop after this stage (split, convert, teacher, cache, students, "
                                                       "export, predict, evaluate)")  # fmt: skip
     return parser.parse_args()
@@ -320,14 +345,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     p = Pipeline(args=args, work=args.work.resolve())
     p.work.mkdir(parents=True, exist_ok=True)
-    names = [student_name(size, variant) for size in args.sizes for variant in VARIANTS]
+    runs = [(size, variant, seed) for seed in args.seeds for size in args.sizes for variant in VARIANTS]
+    runs += [(size, variant, args.seeds[0]) for size in args.sizes for variant in EXTRA_VARIANTS]
+    names = [student_name(s, v, None if seed == args.seeds[0] else seed) for s, v, seed in runs]
     steps = [
         ("split", [("split", lambda: stage_split(p))]),
         ("convert", [("convert", lambda: stage_convert(p))]),
         ("teacher", [("teacher", lambda: stage_teacher(p))]),
         ("cache", [(f"cache_{m}", lambda m=m: stage_cache(p, m)) for m in ("full", "oof")]),
-        ("students", [(f"student_{student_name(s, v)}", lambda s=s, v=v: stage_student(p, s, v))
-                      for s in args.sizes for v in VARIANTS]),
+        ("students", [(f"student_{n}", lambda s=s, v=v, seed=seed: stage_student(p, s, v, seed))
+                      for n, (s, v, seed) in zip(names, runs)]),
         ("export", [(f"export_{n}", lambda n=n: stage_export(p, n)) for n in names]),
         ("predict", [(f"predict_teacher_{t}", lambda t=t: stage_predict_teacher(p, t)) for t in ("mirror8", "none")]
          + [(f"predict_{n}", lambda n=n: stage_predict_student(p, n)) for n in names]),
@@ -341,7 +368,7 @@ def main() -> None:
             return
     from report import write_report
 
-    write_report(p, names)
+    write_report(p, names, ladder=list(VARIANTS), extras=list(EXTRA_VARIANTS))
 
 
 if __name__ == "__main__":

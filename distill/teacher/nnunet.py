@@ -26,6 +26,7 @@ import contextlib
 import io
 import itertools
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -293,27 +294,56 @@ class NnUNetTeacher:
             array = array.transpose(0, 3, 2, 1)
         return np.ascontiguousarray(array, dtype=np.float32)
 
-    def predict(self, case: Case, members: Sequence[str] | None = None) -> SoftPrediction:
-        """Soft maps for ``case`` on its original grid, channels in ``self.channels`` order."""
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
+    def _checked_members(self, members: Sequence[str] | None) -> tuple[str, ...]:
         members = tuple(members) if members is not None else self.folds
         unknown = [m for m in members if m not in self._fold_weights]
         if unknown:
             raise TeacherError(f"{self.model_dir}: folds {unknown} are not loaded (loaded: {', '.join(self.folds)})")
-        data, properties = self._preprocess(case)
-        mean_logits, std, n_passes = self.predict_preprocessed(data, members)
+        return members
+
+    def _export_probabilities(self, mean_logits: torch.Tensor, properties: dict) -> np.ndarray:
+        """nnU-Net's own export: logits on its grid -> probabilities on the original grid (distill axes)."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
         with contextlib.redirect_stdout(io.StringIO()):
             _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
                 mean_logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
                 return_probabilities=True, num_threads_torch=torch.get_num_threads(),
             )  # fmt: skip
-        uncertainty = self._to_original_space(std, properties)
+        return self._to_distill_axes(probabilities)
+
+    def predict(self, case: Case, members: Sequence[str] | None = None) -> SoftPrediction:
+        """Soft maps for ``case`` on its original grid, channels in ``self.channels`` order."""
+        members = self._checked_members(members)
+        data, properties = self._preprocess(case)
+        mean_logits, std, n_passes = self.predict_preprocessed(data, members)
         return SoftPrediction(
-            probabilities=self._to_distill_axes(probabilities),
-            uncertainty=self._to_distill_axes(uncertainty),
+            probabilities=self._export_probabilities(mean_logits, properties),
+            uncertainty=self._to_distill_axes(self._to_original_space(std, properties)),
             n_passes=n_passes,
         )
+
+    def predict_timed(self, case: Case, members: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Probabilities only, exactly as nnU-Net's predictor makes them (no per-pass spread is
+        recorded), and the seconds of each stage: ``preprocess``, ``model`` (every fold and
+        mirror pass), ``postprocess`` (nnU-Net's export to the original grid). For latency
+        comparisons: :meth:`predict` also resamples the uncertainty, which deployment would not.
+        """
+        members = self._checked_members(members)
+        start = time.perf_counter()
+        data, properties = self._preprocess(case)
+        preprocessed_at = time.perf_counter()
+        self.predictor.list_of_parameters = [self._fold_weights[f] for f in members]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                mean_logits = self.predictor.predict_logits_from_preprocessed_data(data).float()
+        finally:
+            self.predictor.list_of_parameters = list(self._fold_weights.values())
+        inferred_at = time.perf_counter()
+        probabilities = self._export_probabilities(mean_logits, properties)
+        timings = {"preprocess": preprocessed_at - start, "model": inferred_at - preprocessed_at,
+                   "postprocess": time.perf_counter() - inferred_at}  # fmt: skip
+        return probabilities, timings
 
 
 def _spread_recording_predictor_class():

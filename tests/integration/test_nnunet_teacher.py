@@ -64,6 +64,17 @@ def test_probabilities_equal_nnunetv2_predict(nnunet_teacher, tmp_path):
     assert prediction.uncertainty.min() >= 0 and prediction.uncertainty.max() > 0
 
 
+def test_timed_prediction_is_the_same_ensemble_without_the_spread_record(nnunet_teacher):
+    """The latency path runs nnU-Net's unmodified predictor: same probabilities as :meth:`predict`."""
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, folds=("0", "2")))
+    case = _first_case(nnunet_teacher)
+    probabilities, timings = teacher.predict_timed(case)
+    np.testing.assert_allclose(probabilities, teacher.predict(case).probabilities, atol=1e-6)
+    assert set(timings) == {"preprocess", "model", "postprocess"} and min(timings.values()) > 0
+    with pytest.raises(TeacherError, match="fold_7"):
+        teacher.predict_timed(case, members=["fold_7"])
+
+
 def test_info_describes_the_teacher(nnunet_teacher):
     teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, folds=("0", "1")))
     info = teacher.info
