@@ -238,6 +238,12 @@ def seed_table(summary: dict[str, dict], seeds) -> list[str]:
     return lines
 
 
+def patch_phrase(patch: dict) -> str:
+    if patch["compact"] == patch["default"]:
+        return f"nnU-Net's own patch {patch['compact']}"
+    return f"patch {patch['compact']} instead of nnU-Net's {patch['default']}"
+
+
 def reading() -> list[str]:
     """The hand-written interpretation (``reading.md`` beside this file), kept apart so a rerun of the
     report regenerates every number without losing it."""
@@ -297,8 +303,9 @@ def write_report(p, names: list[str], ladder: list[str], extras: list[str]) -> N
         f"test {', '.join(c.removeprefix('Brats18_') for c in results['split']['test'])}.",
         "",
         f"Teacher: nnU-Net v2 compact plan ({teacher['compact_plan']['rule']}; features "
-        f"{teacher['compact_plan']['features_per_stage']['compact']}, patch {teacher['compact_plan']['patch_size']['compact']} "
-        f"instead of nnU-Net's {teacher['compact_plan']['patch_size']['default']}), {teacher['parameters_per_member']:,} "
+        f"{teacher['compact_plan']['features_per_stage']['compact']} instead of nnU-Net's "
+        f"{teacher['compact_plan']['features_per_stage']['default']}, {patch_phrase(teacher['compact_plan']['patch_size'])}), "
+        f"{teacher['parameters_per_member']:,} "
         f"parameters per fold, {teacher['iterations_per_fold']} iterations per fold by nnUNetTrainer; five checkpoints "
         f"{teacher['checkpoints_total_mb']} MB together (hashes in results.json).",
         *([f"nnU-Net's own cross-validation (each fold on its 2 held-out training cases, 2 mm): Dice WT/TC/ET "
