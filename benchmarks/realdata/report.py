@@ -238,6 +238,17 @@ def seed_table(summary: dict[str, dict], seeds) -> list[str]:
     return lines
 
 
+def per_case_table(rows: list[dict], metric: str) -> list[str]:
+    """One row per model, one column per test case, cells ``WT / TC / ET``."""
+    cases = list(rows[0]["per_case"])
+    lines = [f"| model | {' | '.join(c.removeprefix('Brats18_') for c in cases)} |", "|---|" + "---|" * len(cases)]
+    fmt = "{:.3f}" if metric == "dice" else "{:.1f}"
+    for row in rows:
+        cells = [" / ".join(fmt.format(row["per_case"][c][r][metric]) for r in REGIONS) for c in cases]
+        lines.append(f"| {row['model']} | {' | '.join(cells)} |")
+    return lines
+
+
 def patch_phrase(patch: dict) -> str:
     if patch["compact"] == patch["default"]:
         return f"nnU-Net's own patch {patch['compact']}"
@@ -323,6 +334,14 @@ def write_report(p, names: list[str], ladder: list[str], extras: list[str]) -> N
         f"(same steps, patch, batch and cache); mean Dice over the 4 test cases per seed:",
         "",
         *seed_table(summary, a.seeds),
+        "",
+        "Per test case, Dice WT / TC / ET:",
+        "",
+        *per_case_table(shown, "dice"),
+        "",
+        "Per test case, HD95 in mm WT / TC / ET (373.13: the region is empty on one side only):",
+        "",
+        *per_case_table(shown, "hd95"),
         "",
         "## Findings",
         "",
