@@ -263,17 +263,22 @@ class NnUNetTeacher:
     def _nonlin(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, dim=1)
 
-    def predict_preprocessed(self, data: torch.Tensor, members: Sequence[str]) -> tuple[torch.Tensor, np.ndarray, int]:
-        """nnU-Net's mean logits over ``members`` and the per-pass probability std, on nnU-Net's grid."""
-        predictor = self.predictor
-        predictor.list_of_parameters = [self._fold_weights[f] for f in members]
-        predictor.start_recording(self._nonlin)
+    @contextlib.contextmanager
+    def _using(self, members: Sequence[str]):
+        """nnU-Net's predictor with only ``members``' weights, restored to every fold afterwards."""
+        self.predictor.list_of_parameters = [self._fold_weights[f] for f in members]
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                mean_logits = predictor.predict_logits_from_preprocessed_data(data)
-            std, n_passes = predictor.finish_recording()
+                yield self.predictor
         finally:
-            predictor.list_of_parameters = list(self._fold_weights.values())
+            self.predictor.list_of_parameters = list(self._fold_weights.values())
+
+    def predict_preprocessed(self, data: torch.Tensor, members: Sequence[str]) -> tuple[torch.Tensor, np.ndarray, int]:
+        """nnU-Net's mean logits over ``members`` and the per-pass probability std, on nnU-Net's grid."""
+        with self._using(members) as predictor:
+            predictor.start_recording(self._nonlin)
+            mean_logits = predictor.predict_logits_from_preprocessed_data(data)
+            std, n_passes = predictor.finish_recording()
         return mean_logits.float(), std, n_passes
 
     def _to_original_space(self, array: np.ndarray, properties: dict) -> np.ndarray:
@@ -333,12 +338,8 @@ class NnUNetTeacher:
         start = time.perf_counter()
         data, properties = self._preprocess(case)
         preprocessed_at = time.perf_counter()
-        self.predictor.list_of_parameters = [self._fold_weights[f] for f in members]
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                mean_logits = self.predictor.predict_logits_from_preprocessed_data(data).float()
-        finally:
-            self.predictor.list_of_parameters = list(self._fold_weights.values())
+        with self._using(members) as predictor:
+            mean_logits = predictor.predict_logits_from_preprocessed_data(data).float()
         inferred_at = time.perf_counter()
         probabilities = self._export_probabilities(mean_logits, properties)
         timings = {"preprocess": preprocessed_at - start, "model": inferred_at - preprocessed_at,

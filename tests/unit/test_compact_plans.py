@@ -1,10 +1,10 @@
 """The compact nnU-Net plan: narrower stages, optionally a smaller patch, nothing else changed."""
 
+import json
+
 import pytest
 
 from distill.errors import DistillError
-import json
-
 from distill.teacher.nnunet_build import COMPACT_PLANS, CompactTeacherConfig, check_existing_compact_plan, compact_plans
 
 

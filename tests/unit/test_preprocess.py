@@ -82,13 +82,21 @@ def test_normalising_after_resampling_equals_normalising_before(oblique_affine, 
     np.testing.assert_array_equal(images, before)  # the caller's array is never written
 
 
-def test_probabilities_restored_in_the_crop_then_placed_equal_the_full_restore(oblique_affine):
+def test_post_processing_inside_the_brain_box_equals_post_processing_the_whole_grid(oblique_affine):
+    """The predictor thresholds and cleans up inside the crop, then places the result: component
+    filters and the hierarchy must see the same regions as on the whole grid."""
+    from distill.infer.postprocess import PostprocessConfig, postprocess_regions
+
     images, _ = synthetic_case(6, shape=(30, 26, 22))
     case = preprocess(images, oblique_affine, config=PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), divisor=8))
     probabilities = np.random.default_rng(2).random((3, *case.record.shape)).astype(np.float32)
+    config = PostprocessConfig(enforce_hierarchy=True, min_size={"WT": 3, "ET": 2}, keep_largest=("TC",))
     in_crop = restore_probabilities_in_crop(probabilities, case.record)
     assert in_crop.shape == (3, *case.record.cropped_shape)
-    np.testing.assert_array_equal(uncrop(in_crop, case.record), restore_probabilities(probabilities, case.record))
+    whole = postprocess_regions(restore_probabilities(probabilities, case.record) > 0.5, config)
+    placed = uncrop(postprocess_regions(in_crop > 0.5, config), case.record)
+    assert whole.any() and not whole.all()
+    np.testing.assert_array_equal(placed, whole)
 
 
 @pytest.mark.parametrize("divisor", [1, 8, 16])
