@@ -204,8 +204,8 @@ def resample(array: np.ndarray, shape: tuple[int, int, int], order: int = 1) -> 
 def _resample_linear(flat: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Grid-aligned trilinear resampling of ``(K, X, Y, Z)``; the same sampling positions and edge
     handling as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode="nearest")`` (equal to float32
-    rounding), but multi-threaded: on a 1 mm BraTS volume it is ~7x faster, which matters because
-    resampling dominates a tiny student's per-case time."""
+    rounding), but multi-threaded, which matters because resampling dominates a tiny student's
+    per-case time (``benchmarks/latency/preprocessing_change.md``)."""
     volume = torch.from_numpy(np.asarray(flat, dtype=np.float32))[None]  # strided views are fine
     with torch.no_grad():
         resampled = torch.nn.functional.interpolate(volume, size=tuple(int(n) for n in shape), mode="trilinear", align_corners=False)
