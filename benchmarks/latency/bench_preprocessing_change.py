@@ -1,14 +1,18 @@
-"""Per-case time of ``Predictor.segment`` before and after the resampling change, side by side.
+"""Per-case time of ``Predictor.segment`` before and after a predictor change, side by side.
 
-Commit 175ba70 moved the z-score after resampling, resampled with torch instead of scipy's
-zoom and post-processed inside the brain's box. This loads the predictor and preprocessing
-modules of an older commit (``--old``, default the parent of that change) next to the current
-ones, runs both on the same package and real 1 mm cases in one process, alternating, and
-reports medians, their ratio and how many label voxels differ.
+This loads the predictor and preprocessing modules of an older commit (``--old``) next to the
+current ones, runs both on the same package and real 1 mm cases in one process, alternating,
+and reports medians, their ratio and how many label voxels differ. Two changes were measured:
 
-    python benchmarks/latency/bench_preprocessing_change.py --data ../shared/data/brats18
+* commit 175ba70 (``--old 175ba70~1``, the default) moved the z-score after resampling,
+  resampled with torch instead of scipy's zoom and post-processed inside the brain's box:
 
-Writes ``preprocessing_change.json`` and ``preprocessing_change.md`` beside this file.
+      python benchmarks/latency/bench_preprocessing_change.py --data ../shared/data/brats18
+
+  writes ``preprocessing_change.json`` / ``.md`` beside this file;
+* the tumour-box change (labels resampled back only where a map can cross its threshold,
+  faster masked statistics) against the commit before it: the command is in
+  ``tumour_box_change.md``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="BraTS 2018 folder")
     parser.add_argument("--old", default="175ba70~1", help="commit holding the code before the change")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cases", nargs="+", default=CASES, help="real-data test cases to time")
+    parser.add_argument("--name", default="preprocessing_change", help="stem of the JSON and markdown written here")
+    parser.add_argument("--change", default="the resampling change", help="what changed, for the report's title")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
 
@@ -68,7 +75,7 @@ def main() -> None:
                       "after": Predictor.from_package(PACKAGE, "onnxruntime", threads=THREADS)}  # fmt: skip
         files = {f.case_id: f for f in find_cases(args.data)}
         results = {}
-        for case_id in CASES:
+        for case_id in args.cases:
             case = load_case(files[case_id], with_labels=False)
             seconds: dict[str, list[float]] = {name: [] for name in predictors}
             labels = {}
@@ -80,17 +87,20 @@ def main() -> None:
             medians = {name: round(statistics.median(values), 3) for name, values in seconds.items()}
             results[case_id] = {"median_seconds": medians, "ratio": round(medians["before"] / medians["after"], 2),
                                 "differing_label_voxels": int(np.count_nonzero(labels["before"] != labels["after"]))}  # fmt: skip
-    report = {"command": "python benchmarks/latency/bench_preprocessing_change.py --data BRATS18_DIR", "old_commit": args.old,
+    command = "python benchmarks/latency/bench_preprocessing_change.py --data BRATS18_DIR"
+    if args.name != "preprocessing_change":
+        command += f" --old {args.old} --cases {' '.join(args.cases)} --name {args.name} --change '{args.change}'"
+    report = {"command": command, "old_commit": args.old, "change": args.change,
               "package": str(PACKAGE.relative_to(REPO)), "threads": THREADS, "runs": args.runs, "cases": results}  # fmt: skip
-    (HERE / "preprocessing_change.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Predictor.segment before and after the resampling change (one process, alternating runs)", "",
+    (HERE / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Predictor.segment before and after {args.change} (one process, alternating runs)", "",
              f"Command: `{report['command']}`; old code from `{args.old}`; package `{report['package']}`; "
              f"{THREADS} threads; median of {args.runs} runs per case, arrays in -> labels on the 1 mm grid.", "",
              "| case | before (s) | after (s) | ratio | differing label voxels |", "|---|---|---|---|---|"]  # fmt: skip
     for case_id, r in results.items():
         lines.append(f"| {case_id} | {r['median_seconds']['before']:.3f} | {r['median_seconds']['after']:.3f} | "
                      f"{r['ratio']:.2f}x | {r['differing_label_voxels']} |")  # fmt: skip
-    (HERE / "preprocessing_change.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -144,15 +144,19 @@ def crop(array: np.ndarray, bbox: Bbox) -> np.ndarray:
 def masked_mean_std(images: np.ndarray, mask: np.ndarray, zero_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation (float64, std floored at 1e-8) over ``mask``.
 
-    Two float64 reductions per channel over the zero-filled array, so the masked voxels are never
-    gathered into a copy (that copy cost as much as everything else in preprocessing);
-    ``zero_outside=True`` says ``images`` are already zero outside ``mask`` (skips the fill)."""
-    count = max(int(mask.sum()), 1)
+    Sums run over the zero-filled array, so the masked voxels are never gathered into a copy
+    (that copy cost as much as everything else in preprocessing); ``zero_outside=True`` says
+    ``images`` are already zero outside ``mask`` (skips the fill). Each line along the last axis
+    is summed in float32 (pairwise, a few hundred values) and the line sums in float64: as
+    accurate as a float64 sum to ~1e-7 relative, and 3x faster than casting every voxel.
+    """
+    count = max(int(np.count_nonzero(mask)), 1)
     means, stds = np.zeros(images.shape[0]), np.ones(images.shape[0])
     for c in range(images.shape[0]):
         kept = images[c] if zero_outside else np.where(mask, images[c], np.float32(0))
-        means[c] = kept.sum(dtype=np.float64) / count
-        variance = float(np.square(kept, dtype=np.float64).sum()) / count - means[c] ** 2
+        means[c] = kept.sum(axis=-1).sum(dtype=np.float64) / count
+        squares = np.einsum("...k,...k->...", kept, kept).sum(dtype=np.float64)
+        variance = float(squares) / count - means[c] ** 2
         stds[c] = max(max(variance, 0.0) ** 0.5, 1e-8)
     return means, stds
 
@@ -344,11 +348,79 @@ def restore_probabilities_in_crop(probabilities: np.ndarray, record: PreprocessR
     return cropped.copy() if np.shares_memory(cropped, probabilities) else cropped
 
 
+def linear_sources(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid-aligned linear resampling of one axis from ``n_in`` to ``n_out`` samples, as
+    :func:`resample` does it: each output's lower and upper source index and the upper one's
+    weight (source coordinate ``(i + 0.5) * n_in / n_out - 0.5``, clamped at both edges).
+    Positions are computed in float64; torch computes them in float32, which moves its
+    results by up to ~4e-6 on a 150-voxel axis, so the two agree to that, not bit for bit."""
+    position = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lower = np.minimum(np.floor(position).astype(np.intp), n_in - 1)
+    upper = np.minimum(lower + 1, n_in - 1)
+    return lower, upper, np.clip(position - lower, 0.0, 1.0).astype(np.float32)
+
+
+def _resample_linear_box(coarse: np.ndarray, sources: list, box: Bbox) -> np.ndarray:
+    """Linear resampling of ``coarse (K, *s)`` evaluated only at the output voxels in ``box``,
+    one axis at a time (the last axis first), reading only the source
+    lines those voxels need."""
+    out = coarse
+    for axis in (3, 2, 1):
+        (start, stop), (lower, upper, weight) = box[axis - 1], sources[axis - 1]
+        lower, upper, weight = lower[start:stop], upper[start:stop], weight[start:stop]
+        shape = [1] * out.ndim
+        shape[axis] = -1
+        weight = weight.reshape(shape)
+        out = np.take(out, lower, axis=axis) * (np.float32(1) - weight) + np.take(out, upper, axis=axis) * weight
+    return out
+
+
+def restore_thresholded(probabilities: np.ndarray, record: PreprocessRecord, thresholds: np.ndarray) -> tuple[np.ndarray, Bbox]:
+    """``restore_probabilities(probabilities, record) > thresholds`` without resampling voxels that
+    cannot cross a threshold.
+
+    Linear resampling makes every output a convex combination of its (up to 8) source voxels,
+    so an output can exceed a threshold only where one of its sources does. Only the box of
+    outputs whose sources touch an above-threshold voxel is resampled; everything else is
+    below threshold. In a brain the tumour's box is a few percent of the volume.
+
+    Args:
+        probabilities: ``(K, *record.shape)`` soft maps on the preprocessed grid.
+        record: how the case was preprocessed.
+        thresholds: ``(K,)`` per-channel thresholds (a map is above where it is ``>`` its threshold).
+
+    Returns:
+        Boolean ``(K, *box shape)`` and the box (half-open, original-grid coordinates) it covers;
+        every voxel outside the box is below threshold in every channel. An empty box (every
+        size 0) when nothing is above threshold anywhere.
+    """
+    _check_grid(probabilities, record)
+    coarse = unpad(probabilities, record.pad).astype(np.float32, copy=False)
+    limits = np.asarray(thresholds, dtype=np.float32).reshape(-1, 1, 1, 1)
+    above = np.any(coarse > limits, axis=0)
+    origin = [start for start, _ in record.bbox]
+    if not above.any():
+        return np.zeros((coarse.shape[0], 0, 0, 0), dtype=bool), tuple((o, o) for o in origin)  # type: ignore[return-value]
+    sources = [linear_sources(n_out, n_in) for n_out, n_in in zip(record.cropped_shape, coarse.shape[1:])]
+    hot = bounding_box(above)
+    box = []
+    for (first, stop), (lower, upper, _) in zip(hot, sources):
+        touching = np.flatnonzero((upper >= first) & (lower < stop))
+        box.append((int(touching[0]), int(touching[-1]) + 1))
+    regions = _resample_linear_box(coarse, sources, tuple(box)) > limits  # type: ignore[arg-type]
+    return regions, tuple((o + a, o + b) for o, (a, b) in zip(origin, box))  # type: ignore[return-value]
+
+
+def place(array: np.ndarray, box: Bbox, shape: tuple[int, int, int]) -> np.ndarray:
+    """``(..., *box shape)`` -> ``(..., *shape)`` with ``array`` at ``box`` and zero elsewhere."""
+    out = np.zeros((*array.shape[:-3], *shape), dtype=array.dtype)
+    out[(..., *(slice(a, b) for a, b in box))] = array
+    return out
+
+
 def uncrop(array: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     """``(..., *record.cropped_shape)`` -> ``(..., *record.original_shape)``, zero outside the crop."""
-    out = np.zeros((*array.shape[:-3], *record.original_shape), dtype=array.dtype)
-    out[(..., *(slice(a, b) for a, b in record.bbox))] = array
-    return out
+    return place(array, record.bbox, record.original_shape)
 
 
 def restore_probabilities(probabilities: np.ndarray, record: PreprocessRecord) -> np.ndarray:

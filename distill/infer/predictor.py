@@ -33,7 +33,14 @@ import torch
 
 from distill.data.conventions import LabelConvention, get_convention
 from distill.data.nifti import voxel_spacing
-from distill.data.preprocess import PreprocessedCase, preprocess, restore_probabilities_in_crop, uncrop
+from distill.data.preprocess import (
+    PreprocessedCase,
+    place,
+    preprocess,
+    restore_probabilities_in_crop,
+    restore_thresholded,
+    uncrop,
+)
 from distill.errors import DataError
 from distill.export.package import ModelPackage
 from distill.infer.backends import Backend, BackendSpec, create_backend
@@ -184,12 +191,20 @@ class Predictor:
     def finish(self, prepared: PreprocessedCase, probabilities: np.ndarray, affine: np.ndarray, convention: LabelConvention,
                return_probabilities: bool, return_uncertainty: bool) -> Segmentation:
         """Back to the input grid, thresholds, post-processing, labels in ``convention``."""
+        record = prepared.record
+        thresholds = np.asarray(self.package.thresholds, dtype=np.float32)
+        spacing = voxel_spacing(affine)
+        if not (return_probabilities or return_uncertainty):
+            # Labels alone: only the box where a resampled map can cross its threshold is
+            # resampled (a few percent of the brain); components lie inside it, so
+            # post-processing there is exact.
+            above, box = restore_thresholded(probabilities, record, thresholds)
+            regions = postprocess_regions(above, self.postprocess, spacing=spacing) if above.size else above
+            return Segmentation(labels=place(convention.from_regions(regions), box, record.original_shape), convention=convention.name)
         # Thresholds, post-processing and labels work inside the brain's bounding box: outside it
         # every region is empty, and the full 1 mm grid is ~3x more voxels to touch.
-        record = prepared.record
         restored = restore_probabilities_in_crop(probabilities, record)
-        thresholds = np.asarray(self.package.thresholds, dtype=np.float32).reshape(-1, 1, 1, 1)
-        regions = postprocess_regions(restored > thresholds, self.postprocess, spacing=voxel_spacing(affine))
+        regions = postprocess_regions(restored > thresholds.reshape(-1, 1, 1, 1), self.postprocess, spacing=spacing)
         return Segmentation(
             labels=uncrop(convention.from_regions(regions), record),
             convention=convention.name,

@@ -48,3 +48,20 @@ def test_a_committed_package_reproduces_its_reported_dice(brats18_dir, name):
         reported = row["per_case"][case_id][region]["dice"]
         assert dice(predicted[index], expert[index]) == pytest.approx(reported, abs=2e-3), region
     assert np.isin(labels, (0, 1, 2, 4)).all()
+
+
+@pytest.mark.realdata
+def test_labels_only_prediction_matches_the_full_restore_on_a_real_case(brats18_dir):
+    """Without probabilities asked for, the predictor resamples only the box where a map can
+    cross its threshold; its labels must be those of resampling and thresholding everything,
+    except where a map sits within float rounding of its threshold."""
+    row = next(r for r in PACKAGED if r["model"] == "100k_d_kd_chain_graphflow")
+    files = next(f for f in find_cases(brats18_dir) if f.case_id == "Brats18_CBICA_ALU_1")
+    case = load_case(files, with_labels=False)
+    predictor = Predictor.from_package(REALDATA / row["package"], "onnxruntime", threads=2)
+    fast = predictor.segment(case.images, case.affine, modalities=MODALITIES)
+    full = predictor.segment(case.images, case.affine, modalities=MODALITIES, return_probabilities=True)
+    thresholds = np.asarray(predictor.package.thresholds, np.float32).reshape(-1, 1, 1, 1)
+    near = np.any(np.abs(full.probabilities - thresholds) < 1e-5, axis=0)
+    assert (full.labels > 0).sum() > 10_000  # a real tumour, not two empty maps
+    np.testing.assert_array_equal(fast.labels[~near], full.labels[~near])

@@ -10,13 +10,16 @@ from distill.data.preprocess import (
     bounding_box,
     brain_mask,
     crop,
+    linear_sources,
     masked_mean_std,
+    place,
     padding_for,
     preprocess,
     resample,
     restore_labels,
     restore_probabilities,
     restore_probabilities_in_crop,
+    restore_thresholded,
     uncrop,
     zscore_in_mask,
     zscore_then_resample_linear,
@@ -53,6 +56,59 @@ def test_masked_mean_std_by_hand():
     means, stds = masked_mean_std(images, mask)
     np.testing.assert_allclose(means, [2.0, 2.0])
     np.testing.assert_allclose(stds, [1.0, 1e-8])  # a constant channel gets the floor, not a division by zero
+
+
+def test_masked_statistics_agree_with_float64_over_the_masked_voxels():
+    rng = np.random.default_rng(4)
+    images = rng.normal(300.0, 80.0, size=(2, 61, 70, 53)).astype(np.float32)
+    mask = rng.random(images.shape[1:]) < 0.4
+    means, stds = masked_mean_std(images, mask)
+    for c in range(2):
+        inside = images[c][mask].astype(np.float64)
+        np.testing.assert_allclose([means[c], stds[c]], [inside.mean(), inside.std()], rtol=1e-6)
+
+
+def test_linear_sources_by_hand():
+    # 2 -> 4 samples: positions -0.25 (clamped to 0), 0.25, 0.75, 1.25 (upper clamped to the last voxel)
+    lower, upper, weight = linear_sources(4, 2)
+    np.testing.assert_array_equal(lower, [0, 0, 0, 1])
+    np.testing.assert_array_equal(upper, [1, 1, 1, 1])
+    np.testing.assert_allclose(weight, [0.0, 0.25, 0.75, 0.25])
+
+
+def test_place_by_hand():
+    placed = place(np.ones((1, 2, 1, 1), np.uint8), ((1, 3), (0, 1), (2, 3)), (4, 2, 3))
+    assert placed.shape == (1, 4, 2, 3) and placed.sum() == 2
+    assert placed[0, 1, 0, 2] == placed[0, 2, 0, 2] == 1
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (0.5, 0.7, 1.0)])  # coarser and finer than the input
+def test_thresholding_only_the_hot_box_equals_thresholding_everything(oblique_affine, spacing):
+    images, _ = synthetic_case(7, shape=(30, 26, 22))
+    case = preprocess(images, oblique_affine, config=PreprocessConfig(target_spacing=spacing, divisor=8))
+    rng = np.random.default_rng(3)
+    probabilities = rng.random((3, *case.record.shape)).astype(np.float32) * 0.4  # all below 0.5 ...
+    hot = tuple(slice(n // 3, n // 3 + 3) for n in case.record.shape)
+    probabilities[(slice(None), *hot)] += 0.3  # ... except a small blob
+    thresholds = np.array([0.5, 0.55, 0.6], np.float32)
+    reference = restore_probabilities(probabilities, case.record) > thresholds.reshape(-1, 1, 1, 1)
+    regions, box = restore_thresholded(probabilities, case.record, thresholds)
+    full = place(regions, box, case.record.original_shape)
+    inside = np.zeros(case.record.original_shape, bool)
+    inside[tuple(slice(a, b) for a, b in box)] = True
+    assert reference.any() and inside.sum() < 0.5 * inside.size  # a real blob, and a box smaller than the grid
+    assert not reference[:, ~inside].any()  # nothing above threshold outside the box
+    # inside, the two resamplings differ only by float32 rounding of the source positions
+    near = np.abs(restore_probabilities(probabilities, case.record) - thresholds.reshape(-1, 1, 1, 1)) < 1e-5
+    np.testing.assert_array_equal(full[~near], reference[~near])
+
+
+def test_thresholding_nothing_above_gives_an_empty_box(oblique_affine):
+    images, _ = synthetic_case(8, shape=(20, 18, 16))
+    case = preprocess(images, oblique_affine, config=PreprocessConfig(target_spacing=(2.0, 2.0, 2.0)))
+    regions, box = restore_thresholded(np.full((3, *case.record.shape), 0.2, np.float32), case.record, np.full(3, 0.5))
+    assert regions.shape == (3, 0, 0, 0)
+    assert not place(regions, box, case.record.original_shape).any()
 
 
 @pytest.mark.parametrize(("source", "target"), [((7, 5, 4), (3, 2, 2)), ((3, 2, 2), (7, 5, 4)), ((9, 1, 6), (4, 3, 6))])
