@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -150,6 +149,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    from distill.infer.backends import cpu_name
+
     args = parse_args()
     torch.set_num_threads(args.threads)
     teacher_record = json.loads((args.work / "stages" / "teacher.json").read_text())
@@ -162,7 +163,7 @@ def main() -> None:
     iterations = teacher_record["iterations_per_fold"]
     record = {
         "command": f"python benchmarks/realdata/bench_latency.py --data BRATS18_DIR --work WORK --rounds {args.rounds}",
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "machine": f"{cpu_name()}, torch {torch.__version__}",
         "threads": args.threads, "rounds": args.rounds, "cases": list(cases),
         "teacher": {"parameters_per_member": teacher_record["parameters_per_member"], "iterations_per_fold": iterations,
                     "compact_plan": teacher_record["compact_plan"],
