@@ -382,7 +382,7 @@ def restore_thresholded(probabilities: np.ndarray, record: PreprocessRecord, thr
     Linear resampling makes every output a convex combination of its (up to 8) source voxels,
     so an output can exceed a threshold only where one of its sources does. Only the box of
     outputs whose sources touch an above-threshold voxel is resampled; everything else is
-    below threshold. In a brain the tumour's box is a few percent of the volume.
+    below threshold. The tumour's box is usually a small part of the brain's.
 
     Args:
         probabilities: ``(K, *record.shape)`` soft maps on the preprocessed grid.

@@ -196,7 +196,7 @@ class Predictor:
         spacing = voxel_spacing(affine)
         if not (return_probabilities or return_uncertainty):
             # Labels alone: only the box where a resampled map can cross its threshold is
-            # resampled (a few percent of the brain); components lie inside it, so
+            # resampled (the tumour's box, a fraction of the brain); components lie inside it, so
             # post-processing there is exact.
             above, box = restore_thresholded(probabilities, record, thresholds)
             regions = postprocess_regions(above, self.postprocess, spacing=spacing) if above.size else above
