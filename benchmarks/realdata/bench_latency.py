@@ -171,6 +171,8 @@ def main() -> None:
                              f"parameters per fold, 5 folds), weights from {iterations} nnUNetTrainer iteration(s) per fold; "
                              "its cost does not depend on the weights.")},  # fmt: skip
         "models": summarise(times, reference="teacher_mirror8"),
+        "onnx_sha256": {name: runner.predictor.package.onnx_sha256 for name, runner in runners.items()
+                        if isinstance(runner, StudentRunner)},  # which packages these figures belong to
         "raw_seconds": {name: {case: [round(t["total"], 4) for t in runs] for case, runs in per_case.items()}
                         for name, per_case in times.items()},  # fmt: skip
     }

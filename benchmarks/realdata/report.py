@@ -137,17 +137,21 @@ def ladder_findings(rows: list[dict], sizes: list[int], summary: dict[str, dict]
                  f"{fastest['model_speedup_vs_teacher']:.0f}x counting the networks' forward passes only "
                  f"({fastest['model_latency_median_s']:.3f} s vs {teacher['model_latency_median_s']:.2f} s), "
                  "timed in the pipeline's own stages.")  # fmt: skip
-    lines += side_by_side_finding(fastest["model"])
+    lines += side_by_side_finding(fastest["model"], HERE / fastest["package"])
     return lines
 
 
-def side_by_side_finding(student: str) -> list[str]:
-    """The speed-up from ``bench_latency.py`` (teacher and students in one process), when it has run."""
+def side_by_side_finding(student: str, package: Path) -> list[str]:
+    """The speed-up from ``bench_latency.py`` (teacher and students in one process), when it has
+    run on this very package (a rerun of the pipeline makes new packages that it did not time)."""
+    from distill.export.package import ModelPackage
+
     path = HERE / "latency.json"
     if not path.is_file():
         return []
-    row = json.loads(path.read_text())["models"].get(student)
-    if row is None:
+    latency = json.loads(path.read_text())
+    row = latency["models"].get(student)
+    if row is None or latency.get("onnx_sha256", {}).get(student) != ModelPackage.open(package).onnx_sha256:
         return []
     met = "met" if row["speed_up"] >= 100 else "NOT met"
     return [f"- Side by side in one process with the current predictor (`LATENCY.md`): {student} is {row['speed_up']:.0f}x "
