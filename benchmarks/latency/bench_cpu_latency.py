@@ -165,9 +165,10 @@ def markdown(results: dict) -> str:
         "Reading the numbers: the compact teacher runs at 2 mm with ~1 M parameters; the default BraTS nnU-Net "
         "(31 M parameters, 1 mm) costs ~14 s per 128³ tile on this CPU (design notes), i.e. far more than the "
         "compact teacher here, so these ratios understate the gain over a full-size ensemble. 40 network passes "
-        "cost only about twice one pass, which says that most of the compact teacher's one-fold time is spent "
-        "outside its network (nnU-Net's preprocessing and resampling to and from its 2 mm grid; not profiled "
-        "further). The machine is shared (2 cores), so single runs vary by 10-20 %.",
+        f"(5 folds x 8 flips) cost {full / one_fold:.1f}x one fold without TTA, so a large part of the one-fold time "
+        "is spent outside the network (nnU-Net's preprocessing and resampling to and from its 2 mm grid). "
+        "The machine is shared (2 cores), so single runs vary by 10-20 %. Runs before 2026-11-30 had no mirroring "
+        "in the 5 x 8 row: the untrained checkpoint did not record nnU-Net's mirroring axes (fixed in the builder).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -250,6 +250,10 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
                 trainer.run_training()
             else:
                 trainer.initialize()
+                # nnU-Net records the flips it allows at inference while it sets up training
+                # augmentation; an untrained checkpoint must record them too, or "mirror8"
+                # prediction would silently run without mirroring.
+                trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
                 trainer.do_split()
                 Path(trainer.output_folder).mkdir(parents=True, exist_ok=True)
                 base = Path(trainer.output_folder_base)

@@ -140,3 +140,14 @@ def test_wrong_channel_count(nnunet_teacher):
     bad = Case(case_id="three", images=case.images[:3], affine=case.affine, labels=None)
     with pytest.raises(Exception, match="expected 4 channels, got 3"):
         teacher.predict(bad)
+
+
+def test_an_untrained_build_still_mirrors_eight_ways(tmp_path):
+    """``iterations=0`` (initialised networks, used for latency benchmarks) must record nnU-Net's
+    inference mirroring axes like a trained checkpoint, or "mirror8" runs only one pass per fold."""
+    from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet
+
+    build = build_compact_nnunet(CompactTeacherConfig(work_dir=tmp_path, iterations=0, n_cases=5), log_path=tmp_path / "build.log")
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=build.model_dir, folds=("0",)))
+    assert teacher.mirror_axes == (0, 1, 2) and teacher.info.tta == "mirror8"
+    assert teacher.predict(_first_case(build)).n_passes == 8
