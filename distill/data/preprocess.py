@@ -352,8 +352,9 @@ def linear_sources(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.nd
     """Grid-aligned linear resampling of one axis from ``n_in`` to ``n_out`` samples, as
     :func:`resample` does it: each output's lower and upper source index and the upper one's
     weight (source coordinate ``(i + 0.5) * n_in / n_out - 0.5``, clamped at both edges).
-    Positions are computed in float64; torch computes them in float32, which moves its
-    results by up to ~4e-6 on a 150-voxel axis, so the two agree to that, not bit for bit."""
+    Positions are computed in float64: this path stays within ~2e-7 of a float64 evaluation,
+    torch's trilinear interpolation within a few 1e-6 on a 150-voxel axis (random maps), so the
+    two agree to that, not bit for bit."""
     position = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     lower = np.minimum(np.floor(position).astype(np.intp), n_in - 1)
     upper = np.minimum(lower + 1, n_in - 1)
