@@ -98,7 +98,7 @@ def summarise(times: dict[str, dict[str, list[dict]]], reference: str) -> dict[s
         return statistics.median(statistics.median(t[key] for t in runs) for runs in times[name].values())
 
     summary = {}
-    for name in times:  # noqa: PLC0206 (median_of reads times by name)
+    for name in times:
         row = {key: round(median_of(name, key), 4) for key in ("total", "preprocess", "model", "postprocess")}
         per_case_ratio = [
             statistics.median(r["total"] for r in times[reference][case]) / statistics.median(r["total"] for r in runs)

@@ -74,7 +74,7 @@ def main() -> None:
         f"command from a fresh clone ({second['machine'].get('cpu', 'CPU not recorded')}, idle; stages sum to "
         f"{sum(second['stage_seconds'].values()):,.0f} s). Same split, seeds and budgets. The code differs only where "
         "preprocessing arithmetic was reordered without changing the maths (z-score after resampling and torch "
-        "resampling from commit 175ba70, which run 1's cache may predate; masked statistics summed per line), so the "
+        "resampling from commit 175ba70, which run 1's cache and seed-0 students predate; masked statistics summed per line), so the "
         "differences are the pipeline's run-to-run noise. Run 2's student packages are not committed.",
         "",
         "Teacher cross-validation Dice WT/TC/ET (nnU-Net, mean of folds): run 1 "
