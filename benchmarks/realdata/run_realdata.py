@@ -135,7 +135,7 @@ def stage_convert(p: Pipeline) -> dict:
     return {"dataset_dir": str(result.dataset_dir), "n_training": result.n_training, "spacing_mm": 2.0}
 
 
-def teacher_config(p: Pipeline):
+def teacher_config(p: Pipeline, folds=(0, 1, 2, 3, 4)):
     from distill.teacher.nnunet_build import CompactTeacherConfig
 
     a = p.args
@@ -143,7 +143,7 @@ def teacher_config(p: Pipeline):
                                 raw_dataset=p.work / "nnunet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}",
                                 base_features=a.teacher_base_features, max_features=a.teacher_max_features,
                                 iterations=a.teacher_iterations, patch_size=tuple(a.teacher_patch) if a.teacher_patch else None,
-                                export_validation_probabilities=True, seed=a.seeds[0])  # fmt: skip
+                                export_validation_probabilities=True, seed=a.seeds[0], folds=tuple(folds))  # fmt: skip
 
 
 def stage_teacher(p: Pipeline) -> dict:
@@ -163,6 +163,17 @@ def stage_teacher(p: Pipeline) -> dict:
         "checkpoint_sha256": checkpoints, "checkpoints_total_mb": round(sum(sizes) / 2**20, 1),
         "cross_validation": cross_validation_dice(built.model_dir, built.folds),
     }  # fmt: skip
+
+
+def pilot_teacher_fold(p: Pipeline, fold: int) -> None:
+    """One teacher fold trained (or resumed) on its own; its nnU-Net held-out Dice is printed and kept."""
+    from distill.teacher.nnunet_build import build_compact_nnunet
+
+    built = build_compact_nnunet(teacher_config(p, folds=(fold,)), log_path=p.work / f"teacher_build_fold{fold}.log")
+    record = {"fold": fold, "iterations": p.args.teacher_iterations, "seconds": built.seconds,
+              "cross_validation": cross_validation_dice(built.model_dir, (fold,))}  # fmt: skip
+    p.finish(f"teacher_pilot_fold{fold}", record)
+    print(json.dumps(record, indent=2))
 
 
 def cross_validation_dice(model_dir: Path, folds) -> dict:
@@ -325,6 +336,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="BraTS 2018 folder holding the 14 cases")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="Working folder (resumed; not committed)")
     parser.add_argument("--teacher-iterations", type=int, default=120, help="nnUNetTrainer iterations per fold")
+    parser.add_argument("--teacher-pilot-fold", type=int, default=None,
+                        help="Train only this teacher fold, print its held-out Dice and stop (a pilot before the "
+                             "other four; the full run later reuses the finished fold)")
     parser.add_argument("--teacher-patch", type=int, nargs=3, default=None,
                         help="Training patch of the compact plan (default: nnU-Net's own, which covers the 2 mm brain)")
     parser.add_argument("--teacher-base-features", type=int, default=8)
@@ -361,6 +375,10 @@ def main() -> None:
         ("evaluate", [(f"evaluate_{n}", lambda n=n: stage_evaluate(p, n))
                       for n in ("teacher_mirror8", "teacher_none", *names)]),
     ]  # fmt: skip
+    if args.teacher_pilot_fold is not None:
+        for stage, function in steps[0][1] + steps[1][1]:
+            p.run(stage, function)
+        return pilot_teacher_fold(p, args.teacher_pilot_fold)
     for group, stages in steps:
         for stage, function in stages:
             p.run(stage, function)

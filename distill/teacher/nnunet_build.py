@@ -12,6 +12,11 @@ Used as the test fixture, by the demo, and as the recipe for CPU-sized teachers:
    iterations (0 = networks initialised by the trainer and saved in its checkpoint format),
    optionally followed by nnU-Net's validation with ``--npz``-style probabilities.
 
+nnU-Net's poly learning rate steps once per *epoch* (``lr0 * (1 - epoch / num_epochs) ** 0.9``),
+so the iteration budget is split into epochs (:func:`epoch_schedule`): one epoch of N iterations
+would train at the initial rate throughout. Every epoch ends in nnU-Net's ``checkpoint_latest.pth``,
+and a build that was killed continues from it the way ``nnUNetv2_train --c`` does.
+
 nnU-Net reads its folders from environment variables at import time, so everything that
 imports ``nnunetv2`` runs in a child process (``python -m distill.teacher.nnunet_build``)
 whose environment names the folders of this build.
@@ -30,6 +35,11 @@ from pathlib import Path
 from distill.errors import DistillError
 
 COMPACT_PLANS = "nnUNetPlans_distillCompact"
+#: Epoch length for budgets large enough to have ``MIN_EPOCHS`` of them (nnU-Net's default is 250).
+ITERATIONS_PER_EPOCH = 50
+#: Fewest epochs a budget is split into: with 20 the last epoch trains at (1/20)**0.9 = 6.7 % of the
+#: initial rate; shorter budgets get shorter epochs rather than fewer of them.
+MIN_EPOCHS = 20
 TRAINER = "nnUNetTrainer"
 CONFIGURATION = "3d_fullres"
 
@@ -80,6 +90,19 @@ class CompactTeacher:
     parameters_per_member: int
     folds: tuple[int, ...]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def epoch_schedule(iterations: int) -> tuple[int, int]:
+    """``(num_epochs, iterations_per_epoch)`` covering at least ``iterations`` training iterations.
+
+    Epochs of :data:`ITERATIONS_PER_EPOCH` once the budget allows :data:`MIN_EPOCHS` of them,
+    otherwise ``MIN_EPOCHS`` shorter epochs (down to one iteration each), so the poly schedule
+    anneals whatever the budget. ``iterations`` must be positive.
+    """
+    if iterations <= 0:
+        raise DistillError(f"teacher iterations must be positive, got {iterations}")
+    per_epoch = min(ITERATIONS_PER_EPOCH, max(1, iterations // MIN_EPOCHS))
+    return -(-iterations // per_epoch), per_epoch
 
 
 def nnunet_environment(work_dir: Path) -> dict[str, str]:
@@ -184,6 +207,24 @@ def check_existing_compact_plan(compact_file: Path, config: CompactTeacherConfig
                            f"{(patch or {}).get('compact')}, not {wanted_rule} and {wanted_patch}; use a new work folder")  # fmt: skip
 
 
+def check_fold_schedule(fold_dir: Path, iterations: int) -> None:
+    """Record the fold's iteration budget, or refuse to resume or reuse a fold trained with another one
+    (a finished fold is otherwise kept whatever the options, and a checkpoint would continue under a
+    different schedule)."""
+    record = fold_dir / "distill_schedule.json"
+    wanted = {"iterations": iterations,
+              "epochs_x_iterations": list(epoch_schedule(iterations)) if iterations > 0 else [0, 0]}  # fmt: skip
+    if record.is_file():
+        found = json.loads(record.read_text())
+        if found != wanted:
+            raise DistillError(f"{record}: fold trained with {found}, not {wanted}; use a new work folder")
+        return
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(wanted) + "\n")
+    os.replace(tmp, record)
+
+
 def _checked_patch(patch: list[int], strides: list[list[int]]) -> list[int]:
     """``patch`` if every axis is divisible by its total pooling stride (the encoder's bottleneck grid)."""
     if len(patch) != len(strides[0]):
@@ -238,15 +279,23 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
         start = time.perf_counter()
         torch.manual_seed(config["seed"] * 100 + fold)
         np.random.seed(config["seed"] * 100 + fold)
-        # nnU-Net 2.8 reads (and pops) a "continue_training" flag from the plans it is given.
-        trainer_plans = {**json.loads(json.dumps(plans)), "continue_training": False}
+        fold_dir = Path(os.environ["nnUNet_results"]) / f"Dataset{dataset_id:03d}_{config['dataset_name']}" / \
+            f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}" / f"fold_{fold}"
+        latest = fold_dir / "checkpoint_latest.pth"
+        # nnU-Net 2.8 reads (and pops) a "continue_training" flag from the plans it is given; it
+        # decides whether its logger resumes the curves of an interrupted run.
+        trainer_plans = {**json.loads(json.dumps(plans)), "continue_training": latest.is_file()}
         trainer = nnUNetTrainer(trainer_plans, CONFIGURATION, fold, dataset_json, device=torch.device("cpu"))
         final = Path(trainer.output_folder) / "checkpoint_final.pth"
+        check_fold_schedule(fold_dir, config["iterations"])
         if not final.is_file():
             if config["iterations"] > 0:
-                trainer.num_epochs = 1
-                trainer.num_iterations_per_epoch = config["iterations"]
-                trainer.num_val_iterations_per_epoch = 1
+                # Set before initialize(): nnU-Net builds its PolyLRScheduler from num_epochs there.
+                trainer.num_epochs, trainer.num_iterations_per_epoch = epoch_schedule(config["iterations"])
+                trainer.num_val_iterations_per_epoch = max(1, trainer.num_iterations_per_epoch // 10)
+                trainer.save_every = 1  # a killed build loses at most one epoch
+                if latest.is_file():
+                    trainer.load_checkpoint(str(latest))  # as nnUNetv2_train --c: weights, optimiser, epoch, curves
                 trainer.run_training()
             else:
                 trainer.initialize()
@@ -271,9 +320,14 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
             parameters = sum(p.numel() for p in trainer.network.parameters())
         seconds[f"fold_{fold}"] = time.perf_counter() - start
     out = Path(os.environ["nnUNet_results"]) / f"Dataset{dataset_id:03d}_{config['dataset_name']}"
-    summary = {"parameters_per_member": parameters, "seconds": seconds, "iterations": config["iterations"]}
+    summary = {"parameters_per_member": parameters, "seconds": seconds, "iterations": config["iterations"],
+               "epochs_x_iterations": list(epoch_schedule(config["iterations"])) if config["iterations"] else [0, 0]}
     (out / f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}" / "distill_build.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover
-    _child(json.loads(sys.argv[1]))
+    try:
+        _child(json.loads(sys.argv[1]))
+    except DistillError as error:  # an expected refusal: one line for the parent to show
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

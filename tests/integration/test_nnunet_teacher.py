@@ -151,3 +151,51 @@ def test_an_untrained_build_still_mirrors_eight_ways(tmp_path):
     teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=build.model_dir, folds=("0",)))
     assert teacher.mirror_axes == (0, 1, 2) and teacher.info.tta == "mirror8"
     assert teacher.predict(_first_case(build)).n_passes == 8
+
+
+def _copy_without_results(build, destination: Path) -> Path:
+    """The fixture's raw and preprocessed folders (planning and preprocessing are then skipped)."""
+    work = build.model_dir.parents[2]
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(work / name, destination / name, symlinks=True)
+    return destination
+
+
+def test_a_killed_fold_continues_and_its_learning_rate_anneals(nnunet_teacher, tmp_path):
+    """20 iterations become 20 epochs under nnU-Net's poly schedule; a build killed after its first
+    epochs continues from nnU-Net's checkpoint_latest.pth rather than starting again."""
+    import os
+    import signal
+    import time
+
+    from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet, model_dir_for
+
+    work = _copy_without_results(nnunet_teacher, tmp_path / "work")
+    config = CompactTeacherConfig(work_dir=work, iterations=20, folds=(0,))
+    fold_dir = model_dir_for(config) / "fold_0"
+    script = ("from pathlib import Path; from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet; "
+              f"build_compact_nnunet(CompactTeacherConfig(work_dir=Path({str(work)!r}), iterations=20, folds=(0,)))")  # fmt: skip
+    first = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        logs = list(fold_dir.glob("training_log_*.txt"))
+        # Kill once epoch 3 has started: its predecessors' checkpoint_latest.pth is complete by then.
+        if logs and "Epoch 3" in logs[0].read_text():
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, "the first build was expected to be killed mid-training"
+    assert (fold_dir / "checkpoint_latest.pth").is_file() and not (fold_dir / "checkpoint_final.pth").exists()
+    resumed_from = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    assert resumed_from >= 3
+
+    time.sleep(1.1)  # nnU-Net names its training logs by the second
+    build_compact_nnunet(config)
+    final = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    lrs = final["logging"]["lrs"]
+    assert final["current_epoch"] == 20 and len(lrs) == 20
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] < 0.1 * lrs[0]
+    assert all(later < earlier for earlier, later in zip(lrs, lrs[1:]))
+    second_log = sorted(fold_dir.glob("training_log_*.txt"))[-1].read_text()
+    assert f"Epoch {resumed_from}" in second_log and "Epoch 0\n" not in second_log

@@ -5,7 +5,14 @@ import json
 import pytest
 
 from distill.errors import DistillError
-from distill.teacher.nnunet_build import COMPACT_PLANS, CompactTeacherConfig, check_existing_compact_plan, compact_plans
+from distill.teacher.nnunet_build import (
+    COMPACT_PLANS,
+    CompactTeacherConfig,
+    check_existing_compact_plan,
+    check_fold_schedule,
+    compact_plans,
+    epoch_schedule,
+)
 
 
 def nnunet_like_plans() -> dict:
@@ -71,3 +78,33 @@ def test_a_build_resumed_with_other_options_is_refused(tmp_path):
         config = CompactTeacherConfig(**{**same.__dict__, **other})
         with pytest.raises(DistillError, match="use a new work folder"):
             check_existing_compact_plan(plan_file, config)
+
+
+@pytest.mark.parametrize(
+    "iterations, expected",
+    [(1000, (20, 50)), (2000, (40, 50)), (120, (20, 6)), (20, (20, 1)), (999, (21, 49)), (3, (3, 1))],
+)
+def test_epoch_schedule_splits_the_budget_into_annealing_epochs(iterations, expected):
+    epochs, per_epoch = epoch_schedule(iterations)
+    assert (epochs, per_epoch) == expected
+    assert epochs * per_epoch >= iterations
+
+
+@pytest.mark.parametrize("iterations", [20, 120, 1000, 2000])
+def test_poly_rate_of_the_last_epoch_is_below_a_tenth_of_the_first(iterations):
+    # nnU-Net's PolyLRScheduler: lr0 * (1 - epoch / num_epochs) ** 0.9, stepped once per epoch.
+    epochs, _ = epoch_schedule(iterations)
+    assert (1 - (epochs - 1) / epochs) ** 0.9 < 0.1
+
+
+def test_epoch_schedule_refuses_a_non_positive_budget():
+    with pytest.raises(DistillError, match="must be positive"):
+        epoch_schedule(0)
+
+
+def test_a_fold_resumed_with_another_budget_is_refused(tmp_path):
+    check_fold_schedule(tmp_path / "fold_0", 1000)
+    check_fold_schedule(tmp_path / "fold_0", 1000)  # same budget: resumes
+    assert json.loads((tmp_path / "fold_0" / "distill_schedule.json").read_text())["epochs_x_iterations"] == [20, 50]
+    with pytest.raises(DistillError, match="fold_0.*use a new work folder"):
+        check_fold_schedule(tmp_path / "fold_0", 2000)
