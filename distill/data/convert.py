@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from distill import __version__
-from distill.data.atomic import atomic_write_json
+from distill.core.atomic import atomic_write_json
 from distill.data.case import load_case
 from distill.data.conventions import get_convention, resolve_convention
 from distill.data.discovery import MODALITIES, CaseFiles, find_cases

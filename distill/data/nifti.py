@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from distill.data.atomic import atomic_write_bytes
+from distill.core.atomic import atomic_write_bytes
 from distill.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

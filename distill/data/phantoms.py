@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from distill.data.atomic import atomic_write_json
+from distill.core.atomic import atomic_write_json
 from distill.data.conventions import get_convention
 from distill.data.nifti import write_nifti
 from distill.errors import DistillError

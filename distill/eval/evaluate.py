@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from distill.data.atomic import atomic_write_json, atomic_write_text
+from distill.core.atomic import atomic_write_json, atomic_write_text
 from distill.data.conventions import REGIONS, LabelConvention, resolve_convention
 from distill.data.discovery import LabelMaps, find_label_maps
 from distill.data.nifti import Volume, read_nifti

@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from distill import __version__
-from distill.data.atomic import atomic_write_bytes, atomic_write_json
+from distill.core.atomic import atomic_write_bytes, atomic_write_json
 from distill.data.conventions import REGIONS, LabelConvention, get_convention
 from distill.data.discovery import MODALITY_ALIASES
 from distill.data.preprocess import PreprocessConfig

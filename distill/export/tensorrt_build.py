@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.data.atomic import atomic_write_bytes, atomic_write_json
+from distill.core.atomic import atomic_write_bytes, atomic_write_json
 from distill.errors import DistillError
 from distill.export.package import INPUT_NAME, OUTPUT_NAME, EngineEntry, InferenceSettings, ModelPackage, sha256_bytes, sha256_file
 

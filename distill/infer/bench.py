@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from distill import __version__
-from distill.data.atomic import atomic_write_json
+from distill.core.atomic import atomic_write_json
 from distill.data.case import load_case
 from distill.data.discovery import CaseFiles, find_cases
 from distill.data.nifti import write_nifti

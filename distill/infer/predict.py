@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from distill.data.atomic import atomic_path
+from distill.core.atomic import atomic_path
 from distill.data.case import load_case
 from distill.data.discovery import find_cases
 from distill.data.nifti import write_nifti

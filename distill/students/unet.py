@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import DistillError
-from distill.teacher.base import OUTPUT_KINDS, SIGMOID, SOFTMAX  # a student's output kind is its teacher's
+from distill.core.outputs import OUTPUT_KINDS, SIGMOID, SOFTMAX  # a student's output kind is its teacher's
 
 CONV_TYPES = ("plain", "separable")
 NORMS = ("instance", "batch", "group", "none")

@@ -7,33 +7,15 @@ averaged voxel by voxel, and the cache can then put everything on the grid stude
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from distill.core.hashing import canonical_hash, file_sha256  # noqa: F401 (re-exported for teachers)
+from distill.core.outputs import OUTPUT_KINDS, SIGMOID, SOFTMAX  # noqa: F401
 from distill.data.case import Case
-
-SIGMOID = "sigmoid"  # overlapping regions (WT, TC, ET), one sigmoid per channel
-SOFTMAX = "softmax"  # mutually exclusive labels, softmax across channels
-OUTPUT_KINDS = (SIGMOID, SOFTMAX)
-
-
-def canonical_hash(obj: Any) -> str:
-    """sha256 of a JSON-serialisable object with sorted keys (stable across runs and machines)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 @dataclass(frozen=True)
 class TeacherInfo:

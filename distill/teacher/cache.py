@@ -93,7 +93,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from distill import __version__
-from distill.data.atomic import PARTIAL_SUFFIX, atomic_write_json
+from distill.core.atomic import PARTIAL_SUFFIX, atomic_write_json
 from distill.data.conventions import REGIONS
 from distill.data.preprocess import PreprocessRecord
 from distill.errors import DistillError

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from distill import __version__
-from distill.data.atomic import atomic_path, atomic_write_json
+from distill.core.atomic import atomic_path, atomic_write_json
 from distill.students import (
     assistant_sizes,
     auto_assistants,

@@ -121,7 +121,7 @@ def parse_assistants(text: str) -> str | int | tuple[int, ...]:
 
 
 def save_config(path: Path, config: TrainConfig) -> None:
-    from distill.data.atomic import atomic_write_json
+    from distill.core.atomic import atomic_write_json
 
     atomic_write_json(path, {"config": config.to_dict(), "training_hash": config.training_hash()})
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from distill.data.atomic import atomic_path, atomic_write_json
+from distill.core.atomic import atomic_path, atomic_write_json
 from distill.losses import (
     CompositeLoss,
     GraphFlowLoss,
