@@ -144,7 +144,7 @@ def ladder_findings(rows: list[dict], sizes: list[int], summary: dict[str, dict]
 def side_by_side_finding(student: str, package: Path) -> list[str]:
     """The speed-up from ``bench_latency.py`` (teacher and students in one process), when it has
     run on this very package (a rerun of the pipeline makes new packages that it did not time)."""
-    from distill.export.package import ModelPackage
+    from distill.package import ModelPackage
 
     path = HERE / "latency.json"
     if not path.is_file():

@@ -4,13 +4,13 @@
     result = export_package(ExportConfig(run_dir="runs/s30k", out="packages/s30k"))
     package = ModelPackage.open("packages/s30k")        # verifies format version and every sha256
 
-Only this package knows the folder layout (:mod:`distill.export.package`). The exporter and
+Only this package knows the folder layout (:mod:`distill.package`). The exporter and
 parity gate live in :mod:`distill.export.onnx_export`, TensorRT engines in
 :mod:`distill.export.tensorrt_build` (guarded: nothing here needs TensorRT to import).
 Importing this package loads only the layout module, so a predictor or service that opens
 packages pulls in neither the exporter nor the teacher cache.
 """
 
-from distill.export.package import FORMAT_VERSION, PACKAGE_FORMAT, EngineEntry, InferenceSettings, ModelPackage, PackageError
+from distill.package import FORMAT_VERSION, PACKAGE_FORMAT, EngineEntry, InferenceSettings, ModelPackage, PackageError
 
 __all__ = ["FORMAT_VERSION", "PACKAGE_FORMAT", "EngineEntry", "InferenceSettings", "ModelPackage", "PackageError"]

@@ -36,7 +36,7 @@ import torch
 
 from distill.data.conventions import LabelConvention
 from distill.errors import DistillError
-from distill.export.package import INPUT_NAME, OUTPUT_NAME
+from distill.package import INPUT_NAME, OUTPUT_NAME
 
 OPSET = 17
 EXPORTER = "torch.onnx TorchScript-based exporter (dynamo=False)"

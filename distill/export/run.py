@@ -48,7 +48,7 @@ from distill.export.onnx_export import (
     simplify_onnx,
     torch_logits_fn,
 )
-from distill.export.package import (
+from distill.package import (
     FORMAT_VERSION,
     INPUT_NAME,
     MANIFEST_NAME,
@@ -64,7 +64,7 @@ from distill.export.package import (
     sha256_file,
     write_manifest,
 )
-from distill.infer.postprocess import PostprocessConfig
+from distill.package.settings import PostprocessConfig
 from distill.students import StudentConfig, build_student, count_macs, count_parameters
 
 # The run-folder contract of `distill train-student` (distill.train.chain writes these names).

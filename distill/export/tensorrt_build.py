@@ -38,7 +38,7 @@ import torch
 
 from distill.core.atomic import atomic_write_bytes, atomic_write_json
 from distill.errors import DistillError
-from distill.export.package import INPUT_NAME, OUTPUT_NAME, EngineEntry, InferenceSettings, ModelPackage, sha256_bytes, sha256_file
+from distill.package import INPUT_NAME, OUTPUT_NAME, EngineEntry, InferenceSettings, ModelPackage, sha256_bytes, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 NORM_OPS = frozenset({"InstanceNormalization", "BatchNormalization", "LayerNormalization", "GroupNormalization"})

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.export.package import INPUT_NAME, OUTPUT_NAME, ModelPackage
+from distill.package import INPUT_NAME, OUTPUT_NAME, ModelPackage
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEVICES: dict[str, tuple[str, ...]] = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda", "tensorrt"), "tensorrt": ("cuda",)}

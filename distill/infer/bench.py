@@ -38,7 +38,7 @@ from distill.data.case import load_case
 from distill.data.discovery import CaseFiles, find_cases
 from distill.data.nifti import write_nifti
 from distill.data.preprocess import pad, padding_for
-from distill.export.package import ModelPackage
+from distill.package import ModelPackage
 from distill.infer.backends import (
     BackendOptionError,
     BackendSpec,

@@ -16,17 +16,13 @@ always nests even where filtering removed a parent component around a child.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from distill.data.conventions import REGIONS
-
-# Neighbourhood size -> scipy's structuring-element rank in 3D (faces, +edges, +corners).
-_CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
-SIZE_UNITS = ("voxels", "ml")
+from distill.package.settings import _CONNECTIVITY_RANK, SIZE_UNITS, PostprocessConfig  # noqa: F401 (re-exported)
 
 
 def enforce_hierarchy(regions: np.ndarray) -> np.ndarray:
@@ -91,46 +87,6 @@ def keep_largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarr
     # argmax returns the first maximum, i.e. the lowest label among equals.
     largest = 1 + int(np.argmax(sizes[1:]))
     return labels == largest
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Which clean-up steps to run.
-
-    Attributes:
-        enforce_hierarchy: clip TC to WT and ET to TC (after component filtering).
-        min_size: region name -> minimum component size; regions not named are not filtered.
-        min_size_unit: ``"voxels"`` or ``"ml"`` (needs the voxel spacing).
-        keep_largest: regions reduced to their largest component.
-        connectivity: 6, 18 or 26, for every component operation.
-
-    A region may be both size-filtered and reduced to its largest component; the size
-    filter then also drops the largest component when it is under the minimum.
-    """
-
-    enforce_hierarchy: bool = False
-    min_size: Mapping[str, float] = field(default_factory=dict)
-    min_size_unit: str = "voxels"
-    keep_largest: tuple[str, ...] = ()
-    connectivity: int = 26
-
-    def __post_init__(self) -> None:
-        # Accept any iterable of region names; store a tuple so the frozen config stays immutable there.
-        object.__setattr__(self, "keep_largest", tuple(self.keep_largest))
-        unknown = sorted({*self.min_size, *self.keep_largest} - set(REGIONS))
-        if unknown:
-            raise ValueError(f"unknown region(s) {unknown}; expected names from {REGIONS}")
-        if self.min_size_unit not in SIZE_UNITS:
-            raise ValueError(f"min_size_unit must be one of {SIZE_UNITS}, got {self.min_size_unit!r}")
-        negative = {r: v for r, v in self.min_size.items() if not v >= 0}
-        if negative:
-            raise ValueError(f"minimum component sizes must be >= 0, got {negative}")
-        if self.connectivity not in _CONNECTIVITY_RANK:
-            raise ValueError(f"connectivity must be one of {sorted(_CONNECTIVITY_RANK)}, got {self.connectivity}")
-
-    @property
-    def is_noop(self) -> bool:
-        return not (self.enforce_hierarchy or self.min_size or self.keep_largest)
 
 
 def min_size_in_voxels(min_size: float, unit: str, spacing: Sequence[float] | None) -> int:

@@ -42,7 +42,7 @@ from distill.data.preprocess import (
     uncrop,
 )
 from distill.errors import DataError
-from distill.export.package import ModelPackage
+from distill.package import ModelPackage
 from distill.infer.backends import Backend, BackendSpec, create_backend
 from distill.infer.postprocess import PostprocessConfig, postprocess_regions
 from distill.infer.sliding_window import predict_logits

@@ -23,7 +23,7 @@ from distill.data.case import load_case
 from distill.data.nifti import read_nifti
 from distill.data.phantoms import PhantomConfig, write_phantoms
 from distill.export.onnx_export import ParityError, export_onnx, onnxruntime_session, run_onnxruntime
-from distill.export.package import ModelPackage
+from distill.package import ModelPackage
 from distill.export.run import ExportConfig, ExportConfigError, export_package
 from distill.infer.backends import BackendSpec, BackendUnavailable
 from distill.infer.predict import PredictConfig, predict_folder

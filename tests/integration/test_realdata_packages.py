@@ -16,7 +16,7 @@ from distill.data.case import load_case
 from distill.data.conventions import get_convention
 from distill.data.discovery import MODALITIES, find_cases
 from distill.eval.dice import dice
-from distill.export.package import ModelPackage
+from distill.package import ModelPackage
 from distill.infer.predictor import Predictor
 
 REALDATA = Path(__file__).resolve().parents[2] / "benchmarks" / "realdata"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from distill.export.onnx_export import export_onnx, onnxruntime_session, run_onnxruntime
-from distill.export.package import EngineEntry
+from distill.package import EngineEntry
 from distill.export.tensorrt_build import (
     EngineCache,
     EngineError,
@@ -183,7 +183,7 @@ def trt_package(tmp_path_factory):
 
 @pytest.mark.tensorrt
 def test_export_builds_gated_fp32_and_fp16_engines(trt_package):
-    from distill.export.package import ModelPackage
+    from distill.package import ModelPackage
 
     package = ModelPackage.open(trt_package)
     engines = {e.precision: e for e in package.engines}
@@ -211,7 +211,7 @@ def test_tensorrt_backend_segments_like_torch(trt_package):
 @pytest.mark.tensorrt
 def test_int8_engine_is_built_gated_and_served_from_an_engine_cache(trt_package, tmp_path):
     from distill.export.onnx_export import ParityThresholds
-    from distill.export.package import ModelPackage
+    from distill.package import ModelPackage
     from distill.export.run import phantom_parity_cases
     from distill.export.tensorrt_build import build_gated_engine
     from distill.infer.predictor import Predictor

@@ -12,7 +12,7 @@ import pytest
 from conftest import synthetic_case
 from distill.train.chain import save_untrained_student
 from distill.data.nifti import write_nifti
-from distill.export.package import (
+from distill.package import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     ModelPackage,
@@ -163,7 +163,7 @@ def test_manifest_paths_cannot_leave_the_package(package_copy):
 def test_an_onnx_with_external_data_is_refused(package_copy):
     import onnx
 
-    from distill.export.package import list_package_files, write_manifest
+    from distill.package import list_package_files, write_manifest
 
     model = onnx.load(str(package_copy / "model.onnx"))
     onnx.save_model(model, str(package_copy / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,

@@ -41,7 +41,7 @@ from distill.data.conventions import REGIONS, LabelConvention, get_convention
 from distill.data.discovery import MODALITY_ALIASES
 from distill.data.preprocess import PreprocessConfig
 from distill.errors import DistillError
-from distill.infer.postprocess import PostprocessConfig
+from distill.package.settings import PostprocessConfig
 
 PACKAGE_FORMAT = "distill-model-package"
 FORMAT_VERSION = 1

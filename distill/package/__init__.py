@@ -1,0 +1,61 @@
+"""The model package format: the one owner of what ``distill export`` writes and inference reads.
+
+``distill/export`` builds packages through this module and ``distill/infer`` (and the service)
+open them through it; it imports neither, so the dependency runs one way.
+"""
+
+from distill.package.folder import (
+    ENGINES_DIR,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MANIFEST_NAME,
+    ONNX_NAME,
+    OUTPUT_NAME,
+    PACKAGE_FORMAT,
+    REGIONS,
+    WEIGHTS_NAME,
+    EngineEntry,
+    InferenceSettings,
+    ModelPackage,
+    PackageError,
+    check_format,
+    check_single_file_onnx,
+    default_inference_settings,
+    inputs_section,
+    labels_section,
+    list_package_files,
+    preprocessing_section,
+    read_manifest,
+    safe_relative_path,
+    sha256_bytes,
+    sha256_file,
+    write_manifest,
+)
+
+__all__ = [
+    "ENGINES_DIR",
+    "FORMAT_VERSION",
+    "INPUT_NAME",
+    "MANIFEST_NAME",
+    "ONNX_NAME",
+    "OUTPUT_NAME",
+    "PACKAGE_FORMAT",
+    "REGIONS",
+    "WEIGHTS_NAME",
+    "EngineEntry",
+    "InferenceSettings",
+    "ModelPackage",
+    "PackageError",
+    "check_format",
+    "check_single_file_onnx",
+    "default_inference_settings",
+    "inputs_section",
+    "labels_section",
+    "list_package_files",
+    "preprocessing_section",
+    "read_manifest",
+    "safe_relative_path",
+    "sha256_bytes",
+    "sha256_file",
+    "write_manifest",
+]
