@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -33,6 +35,69 @@ NNUNET_CHANNEL_NAMES = {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"}
 NNUNET_REGION_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
 NNUNET_REGIONS_CLASS_ORDER = [1, 2, 3]
 FILE_ENDING = ".nii.gz"
+
+
+def nnunet_region_fields(n_training: int) -> dict[str, Any]:
+    """The ``dataset.json`` entries of region-based BraTS training (WT, TC, ET), in nnU-Net's numbering.
+
+    Callers add their own ``name``, ``description`` and extras around these; key order is
+    theirs to keep, since nnU-Net copies the file into the model folder and the teacher's
+    identity hash covers its bytes.
+    """
+    return {
+        "channel_names": NNUNET_CHANNEL_NAMES,
+        "labels": NNUNET_REGION_LABELS,
+        "regions_class_order": NNUNET_REGIONS_CLASS_ORDER,
+        "numTraining": n_training,
+        "file_ending": FILE_ENDING,
+    }
+
+
+@dataclass(frozen=True)
+class NnUNetDatasetWriter:
+    """The nnU-Net v2 raw dataset layout, the one place that knows it.
+
+    ``images{Tr,Ts}/<id>_<channel:04d>.nii.gz`` (training cases have a label map, test
+    cases do not), ``labelsTr/<id>.nii.gz`` and ``dataset.json``. Every file is written
+    atomically, a case's images before its label map, so a case whose files all exist was
+    finished; ``dataset.json`` is the caller's to write last.
+    """
+
+    dataset_dir: Path
+    n_channels: int = len(MODALITIES)
+
+    @property
+    def labels_dir(self) -> Path:
+        return Path(self.dataset_dir) / "labelsTr"
+
+    def image_paths(self, case_id: str, training: bool = True) -> list[Path]:
+        folder = Path(self.dataset_dir) / ("imagesTr" if training else "imagesTs")
+        return [folder / f"{case_id}_{channel:04d}{FILE_ENDING}" for channel in range(self.n_channels)]
+
+    def label_path(self, case_id: str) -> Path:
+        return self.labels_dir / f"{case_id}{FILE_ENDING}"
+
+    def case_paths(self, case_id: str, training: bool = True) -> list[Path]:
+        """Every file of one case, images in channel order, then the label map of a training case."""
+        paths = self.image_paths(case_id, training)
+        return [*paths, self.label_path(case_id)] if training else paths
+
+    def write_case(
+        self, case_id: str, images: Sequence[np.ndarray], affine: np.ndarray, labels: np.ndarray | None = None
+    ) -> None:
+        """Write one case as given (dtypes are the caller's).
+
+        ``labels`` are in nnU-Net's numbering; ``None`` makes it a test case (``imagesTs``).
+        """
+        if len(images) != self.n_channels:
+            raise ValueError(f"case {case_id}: {len(images)} image channels, the dataset has {self.n_channels}")
+        for path, image in zip(self.image_paths(case_id, training=labels is not None), images):
+            write_nifti(path, image, affine)
+        if labels is not None:
+            write_nifti(self.label_path(case_id), labels, affine)
+
+    def write_dataset_json(self, dataset: Mapping[str, Any]) -> Path:
+        return atomic_write_json(Path(self.dataset_dir) / "dataset.json", dict(dataset))
 
 
 @dataclass(frozen=True)
@@ -78,14 +143,6 @@ def _validate(config: ConvertConfig) -> None:
         raise DataError(f"dataset name {config.dataset_name!r} may only hold letters, digits and underscores")
 
 
-def _output_paths(dataset_dir: Path, case: CaseFiles) -> list[Path]:
-    split = "Tr" if case.label is not None else "Ts"
-    paths = [dataset_dir / f"images{split}" / f"{case.case_id}_{i:04d}{FILE_ENDING}" for i in range(len(MODALITIES))]
-    if case.label is not None:
-        paths.append(dataset_dir / "labelsTr" / f"{case.case_id}{FILE_ENDING}")
-    return paths
-
-
 def _compact(array: np.ndarray) -> np.ndarray:
     """int16 where the values are whole numbers that fit (most raw MRI), float32 otherwise."""
     if np.all(array == np.round(array)) and array.min() >= -32768 and array.max() <= 32767:
@@ -107,20 +164,17 @@ def convert_case(case_files: CaseFiles, dataset_dir: Path, label_convention: str
         affine = resampled_affine(affine, case.shape, shape)
         images = resample(images, shape, order=1)
         labels = resample_labels(labels, shape) if labels is not None else None
-    out_paths = _output_paths(dataset_dir, case_files)
-    for channel, path in enumerate(out_paths[: len(MODALITIES)]):
-        write_nifti(path, _compact(images[channel]), affine)
-    if labels is not None:
-        write_nifti(out_paths[-1], labels.astype(np.uint8), affine)
+    NnUNetDatasetWriter(dataset_dir).write_case(
+        case_files.case_id,
+        [_compact(images[channel]) for channel in range(len(MODALITIES))],
+        affine,
+        labels.astype(np.uint8) if labels is not None else None,
+    )
 
 
 def _dataset_json(config: ConvertConfig, n_training: int) -> dict:
     return {
-        "channel_names": NNUNET_CHANNEL_NAMES,
-        "labels": NNUNET_REGION_LABELS,
-        "regions_class_order": NNUNET_REGIONS_CLASS_ORDER,
-        "numTraining": n_training,
-        "file_ending": FILE_ENDING,
+        **nnunet_region_fields(n_training),
         "name": config.dataset_name,
         "description": "BraTS cases converted by Distill; labels in nnU-Net's internal numbering (1 ED, 2 NCR, 3 ET).",
         "distill": {
@@ -140,14 +194,15 @@ def convert_to_nnunet(config: ConvertConfig) -> ConvertResult:
     start = time.perf_counter()
     written = skipped = 0
     dataset_dir = config.dataset_dir
+    writer = NnUNetDatasetWriter(dataset_dir)
     for case in tqdm(cases, desc="convert", unit="case", disable=not config.progress):
-        if all(p.is_file() for p in _output_paths(dataset_dir, case)):
+        if all(p.is_file() for p in writer.case_paths(case.case_id, training=case.label is not None)):
             skipped += 1
             continue
         convert_case(case, dataset_dir, config.label_convention, config.target_spacing)
         written += 1
     n_training = sum(c.label is not None for c in cases)
-    atomic_write_json(dataset_dir / "dataset.json", _dataset_json(config, n_training))
+    writer.write_dataset_json(_dataset_json(config, n_training))
     return ConvertResult(
         dataset_dir=dataset_dir,
         n_training=n_training,

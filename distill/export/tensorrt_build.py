@@ -387,7 +387,7 @@ def _crop_zero_filled(volume: np.ndarray, start: Sequence[int], size: Sequence[i
 
 def calibration_tiles_from_cache(cache_dir: str | Path, n_tiles: int, tile: Sequence[int], seed: int = 0) -> list[np.ndarray]:
     """Calibration tiles from a teacher cache's preprocessed images (the students' training inputs)."""
-    from distill.teacher.cache import TeacherCache  # only the INT8 path needs the cache reader
+    from distill.cache import TeacherCache  # only the INT8 path needs the cache reader
 
     cache = TeacherCache.open(cache_dir, require_complete=False)
     rng = np.random.default_rng(seed)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from distill import __version__
+from distill.cache import TeacherCache
 from distill.core.atomic import atomic_path, atomic_write_json
 from distill.students import (
     assistant_sizes,
@@ -30,7 +31,6 @@ from distill.students import (
     config_for_ratio,
     describe_student,
 )
-from distill.teacher.cache import TeacherCache
 from distill.train.config import TrainConfig, TrainConfigError, check_resumable, parse_assistants, save_config
 from distill.train.distributed import init_distributed, shutdown
 from distill.train.link import LinkResult, LiveTeacher, train_link
