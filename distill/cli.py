@@ -143,7 +143,7 @@ def teacher_cache_command(
     clean: Annotated[bool, typer.Option("--clean", help="Remove debris of killed writers (only while none runs).")] = False,
 ) -> None:
     """Run the teacher ensemble once over the cases; cache soft maps and uncertainty (resumable)."""
-    from distill.teacher.cache import remove_leftovers, verify_cache
+    from distill.cache import remove_leftovers, verify_cache
 
     if clean:
         for name in remove_leftovers(out):

@@ -56,7 +56,7 @@ def final_kd_loss(students: Path) -> dict[str, float | None]:
 def teacher_extremes(cache_dir: Path, data: Path) -> dict[str, dict]:
     import nibabel as nib
 
-    from distill.teacher.cache import TeacherCache
+    from distill.cache import TeacherCache
 
     cache = TeacherCache.open(cache_dir)
     out = {}

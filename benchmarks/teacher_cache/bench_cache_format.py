@@ -41,12 +41,7 @@ import zarr
 from scipy import ndimage
 
 from distill import __version__
-from distill.data.case import load_case
-from distill.data.conventions import get_convention
-from distill.data.discovery import find_cases
-from distill.data.preprocess import PreprocessConfig, preprocess, restore_probabilities
-from distill.teacher.base import PassAccumulator, TeacherInfo
-from distill.teacher.cache import (
+from distill.cache import (
     CacheSpec,
     CacheWriter,
     Quantiser,
@@ -54,6 +49,11 @@ from distill.teacher.cache import (
     default_quantisation,
     default_storage,
 )
+from distill.data.case import load_case
+from distill.data.conventions import get_convention
+from distill.data.discovery import find_cases
+from distill.data.preprocess import PreprocessConfig, preprocess, restore_probabilities
+from distill.teacher.base import PassAccumulator, TeacherInfo
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]

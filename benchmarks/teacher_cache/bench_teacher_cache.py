@@ -55,11 +55,11 @@ def main() -> None:
     if not BRATS18.is_dir():
         sys.exit(f"real BraTS 2018 cases not found at {BRATS18}")
 
+    from distill.cache import TeacherCache
     from distill.data.case import load_case
     from distill.data.convert import ConvertConfig, convert_to_nnunet
     from distill.data.discovery import find_cases
     from distill.data.preprocess import restore_probabilities
-    from distill.teacher.cache import TeacherCache
     from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
     from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet
     from distill.teacher.run import TeacherCacheConfig, run_teacher_cache

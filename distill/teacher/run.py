@@ -22,13 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from distill import __version__
+from distill.cache import CacheSpec, CacheWriter
+from distill.core.hashing import file_sha256
 from distill.data.case import load_case
-from distill.data.conventions import get_convention, resolve_convention
+from distill.data.conventions import resolve_convention
 from distill.data.discovery import CaseFiles, find_cases, find_label_maps
 from distill.data.preprocess import PreprocessConfig, preprocess, to_preprocessed_grid
 from distill.errors import DistillError
-from distill.teacher.base import file_sha256
-from distill.teacher.cache import CacheSpec, CacheWriter
 from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
 
 MODES = ("full", "oof")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill.teacher.cache import TeacherCache
+from distill.cache import TeacherCache
 
 # Tumour voxels remembered per case for oversampling; a random subset is plenty.
 MAX_FOREGROUND_POINTS = 20000

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from distill.cache import TeacherCache
 from distill.data.conventions import REGIONS
 from distill.eval.dice import dice
 from distill.eval.hausdorff import hd95
 from distill.infer.sliding_window import predict_logits
-from distill.teacher.cache import TeacherCache
 
 
 def validate(model: torch.nn.Module, cache: TeacherCache, case_ids: list[str], device: torch.device,

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
+from distill.cache import TeacherCache, verify_cache
 from distill.data.case import load_case
 from distill.data.discovery import find_cases
-from distill.data.preprocess import PreprocessRecord, restore_probabilities
+from distill.data.preprocess import restore_probabilities
 from distill.errors import DistillError
-from distill.teacher.cache import TeacherCache, verify_cache
 from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
 from distill.teacher.run import TeacherCacheConfig, oof_members, run_teacher_cache, shard_of
 

@@ -19,7 +19,7 @@ FAST = dict(steps=4, batch_size=1, patch_size=(32, 32, 32), checkpoint_every=2, 
 
 
 def _teacher_params(cache):
-    from distill.teacher.cache import TeacherCache
+    from distill.cache import TeacherCache
 
     return TeacherCache.open(cache).spec.teacher["parameters_per_member"]
 

@@ -15,25 +15,29 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from distill.data.preprocess import PreprocessRecord
-from distill.teacher import cache
-from distill.teacher.base import TeacherInfo
-from distill.teacher.cache import (
+from distill.cache import (
     CacheError,
     CacheSpec,
     CacheWriter,
     TeacherCache,
+    case_key,
     default_storage,
     pack_regions,
     remove_leftovers,
+    teacher_identity_hash,
     unpack_regions,
     verify_cache,
 )
+from distill.cache import storage as cache_storage
+from distill.cache import writer as cache_writer
+from distill.data.preprocess import PreprocessRecord
+from distill.teacher.base import TeacherInfo
 
 SHAPE = (20, 18, 14)
 CHUNK = 8
@@ -264,11 +268,23 @@ def test_resume_skips_same_key_and_rewrites_stale(cache_dir):
 
 def test_case_key_changes_with_members_and_inputs():
     spec = make_spec()
-    base = cache.case_key(spec, ["fold_0", "fold_1"], {"t1": "a"})
-    assert base == cache.case_key(make_spec(), ["fold_0", "fold_1"], {"t1": "a"})
-    assert base != cache.case_key(spec, ["fold_0"], {"t1": "a"})
-    assert base != cache.case_key(spec, ["fold_0", "fold_1"], {"t1": "b"})
-    assert base != cache.case_key(make_spec(mode="oof"), ["fold_0", "fold_1"], {"t1": "a"})
+    base = case_key(spec, ["fold_0", "fold_1"], {"t1": "a"})
+    assert base == case_key(make_spec(), ["fold_0", "fold_1"], {"t1": "a"})
+    assert base != case_key(spec, ["fold_0"], {"t1": "a"})
+    assert base != case_key(spec, ["fold_0", "fold_1"], {"t1": "b"})
+    assert base != case_key(make_spec(mode="oof"), ["fold_0", "fold_1"], {"t1": "a"})
+
+
+def test_teacher_identity_follows_teacher_infos_own_rule():
+    """The cache restates TeacherInfo's identity rule (it does not import the teacher stage): the two agree."""
+    for info in (teacher_info(), teacher_info("plans-sha-B"), replace(teacher_info(), tta="none", identity={})):
+        assert teacher_identity_hash(info.to_dict()) == info.identity_hash
+        assert CacheSpec.for_teacher(info, "full", {}).teacher_hash == info.identity_hash
+    renamed = replace(teacher_info(), name="another name", parameters_per_member=5, members=("fold_3",))
+    assert teacher_identity_hash(renamed.to_dict()) == teacher_info().identity_hash  # not part of the identity
+    incomplete = {k: v for k, v in teacher_info().to_dict().items() if k != "tta"}
+    with pytest.raises(CacheError, match=r"teacher description is incomplete \(missing tta\)"):
+        teacher_identity_hash(incomplete)
 
 
 def test_writing_after_finalize_removes_the_manifest(finished):
@@ -419,7 +435,7 @@ def test_crash_before_the_entry_leaves_nothing_complete(cache_dir, monkeypatch):
     def crash(path, entry):
         raise RuntimeError("simulated crash between data and entry")
 
-    monkeypatch.setattr(cache, "_write_entry", crash)
+    monkeypatch.setattr(cache_writer, "write_entry", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         write(writer, "a")
     assert not writer.is_complete("a", "key-1")
@@ -436,7 +452,7 @@ def test_crash_while_rewriting_keeps_the_previous_version(cache_dir, monkeypatch
     def interrupt(path, entry):
         raise KeyboardInterrupt  # Ctrl-C between data and entry
 
-    monkeypatch.setattr(cache, "_write_entry", interrupt)
+    monkeypatch.setattr(cache_writer, "write_entry", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write(writer, "a", key="key-2", seed=2)
     assert writer.is_complete("a", "key-1")
@@ -446,7 +462,7 @@ def test_crash_while_rewriting_keeps_the_previous_version(cache_dir, monkeypatch
 
 def test_disk_full_gives_a_clean_error_and_no_leftovers(cache_dir, monkeypatch):
     writer = CacheWriter.open(cache_dir, make_spec())
-    real_write_array = cache._write_array
+    real_write_array = cache_storage.write_array
     written = []
 
     def fill_disk(group, name, data, storage):
@@ -455,7 +471,7 @@ def test_disk_full_gives_a_clean_error_and_no_leftovers(cache_dir, monkeypatch):
         real_write_array(group, name, data, storage)
         written.append(name)
 
-    monkeypatch.setattr(cache, "_write_array", fill_disk)
+    monkeypatch.setattr(cache_storage, "write_array", fill_disk)
     with pytest.raises(CacheError, match=r"disk full while writing case a to .*nothing was committed for this case"):
         write(writer, "a")
     assert written == ["images"]
@@ -492,16 +508,16 @@ def _write_until_killed(path: str, kill_point: str, ready: str) -> None:
         Path(ready).touch()
         time.sleep(120)
 
-    real_write_array = cache._write_array
+    real_write_array = cache_storage.write_array
 
     def hang_after_first_array(group, name, data, storage):
         real_write_array(group, name, data, storage)
         announce_and_hang()
 
     if kill_point == "arrays":
-        cache._write_array = hang_after_first_array
+        cache_storage.write_array = hang_after_first_array
     else:
-        cache._write_entry = lambda path, entry: announce_and_hang()
+        cache_writer.write_entry = lambda path, entry: announce_and_hang()
     writer = CacheWriter.open(path, make_spec(chunk=16), ["small", "big"])
     write(writer, "big", key="key-big", shape=(64, 64, 48))
 
