@@ -16,13 +16,12 @@ target only at the very end (a failed gate or a crash leaves no package behind):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from distill import __version__
+from distill.core.hashing import file_sha256
 from distill.data.case import load_case
 from distill.data.conventions import REGIONS, get_convention
 from distill.data.discovery import MODALITIES, find_cases
@@ -49,31 +49,27 @@ from distill.export.onnx_export import (
     torch_logits_fn,
 )
 from distill.package import (
-    FORMAT_VERSION,
     INPUT_NAME,
     MANIFEST_NAME,
     ONNX_NAME,
     OUTPUT_NAME,
-    PACKAGE_FORMAT,
     WEIGHTS_NAME,
+    Manifest,
     ModelPackage,
+    ModelSection,
+    OutputSection,
+    SourceSection,
+    TensorSpec,
     default_inference_settings,
     inputs_section,
     labels_section,
     preprocessing_section,
-    sha256_file,
     write_manifest,
 )
 from distill.package.settings import PostprocessConfig
-from distill.students import StudentConfig, build_student, count_macs, count_parameters
+from distill.students import StudentConfig, count_macs, count_parameters
+from distill.students.card import StudentCard, StudentCardError, StudentRun, read_student_run
 
-# The run-folder contract of `distill train-student` (distill.train.chain writes these names).
-STUDENT_WEIGHTS = "student.pt"
-STUDENT_CARD = "student.json"
-CARD_FORMAT = "distill-student-card"
-# Card keys copied into the manifest; the rest (training cases, losses, timings) stays with the run.
-CARD_SUMMARY_KEYS = ("format", "version", "toolkit_version", "family", "parameters", "macs_128", "ratio_to_teacher",
-                     "output_kind", "channels", "validation")  # fmt: skip
 HELD_OUT_PHANTOM_SEED = 9_000  # far from the seeds phantom training sets use by default
 
 
@@ -150,66 +146,55 @@ class ExportResult:
 
 
 @dataclass(frozen=True)
-class StudentRun:
+class ExportableStudent:
+    """A run folder's student rebuilt and checked to be one a package can serve."""
+
     model: torch.nn.Module
-    config: StudentConfig
-    card: dict[str, Any]
-    weights_path: Path
-    card_path: Path
+    run: StudentRun
+
+    @property
+    def config(self) -> StudentConfig:
+        return self.run.card.student
+
+    @property
+    def card(self) -> StudentCard:
+        return self.run.card
 
 
-def read_student_run(run_dir: Path) -> StudentRun:
+def read_exportable_student(run_dir: Path) -> ExportableStudent:
     """The student of a run folder, rebuilt from its card and loaded with ``weights_only=True``."""
-    run_dir = Path(run_dir)
-    weights_path, card_path = run_dir / STUDENT_WEIGHTS, run_dir / STUDENT_CARD
-    for path in (weights_path, card_path):
-        if not path.is_file():
-            raise ExportConfigError(
-                f"{path}: missing; a student run folder (from `distill train-student`) holds {STUDENT_WEIGHTS} and {STUDENT_CARD}"
-            )
     try:
-        card = json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportConfigError(f"{card_path}: unreadable student card ({exc})") from exc
-    if card.get("format", CARD_FORMAT) != CARD_FORMAT or "student" not in card:
-        raise ExportConfigError(f"{card_path}: not a Distill student card (format {card.get('format')!r}, needs a 'student' config)")
-    config = StudentConfig.from_dict(card["student"])
-    model = build_student(config)
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:  # unpickling and key mismatches raise several types
-        raise ExportConfigError(f"{weights_path}: does not load into the student the card describes ({exc})") from exc
-    _check_card_matches(card, config, model, card_path)
-    return StudentRun(model.eval(), config, card, weights_path, card_path)
+        run = read_student_run(run_dir)
+        model = run.load_model()
+    except StudentCardError as exc:
+        raise ExportConfigError(str(exc)) from exc
+    _check_servable(run.card, run.card_path)
+    return ExportableStudent(model, run)
 
 
-def _check_card_matches(card: Mapping[str, Any], config: StudentConfig, model: torch.nn.Module, card_path: Path) -> None:
-    parameters = count_parameters(model)
-    if "parameters" in card and int(card["parameters"]) != parameters:
-        raise ExportConfigError(f"{card_path}: card says {card['parameters']:,} parameters, the weights have {parameters:,}")
+def _check_servable(card: StudentCard, card_path: Path) -> None:
+    config = card.student
     if config.output_kind != "sigmoid" or config.out_channels != len(REGIONS):
         raise ExportConfigError(
             f"{card_path}: packages serve region students (3 sigmoid outputs WT, TC, ET); this one outputs "
             f"{config.out_channels} {config.output_kind} channels"
         )
-    channels = tuple(card.get("channels", REGIONS))
-    if channels != REGIONS:
-        raise ExportConfigError(f"{card_path}: output channels {list(channels)} are not {list(REGIONS)}")
+    if card.channels != REGIONS:
+        raise ExportConfigError(f"{card_path}: output channels {list(card.channels)} are not {list(REGIONS)}")
     if config.in_channels != len(MODALITIES):
         raise ExportConfigError(
             f"{card_path}: the student reads {config.in_channels} channels; BraTS packages need {len(MODALITIES)} ({', '.join(MODALITIES)})"
         )
 
 
-def package_preprocess_config(card: Mapping[str, Any], divisor: int) -> PreprocessConfig:
+def package_preprocess_config(card: StudentCard, divisor: int) -> PreprocessConfig:
     """The card's training preprocessing, padded to a multiple of the network divisor.
 
     Training let the network pad internally; padding here to the same multiple gives the
     network the same amount of zeros (placed around the brain crop rather than after it)
     and hands runtimes, TensorRT above all, shapes that are multiples of the divisor.
     """
-    section = dict(card.get("data", {}).get("preprocessing") or {})
+    section = dict(card.data.preprocessing or {})
     spacing = section.get("target_spacing")
     card_divisor = int(section.get("divisor") or 1)
     return PreprocessConfig(
@@ -259,50 +244,37 @@ def _parity_case(case_id: str, images: np.ndarray, affine: np.ndarray, preproces
 # The manifest
 
 
-def build_manifest(config: ExportConfig, run: StudentRun, preprocessing: PreprocessConfig, parity: dict[str, Any],
-                   held_out: str, simplified: bool) -> dict[str, Any]:
+def build_manifest(config: ExportConfig, student: ExportableStudent, preprocessing: PreprocessConfig,
+                   parity: dict[str, Any], held_out: str, simplified: bool) -> Manifest:
     """Everything but ``files`` (added by :func:`write_manifest`) and ``engines`` (added per build)."""
-    convention = get_convention(config.label_convention)
-    card = run.card
-    data = card.get("data", {})
-    settings = default_inference_settings(run.config.in_channels, preprocessing.divisor, config.max_edge, config.tile)
-    return {
-        "format": PACKAGE_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "toolkit_version": __version__,
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": {
-            "onnx": ONNX_NAME, "weights": WEIGHTS_NAME,
-            "input": {"name": INPUT_NAME, "layout": "B,C,X,Y,Z", "dtype": "float32"},
-            "output": {"name": OUTPUT_NAME, "layout": "B,K,X,Y,Z", "dtype": "float32", "values": "logits"},
-            "dynamic_axes": ["B", "X", "Y", "Z"],
-            "exporter": EXPORTER, "opset": OPSET, "simplified": simplified,
-            "torch_version": torch.__version__, "onnx_version": _version_of("onnx"),
-            "student": run.config.to_dict(),
-            "parameters": count_parameters(run.model), "macs_128": count_macs(run.model),
-        },  # fmt: skip
-        "inputs": inputs_section(MODALITIES),
-        "output": {"kind": "sigmoid", "regions": list(REGIONS), "thresholds": dict(zip(REGIONS, config.thresholds))},
-        "labels": labels_section(convention),
-        "preprocessing": preprocessing_section(preprocessing, data.get("preprocessing", {}).get("normalisation", "zscore_in_brain_mask")),
-        "inference": settings.to_dict(),
-        "postprocessing": _postprocess_dict(config.postprocess),
-        "source": {
-            "student_card": {k: card[k] for k in CARD_SUMMARY_KEYS if k in card},
-            "student_card_sha256": sha256_file(run.card_path),
-            "student_weights_sha256": sha256_file(run.weights_path),
-            "teacher": data.get("teacher"),
-            "teacher_identity_hash": data.get("teacher_identity_hash"),
-            "training_preprocessing": data.get("preprocessing"),
-        },
-        "parity": {"held_out": held_out, **parity},
-        "engines": [],
-    }
-
-
-def _postprocess_dict(config: PostprocessConfig) -> dict[str, Any]:
-    return {"enforce_hierarchy": config.enforce_hierarchy, "min_size": dict(config.min_size), "min_size_unit": config.min_size_unit,
-            "keep_largest": list(config.keep_largest), "connectivity": config.connectivity}  # fmt: skip
+    card, model = student.card, student.model
+    settings = default_inference_settings(student.config.in_channels, preprocessing.divisor, config.max_edge, config.tile)
+    return Manifest(
+        toolkit_version=__version__,
+        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model=ModelSection(
+            onnx=ONNX_NAME, weights=WEIGHTS_NAME,
+            input=TensorSpec(INPUT_NAME, "B,C,X,Y,Z", "float32"),
+            output=TensorSpec(OUTPUT_NAME, "B,K,X,Y,Z", "float32", values="logits"),
+            dynamic_axes=("B", "X", "Y", "Z"), exporter=EXPORTER, opset=OPSET, simplified=simplified,
+            torch_version=torch.__version__, onnx_version=_version_of("onnx"),
+            student=student.config.to_dict(), parameters=count_parameters(model), macs_128=count_macs(model),
+        ),
+        inputs=inputs_section(MODALITIES),
+        output=OutputSection(kind="sigmoid", regions=REGIONS, thresholds=dict(zip(REGIONS, config.thresholds))),
+        labels=labels_section(get_convention(config.label_convention)),
+        preprocessing=preprocessing_section(preprocessing, card.data.preprocessing.get("normalisation", "zscore_in_brain_mask")),
+        inference=settings,
+        postprocessing=config.postprocess,
+        source=SourceSection(
+            student_card=card.summary(),
+            student_card_sha256=file_sha256(student.run.card_path),
+            student_weights_sha256=file_sha256(student.run.weights_path),
+            teacher=card.data.teacher, teacher_identity_hash=card.data.teacher_identity_hash,
+            training_preprocessing=dict(card.data.preprocessing),
+        ),
+        parity={"held_out": held_out, **parity},
+    )  # fmt: skip
 
 
 def _version_of(module: str) -> str:
@@ -332,7 +304,7 @@ def export_package(config: ExportConfig) -> ExportResult:
         from distill.export.tensorrt_build import require_tensorrt
 
         require_tensorrt()
-    run = read_student_run(config.run_dir)
+    run = read_exportable_student(config.run_dir)
     preprocessing = package_preprocess_config(run.card, run.config.divisor)
     cases, held_out = held_out_cases(config, preprocessing)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -346,13 +318,13 @@ def export_package(config: ExportConfig) -> ExportResult:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(
-        package_dir=out, parameters=package.manifest["model"]["parameters"],
+        package_dir=out, parameters=package.parameters,
         onnx_bytes=(out / ONNX_NAME).stat().st_size, package_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
-        parity=package.manifest["parity"], engines=engines, seconds=time.perf_counter() - start,
+        parity=package.manifest.parity, engines=engines, seconds=time.perf_counter() - start,
     )  # fmt: skip
 
 
-def _write_package(staging: Path, config: ExportConfig, run: StudentRun, preprocessing: PreprocessConfig,
+def _write_package(staging: Path, config: ExportConfig, run: ExportableStudent, preprocessing: PreprocessConfig,
                    cases: list[ParityCase], held_out: str) -> tuple[str, ...]:
     divisor = preprocessing.divisor
     example = (1, run.config.in_channels, 2 * divisor + 3, 2 * divisor + 1, divisor + 5)  # not multiples: the trace must not care
@@ -373,22 +345,11 @@ def _write_package(staging: Path, config: ExportConfig, run: StudentRun, preproc
 def _build_engines(staging: Path, config: ExportConfig, cases: list[ParityCase]) -> tuple[str, ...]:
     if not config.tensorrt:
         return ()
-    from distill.export.tensorrt_build import build_gated_engine, calibration_tiles, calibration_tiles_from_cache
+    from distill.export.tensorrt_build import build_engines
 
-    package = ModelPackage.open(staging)
-    # Post-norm activations are scale-free, so small tiles calibrate as well as whole volumes.
-    tile = (max(64, 2 * package.preprocess_config.divisor),) * 3
-    names = []
-    for precision in config.tensorrt:
-        calibration = None
-        if precision == "int8" and config.calibration_cache:
-            calibration = calibration_tiles_from_cache(config.calibration_cache, config.calibration_tiles, tile)
-        elif precision == "int8":
-            calibration = calibration_tiles([c.images for c in cases], config.calibration_tiles, tile)
-        built = build_gated_engine(package, precision, cases, calibration, threads=config.threads)
-        package.add_engine(built.key.file_name, built.data, built.entry)
-        names.append(built.key.file_name)
-    return tuple(names)
+    records = build_engines(ModelPackage.open(staging), config.tensorrt, cases, calibration_cache=config.calibration_cache,
+                            n_calibration_tiles=config.calibration_tiles, threads=config.threads)  # fmt: skip
+    return tuple(r.path.name for r in records)
 
 
 @contextlib.contextmanager
@@ -421,5 +382,5 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["ExportConfig", "ExportConfigError", "ExportResult", "StudentRun", "export_package", "held_out_cases",
-           "package_preprocess_config", "phantom_parity_cases", "read_student_run"]  # fmt: skip
+__all__ = ["ExportConfig", "ExportConfigError", "ExportResult", "ExportableStudent", "export_package", "held_out_cases",
+           "package_preprocess_config", "phantom_parity_cases", "read_exportable_student"]  # fmt: skip

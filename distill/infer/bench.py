@@ -150,8 +150,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
     data = {
         "benchmark": "distill bench",
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "package": {"path": str(package.root), "parameters": package.manifest["model"]["parameters"],
-                    "macs_128": package.manifest["model"]["macs_128"], "onnx_sha256": package.onnx_sha256,
+        "package": {"path": str(package.root), "parameters": package.parameters,
+                    "macs_128": package.manifest.model.macs_128, "onnx_sha256": package.onnx_sha256,
                     "size_bytes": package.size_bytes()},  # fmt: skip
         "case": {"id": case.case_id, "source": "synthetic 1 mm phantom" if config.input_dir is None else "input folder",
                  "shape": list(case.shape), "spacing_mm": [round(s, 4) for s in case.spacing]},  # fmt: skip

@@ -16,13 +16,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from distill import __version__
 from distill.cache import TeacherCache
-from distill.core.atomic import atomic_path, atomic_write_json
 from distill.students import (
     assistant_sizes,
     auto_assistants,
@@ -31,15 +28,19 @@ from distill.students import (
     config_for_ratio,
     describe_student,
 )
+from distill.students.card import (
+    NO_TEACHER,
+    STUDENT_CARD,
+    STUDENT_WEIGHTS,
+    LinkRecord,
+    StudentCard,
+    TrainingData,
+    write_student_run,
+)
 from distill.train.config import TrainConfig, TrainConfigError, check_resumable, parse_assistants, save_config
 from distill.train.distributed import init_distributed, shutdown
 from distill.train.link import LinkResult, LiveTeacher, train_link
 from distill.train.sampler import PatchSampler
-
-CARD_FORMAT = "distill-student-card"
-CARD_VERSION = 1
-STUDENT_WEIGHTS = "student.pt"
-STUDENT_CARD = "student.json"
 
 
 @dataclass
@@ -87,41 +88,32 @@ def _final_config(config: TrainConfig, teacher_params: int, out_channels: int, o
                             output_kind=output_kind)  # fmt: skip
 
 
-def _card(config, cache, final_config, summary, chain_results, links, train_ids, val_ids, world_size) -> dict[str, Any]:
+def _card(config, cache, final_config, summary, chain_results, links, train_ids, val_ids, world_size) -> StudentCard:
     spec = cache.spec
-    return {
-        "format": CARD_FORMAT,
-        "version": CARD_VERSION,
-        "toolkit_version": __version__,
-        "family": config.family,
-        "student": final_config.to_dict(),
-        "parameters": summary.parameters,
-        "macs_128": summary.macs_128,
-        "ratio_to_teacher": summary.parameters / spec.teacher["parameters_per_member"],
-        "output_kind": spec.teacher["output_kind"],
-        "channels": list(spec.teacher["channels"]),
-        "chain": [
-            {"name": r.name, "parameters": size, "steps": config.steps, "seconds": round(r.seconds, 2),
-             "steps_per_second": round(r.steps_per_second, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
-             "validation": r.metrics}
-            for size, r in zip(chain_results, links)
-        ],  # fmt: skip
-        "loss": {
+    return StudentCard(
+        student=final_config, parameters=summary.parameters, macs_128=summary.macs_128, family=config.family,
+        channels=tuple(spec.teacher["channels"]),
+        ratio_to_teacher=summary.parameters / spec.teacher["parameters_per_member"],
+        chain=tuple(LinkRecord(name=r.name, parameters=size, steps=config.steps, seconds=r.seconds,
+                               steps_per_second=r.steps_per_second, peak_memory_mb=r.peak_memory_mb,
+                               validation=r.metrics)
+                    for size, r in zip(chain_results, links)),
+        loss={
             "supervised": "Dice + BCE on WT/TC/ET", "supervised_weight": 1 - config.kd_weight,
             "kd": "per-channel binary KL of tempered sigmoids x T^2", "kd_weight": config.kd_weight,
             "temperature": config.temperature, "dense_guidance": config.dense_guidance,
             "uncertainty_weighting": config.uncertainty_weighting, "graph_flow_weight": config.graph_flow_weight,
             "graph_flow_stages": list(config.graph_flow_stages), "boundary_weight": config.boundary_weight,
-        },  # fmt: skip
-        "training": {**config.to_dict(), "world_size": world_size},
-        "data": {
-            "cache": str(config.cache), "cache_spec_hash": spec.identity_hash, "mode": spec.mode,
-            "teacher": spec.teacher["name"], "teacher_identity_hash": spec.teacher_hash,
-            "teacher_parameters_per_member": spec.teacher["parameters_per_member"],
-            "preprocessing": spec.preprocessing, "train_cases": train_ids, "val_cases": val_ids,
-        },  # fmt: skip
-        "validation": links[-1].metrics if links else {},
-    }
+        },
+        training={**config.to_dict(), "world_size": world_size},
+        data=TrainingData(
+            teacher=spec.teacher["name"], teacher_identity_hash=spec.teacher_hash, preprocessing=spec.preprocessing,
+            cache=str(config.cache), cache_spec_hash=spec.identity_hash, mode=spec.mode,
+            teacher_parameters_per_member=spec.teacher["parameters_per_member"],
+            train_cases=tuple(train_ids), val_cases=tuple(val_ids),
+        ),
+        validation=links[-1].metrics if links else {},
+    )  # fmt: skip
 
 
 def save_untrained_student(folder: Path, params: int, family: str = "unet", seed: int = 0,
@@ -135,20 +127,15 @@ def save_untrained_student(folder: Path, params: int, family: str = "unet", seed
     config = config_for_params(family, params)
     model = build_student(config)
     summary = describe_student(model)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / STUDENT_WEIGHTS) as tmp:
-        torch.save(model.state_dict(), tmp)
-    atomic_write_json(folder / STUDENT_CARD, {
-        "format": CARD_FORMAT, "version": CARD_VERSION, "toolkit_version": __version__, "family": family,
-        "student": config.to_dict(), "parameters": summary.parameters, "macs_128": summary.macs_128,
-        "output_kind": config.output_kind, "channels": ["WT", "TC", "ET"],
-        "data": {"preprocessing": {"target_spacing": None, "divisor": 1, "image_order": 1,
-                                   "normalisation": "zscore_in_brain_mask"},
-                 "teacher": "none (untrained, random weights)", "teacher_identity_hash": "0" * 64},
-        "validation": dict(validation or {}),
-    })  # fmt: skip
-    return folder
+    card = StudentCard(
+        student=config, parameters=summary.parameters, macs_128=summary.macs_128, family=family,
+        channels=("WT", "TC", "ET"), validation=dict(validation or {}),
+        data=TrainingData(teacher=NO_TEACHER, teacher_identity_hash="0" * 64,
+                          preprocessing={"target_spacing": None, "divisor": 1, "image_order": 1,
+                                         "normalisation": "zscore_in_brain_mask"}),
+    )  # fmt: skip
+    write_student_run(folder, model.state_dict(), card)
+    return Path(folder)
 
 
 def share_first_link(source_run: Path, target_run: Path) -> bool:
@@ -221,11 +208,8 @@ def _train(config: TrainConfig, dist) -> TrainResult:
     summary = describe_student(final_model)
     weights_path, card_path = out / STUDENT_WEIGHTS, out / STUDENT_CARD
     if dist.is_main:
-        with atomic_path(weights_path) as tmp:
-            torch.save(final_model.state_dict(), tmp)
         card = _card(config, cache, final_config, summary, sizes, links, train_ids, val_ids, dist.world_size)
-        card["total_seconds"] = round(time.perf_counter() - start, 2)
-        atomic_write_json(card_path, card)
+        write_student_run(out, final_model.state_dict(), card.with_total_seconds(time.perf_counter() - start))
     return TrainResult(
         weights=weights_path, card=card_path, parameters=summary.parameters, macs_128=summary.macs_128,
         ratio=summary.parameters / teacher_params, chain=sizes, metrics=links[-1].metrics, links=links, rank=dist.rank,

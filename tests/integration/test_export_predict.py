@@ -75,10 +75,10 @@ def partial_folders(parent: Path) -> list[Path]:
 
 def test_export_writes_a_verified_package_that_passed_the_gate(package_dir):
     package = ModelPackage.open(package_dir)
-    gate = package.manifest["parity"]["onnxruntime"]
+    gate = package.manifest.parity["onnxruntime"]
     assert gate["passed"] and len(gate["cases"]) == 1 and gate["cases"][0]["case_id"].startswith("phantom-")
     assert gate["max_abs_probability"] <= 1e-4 and gate["label_agreement"] >= 0.9999
-    assert "phantom" in package.manifest["parity"]["held_out"]
+    assert "phantom" in package.manifest.parity["held_out"]
     assert partial_folders(package_dir.parent) == []
 
 
@@ -140,7 +140,7 @@ def test_export_with_held_out_folder_and_simplify_overwrites(workdir, student_ru
     second = export_package(ExportConfig(run_dir=student_run, out=out, held_out=phantom_dir, max_held_out=1, overwrite=True))
     assert first.package_dir == second.package_dir == out
     package = ModelPackage.open(out)
-    assert package.manifest["parity"]["onnxruntime"]["cases"][0]["case_id"] == "Phantom_00000"
+    assert package.manifest.parity["onnxruntime"]["cases"][0]["case_id"] == "Phantom_00000"
     assert partial_folders(workdir) == []
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_case
-from distill.train.chain import save_untrained_student
+
 from distill.data.nifti import write_nifti
+from distill.infer.backends import BackendOptionError, BackendSpec
+from distill.infer.bench import latency_stats
+from distill.infer.predictor import binary_entropy
 from distill.package import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -20,9 +23,7 @@ from distill.package import (
     default_inference_settings,
     safe_relative_path,
 )
-from distill.infer.backends import BackendOptionError, BackendSpec
-from distill.infer.bench import latency_stats
-from distill.infer.predictor import binary_entropy
+from distill.train.chain import save_untrained_student
 
 MODALITY_SUFFIXES = ("t1", "t1ce", "t2", "flair")
 
@@ -101,7 +102,7 @@ def test_open_exposes_typed_settings(package_dir):
     assert package.inference.tile == (128, 128, 128)
     assert package.inference.profile_min == (1, 4, 32, 32, 32)
     model = package.load_student()
-    assert sum(p.numel() for p in model.parameters()) == package.manifest["model"]["parameters"]
+    assert sum(p.numel() for p in model.parameters()) == package.parameters
 
 
 def test_default_inference_settings_round_up_to_the_divisor():
@@ -168,8 +169,7 @@ def test_an_onnx_with_external_data_is_refused(package_copy):
     model = onnx.load(str(package_copy / "model.onnx"))
     onnx.save_model(model, str(package_copy / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)  # fmt: skip
-    manifest = json.loads((package_copy / MANIFEST_NAME).read_text())
-    write_manifest(package_copy, manifest)  # hashes now match: only the external-data check can refuse it
+    write_manifest(package_copy, ModelPackage.open(package_copy, verify=False).manifest)  # hashes match: only the external-data check can refuse it
     assert "weights.bin" in list_package_files(package_copy)
     with pytest.raises(PackageError, match="external data"):
         ModelPackage.open(package_copy)
@@ -208,3 +208,57 @@ def test_backend_spec_parses_its_text_form(text, label):
 def test_backend_spec_refuses_impossible_combinations(text, message):
     with pytest.raises(BackendOptionError, match=message):
         BackendSpec.parse(text)
+
+
+def test_the_external_data_check_needs_no_onnx_and_agrees_with_it(package_copy):
+    """The protobuf walk finds exactly the tensors onnx's own helper calls external."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    from distill.package.onnx_external import MalformedProtobuf, external_tensor_names
+
+    assert external_tensor_names((package_copy / "model.onnx").read_bytes()) == []
+    model = onnx.load(str(package_copy / "model.onnx"))
+    onnx.save_model(model, str(package_copy / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=1024)  # fmt: skip
+    expected = [t.name for t in onnx.load(str(package_copy / "ext.onnx"), load_external_data=False).graph.initializer
+                if uses_external_data(t)]  # fmt: skip
+    assert expected and external_tensor_names((package_copy / "ext.onnx").read_bytes()) == expected
+    with pytest.raises(MalformedProtobuf):
+        external_tensor_names(b"\x0a\xff\x01")  # a length-delimited field longer than the bytes
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("output", "thresholds", {"WT": 2.0, "TC": 0.5, "ET": 0.5}, "output.thresholds.WT: 2.0 is not a probability"),
+        ("output", "thresholds", {"WT": 0.5, "TC": 0.5}, "output.thresholds.ET: None"),
+        ("output", "regions", ["WT", "ET", "TC"], "output.regions"),
+        ("output", "kind", "softplus", "output.kind"),
+        ("preprocessing", "divisor", 0, "preprocessing.divisor"),
+        ("preprocessing", "target_spacing", [1.0, -1.0, 1.0], "preprocessing.target_spacing"),
+        ("labels", "convention", "brats1999", "labels.convention"),
+        ("inference", "tile", [100, 128, 128], "inference.tile"),
+        ("preprocessing", "image_order", "cubic", "preprocessing"),
+    ],
+)
+def test_an_edited_manifest_that_would_segment_wrongly_is_refused(package_copy, section, key, value, message):
+    manifest = json.loads((package_copy / MANIFEST_NAME).read_text())
+    manifest[section][key] = value
+    (package_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=re.escape(message)) as caught:
+        ModelPackage.open(package_copy, verify=False)
+    assert str(package_copy / MANIFEST_NAME) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_missing_section_is_named(package_copy):
+    manifest = json.loads((package_copy / MANIFEST_NAME).read_text())
+    del manifest["postprocessing"]
+    (package_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="postprocessing: missing"):
+        ModelPackage.open(package_copy, verify=False)
+
+
+def test_the_manifest_round_trips_through_its_typed_form(package_dir):
+    document = json.loads((package_dir / MANIFEST_NAME).read_text())
+    assert ModelPackage.open(package_dir).manifest.to_dict() == document
