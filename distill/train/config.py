@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
-from distill.teacher.base import canonical_hash
+from distill.core.hashing import canonical_hash
 
 
 class TrainConfigError(DistillError):
