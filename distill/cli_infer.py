@@ -1,4 +1,4 @@
-"""The ``export``, ``predict`` and ``bench`` commands; :func:`register` adds them to the main app.
+"""The ``export``, ``export-engine``, ``predict`` and ``bench`` commands; :func:`register` adds them to the main app.
 
 Same style as :mod:`distill.cli`: each command turns its options into a config, calls one
 library function and prints the small result it returns. Input errors are
@@ -17,6 +17,8 @@ from distill.data.conventions import CONVENTIONS
 
 console = Console(stderr=True)
 CONVENTION_HELP = "Output label convention: " + ", ".join(CONVENTIONS)
+ENGINE_CACHE_HELP = ("tensorrt: folder of engines from `distill export-engine --engine-cache`; onnxruntime:tensorrt: "
+                     "onnxruntime's engine cache folder (default: under ~/.cache/distill).")
 BACKEND_HELP = (
     "torch, onnxruntime or tensorrt; options may follow after colons, e.g. torch:cuda:fp16:graphs, "
     "onnxruntime:cuda, tensorrt:int8, torch:compile."
@@ -24,11 +26,11 @@ BACKEND_HELP = (
 
 
 def _backend_spec(backend: str, device: Optional[str], precision: Optional[str], threads: Optional[int], cuda_graphs: bool,
-                  compile_model: bool, engine_cache: Optional[Path], build_engine: bool):
+                  compile_model: bool, engine_cache: Optional[Path]):
     from distill.infer.backends import BackendSpec
 
     options = {"device": device, "precision": precision, "threads": threads, "engine_cache": engine_cache,
-               "cuda_graphs": cuda_graphs or None, "compile": compile_model or None, "build_engine": build_engine or None}  # fmt: skip
+               "cuda_graphs": cuda_graphs or None, "compile": compile_model or None}  # fmt: skip
     return BackendSpec.parse(backend, **{k: v for k, v in options.items() if v is not None})
 
 
@@ -81,8 +83,7 @@ def predict_command(
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads.")] = None,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch on CUDA: replay captured CUDA graphs.")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch: run through torch.compile.")] = False,
-    engine_cache: Annotated[Optional[Path], typer.Option(help="TensorRT: folder for engines built outside the package.")] = None,
-    build_engine: Annotated[bool, typer.Option("--build-engine", help="TensorRT: build a missing engine here (minutes).")] = False,
+    engine_cache: Annotated[Optional[Path], typer.Option(help=ENGINE_CACHE_HELP)] = None,
     label_convention: Annotated[Optional[str], typer.Option(help=CONVENTION_HELP + " (default: the package's).")] = None,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.npz.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave cases whose label map exists.")] = False,
@@ -93,7 +94,7 @@ def predict_command(
 
     config = PredictConfig(
         package=package, input_dir=input_dir, output_dir=output_dir,
-        backend=_backend_spec(backend, device, precision, threads, cuda_graphs, compile_model, engine_cache, build_engine),
+        backend=_backend_spec(backend, device, precision, threads, cuda_graphs, compile_model, engine_cache),
         label_convention=label_convention, save_probabilities=save_probabilities, skip_existing=skip_existing,
         progress=progress,
     )  # fmt: skip
@@ -109,26 +110,52 @@ def bench_command(
     e2e_runs: Annotated[int, typer.Option(min=1, help="End-to-end repetitions (NIfTI in -> NIfTI out).")] = 5,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and onnxruntime.")] = 2,
     full_shape: Annotated[Optional[str], typer.Option(help="Also time the model on the case padded to this grid, e.g. 240,240,155.")] = None,
+    engine_cache: Annotated[Optional[Path], typer.Option(help=ENGINE_CACHE_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Latency of a package on each available backend side by side: p50/p95/p99, model-only and end-to-end."""
     from distill.infer.backends import BackendSpec
     from distill.infer.bench import BenchConfig, run_bench
 
-    specs = tuple(BackendSpec.parse(b, threads=threads) for b in backend or ())
+    specs = tuple(BackendSpec.parse(b, threads=threads, engine_cache=engine_cache) for b in backend or ())
     config = BenchConfig(package=package, input_dir=input_dir, backends=specs, runs=runs, warmup=warmup, e2e_runs=e2e_runs,
-                         threads=threads, full_shape=_triple(full_shape, "--full-shape"), out=out)  # fmt: skip
+                         threads=threads, full_shape=_triple(full_shape, "--full-shape"), out=out,
+                         engine_cache=engine_cache)  # fmt: skip
     result = run_bench(config)
     typer.echo(result.table())
     if result.path is not None:
         console.print(f"results: {result.path}", highlight=False)
 
 
+def export_engine_command(
+    package: Annotated[Path, typer.Argument(help="Model package folder (from distill export).")],
+    precision: Annotated[Optional[list[str]], typer.Option(help="fp32, fp16 or int8 (repeatable; default fp16).")] = None,
+    engine_cache: Annotated[Optional[Path], typer.Option(help="Store engines in this folder, not in the package (read-only packages).")] = None,
+    held_out: Annotated[Optional[Path], typer.Option(help="Held-out BraTS cases for the parity gate (default: synthetic phantoms).")] = None,
+    max_held_out: Annotated[int, typer.Option(min=1, help="Use at most this many held-out cases.")] = 3,
+    n_phantoms: Annotated[int, typer.Option(min=1, help="Phantoms for the parity gate when no --held-out is given.")] = 2,
+    calibration_cache: Annotated[Optional[Path], typer.Option(help="Teacher cache for INT8 calibration tiles.")] = None,
+    calibration_tiles: Annotated[int, typer.Option(min=1, help="INT8 calibration tiles.")] = 32,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity gate.")] = 2,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build even when a matching engine is stored.")] = False,
+) -> None:
+    """Build TensorRT engines for a package on this GPU (minutes each), parity-gated against torch."""
+    from distill.export.tensorrt_build import EngineExportConfig, export_engines
+
+    config = EngineExportConfig(
+        package=package, precisions=tuple(precision or ("fp16",)), engine_cache=engine_cache, held_out=held_out,
+        max_held_out=max_held_out, n_phantoms=n_phantoms, calibration_cache=calibration_cache,
+        calibration_tiles=calibration_tiles, threads=threads, rebuild=rebuild,
+    )  # fmt: skip
+    console.print(str(export_engines(config)), highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``export``, ``predict`` and ``bench`` to ``app``."""
+    """Add ``export``, ``export-engine``, ``predict`` and ``bench`` to ``app``."""
     app.command("export")(export_command)
+    app.command("export-engine")(export_engine_command)
     app.command("predict")(predict_command)
     app.command("bench")(bench_command)
 
 
-__all__ = ["bench_command", "export_command", "predict_command", "register"]
+__all__ = ["bench_command", "export_command", "export_engine_command", "predict_command", "register"]

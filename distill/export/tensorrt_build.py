@@ -19,26 +19,34 @@ always honoured in 10.0 (NVIDIA/TensorRT#3941). So:
   (per-tensor activation scales from calibration tiles, drawn from the teacher cache) and
   weight (per output channel); transposed convs, norms and the head stay FP32.
 
-Engines only run on the GPU architecture and TensorRT version that built them, so they are
-named and cached by compute capability, TensorRT version and precision
-(``model.sm89.trt10.3.0.fp16.engine``), keyed additionally by the ONNX sha256, and a runner
-is only declared ready after a warm-up inference succeeded.
+Engines only run on the GPU and TensorRT version that built them, and also depend on the
+ONNX, the profile, the precision, the rewrite above and (INT8) the calibration tiles, so an
+:class:`EngineKey` holds all of these and an engine's file name carries its fingerprint
+(``model.sm90.trt10.9.0.34.fp16.<fingerprint>.engine``). Engines are built only here, by
+``distill export-engine`` or ``distill export --tensorrt`` (:func:`export_engines`,
+:func:`build_engines`); the TensorRT backend only looks them up, and a runner is declared
+ready only after a warm-up inference succeeded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 
 from distill.core.atomic import atomic_write_bytes, atomic_write_json
+from distill.core.hashing import bytes_sha256 as sha256_bytes
+from distill.core.hashing import canonical_hash
 from distill.errors import DistillError
-from distill.package import INPUT_NAME, OUTPUT_NAME, EngineEntry, InferenceSettings, ModelPackage, sha256_bytes, sha256_file
+from distill.package import ENGINES_DIR, INPUT_NAME, OUTPUT_NAME, EngineEntry, InferenceSettings, ModelPackage
 
 PRECISIONS = ("fp32", "fp16", "int8")
 NORM_OPS = frozenset({"InstanceNormalization", "BatchNormalization", "LayerNormalization", "GroupNormalization"})
@@ -46,9 +54,13 @@ NORM_OPS = frozenset({"InstanceNormalization", "BatchNormalization", "LayerNorma
 FP32_INPUTS: dict[str, frozenset[int]] = {"Resize": frozenset({1, 2})}
 INT8_MAX = 127.0
 DEFAULT_WORKSPACE_BYTES = 4 << 30
+# Version of the ONNX rewrites below (to_mixed_fp16, insert_qdq, the calibration statistic), part of
+# every engine's key: bump it whenever they change the graph TensorRT is given.
+REWRITE_VERSION = 1
 INSTALL_HINT = (
-    "install NVIDIA's `tensorrt` wheel (10.x, with the builder) on a machine with an NVIDIA GPU and a CUDA build of "
-    "torch, or choose --backend torch or onnxruntime"
+    "install TensorRT 10 (`pip install 'distill[tensorrt]' --extra-index-url https://pypi.nvidia.com`; plain "
+    "`pip install tensorrt` gives 11.x, whose libraries are not on PyPI) on a machine with an NVIDIA GPU and a CUDA "
+    "build of torch, or choose --backend torch or onnxruntime"
 )
 
 
@@ -101,57 +113,120 @@ def compute_capability(device: int = 0) -> str:
 
 @dataclass(frozen=True)
 class EngineKey:
-    """What an engine is tied to: GPU architecture, TensorRT version, precision, and the ONNX it came from."""
+    """Everything that changes an engine; one is used only where every field matches.
 
-    compute_capability: str
-    tensorrt_version: str
+    Attributes:
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        onnx_sha256: the package's ONNX (before the precision rewrite).
+        profile: the optimisation profile, full input shapes ``(min, opt, max)``.
+        gpu_name, compute_capability, tensorrt_version: engines run only where they were built.
+        rewrite_version: :data:`REWRITE_VERSION` of the ONNX rewrite the engine was built from.
+        calibration_sha256: INT8 only, the calibration tiles' hash. A predictor cannot know it
+            and looks INT8 engines up without it (``None`` matches any calibration).
+    """
+
     precision: str
     onnx_sha256: str
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    gpu_name: str
+    compute_capability: str
+    tensorrt_version: str
+    rewrite_version: int = REWRITE_VERSION
+    calibration_sha256: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits of every field but the calibration."""
+        fields = {k: v for k, v in asdict(self).items() if k != "calibration_sha256"}
+        return canonical_hash(fields)[:12]
+
+    @property
+    def _stem(self) -> str:
+        return f"model.sm{self.compute_capability.replace('.', '')}.trt{self.tensorrt_version}.{self.precision}.{self.fingerprint}"
 
     @property
     def file_name(self) -> str:
-        """``model.sm<cc>.trt<version>.<precision>.engine``; the ONNX hash lives in the manifest or sidecar."""
-        return f"model.sm{self.compute_capability.replace('.', '')}.trt{self.tensorrt_version}.{self.precision}.engine"
+        """``model.sm90.trt10.9.0.34.fp16.<fingerprint>[.cal<hash>].engine``: readable, and unique per key."""
+        calibration = f".cal{self.calibration_sha256[:12]}" if self.calibration_sha256 else ""
+        return f"{self._stem}{calibration}.engine"
+
+    def matches_file(self, name: str) -> bool:
+        """Whether an engine file (its name carries the fingerprint) was built for this key."""
+        name = PurePosixPath(name).name
+        if name == self.file_name:
+            return True
+        return self.calibration_sha256 is None and re.fullmatch(re.escape(self._stem) + r"\.cal[0-9a-f]{12}\.engine", name) is not None
 
     def matches(self, entry: EngineEntry) -> bool:
-        return (entry.compute_capability, entry.tensorrt_version, entry.precision, entry.onnx_sha256) == (
-            self.compute_capability, self.tensorrt_version, self.precision, self.onnx_sha256)  # fmt: skip
+        return self.matches_file(entry.file) and (entry.precision, entry.onnx_sha256) == (self.precision, self.onnx_sha256)
+
+    def describe(self) -> str:
+        low, _, high = ("x".join(map(str, s[2:])) for s in self.profile)
+        return (f"{self.precision} engine for {self.gpu_name} (compute capability {self.compute_capability}), TensorRT "
+                f"{self.tensorrt_version}, profile {low}..{high}, rewrite v{self.rewrite_version}")  # fmt: skip
 
 
-def current_engine_key(precision: str, onnx_sha256: str, device: int = 0) -> EngineKey:
+def current_engine_key(package: ModelPackage, precision: str, calibration_sha256: str | None = None, device: int = 0) -> EngineKey:
+    """The key of a ``precision`` engine for ``package`` on this GPU with this TensorRT."""
     trt = require_tensorrt()
-    return EngineKey(compute_capability(device), trt.__version__, precision, onnx_sha256)
+    settings = package.inference
+    profile = (tuple(settings.profile_min), tuple(settings.profile_opt), tuple(settings.profile_max))
+    return EngineKey(precision, package.onnx_sha256, profile, torch.cuda.get_device_name(device), compute_capability(device),
+                     trt.__version__, calibration_sha256=calibration_sha256)  # fmt: skip
+
+
+def calibration_sha256(tiles: Sequence[np.ndarray]) -> str:
+    """Hash of INT8 calibration tiles (values and shapes): other tiles, other scales, another engine."""
+    digest = hashlib.sha256()
+    for tile in tiles:
+        tile = np.ascontiguousarray(tile, dtype=np.float32)
+        digest.update(repr(tile.shape).encode())
+        digest.update(tile.tobytes())
+    return digest.hexdigest()
 
 
 class EngineCache:
-    """Engines outside a package (e.g. when the package folder is read-only).
+    """Engines kept outside a package (a read-only package, or one folder for several machines).
 
-    Each engine ``<onnx sha256[:16]>-<file name>`` has a JSON sidecar holding its own sha256
-    and its :class:`EngineEntry`; a load re-hashes the engine and refuses a mismatch.
+    Each engine ``<key.file_name>`` has a JSON sidecar holding its sha256, its
+    :class:`EngineEntry` and its whole key; a load re-hashes the engine and refuses a mismatch.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def _paths(self, key: EngineKey) -> tuple[Path, Path]:
-        stem = f"{key.onnx_sha256[:16]}-{key.file_name}"
-        return self.root / stem, self.root / f"{stem}.json"
+    def store(self, key: EngineKey, data: bytes, entry: EngineEntry) -> Path:
+        path = self.root / key.file_name
+        atomic_write_bytes(path, data)
+        atomic_write_json(path.with_name(f"{path.name}.json"), {"sha256": sha256_bytes(data), "key": asdict(key), **entry.to_dict()})
+        return path
+
+    def find(self, key: EngineKey) -> Path | None:
+        """The newest engine file for ``key`` that has a sidecar, or ``None``."""
+        found = [p for p in self.root.glob("*.engine") if key.matches_file(p.name) and p.with_name(f"{p.name}.json").is_file()]
+        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
     def load(self, key: EngineKey) -> bytes | None:
-        engine_path, meta_path = self._paths(key)
-        if not (engine_path.is_file() and meta_path.is_file()):
+        path = self.find(key)
+        if path is None:
             return None
-        meta = json.loads(meta_path.read_text())
-        data = engine_path.read_bytes()
-        if sha256_bytes(data) != meta.get("sha256"):
-            raise EngineError(f"{engine_path}: sha256 differs from its sidecar; delete it so that it is rebuilt")
+        data = path.read_bytes()
+        if sha256_bytes(data) != json.loads(path.with_name(f"{path.name}.json").read_text()).get("sha256"):
+            raise EngineError(f"{path}: sha256 differs from its sidecar; delete it and build it again with `distill export-engine`")
         return data
 
-    def store(self, key: EngineKey, data: bytes, entry: EngineEntry) -> Path:
-        engine_path, meta_path = self._paths(key)
-        atomic_write_bytes(engine_path, data)
-        atomic_write_json(meta_path, {"sha256": sha256_bytes(data), **entry.to_dict()})
-        return engine_path
+
+def find_engine(package: ModelPackage, key: EngineKey, cache: EngineCache | None = None) -> bytes | None:
+    """An engine for ``key``: the package's newest match (hash-checked when it was opened), else ``cache``'s."""
+    for entry in reversed(package.engines):
+        if key.matches(entry):
+            return (package.root / entry.file).read_bytes()
+    return cache.load(key) if cache is not None else None
+
+
+def describe_engines(entries: Iterable[EngineEntry]) -> list[str]:
+    """Short names for error messages: which engines a package holds."""
+    return [f"{e.precision} sm{e.compute_capability} TRT {e.tensorrt_version} ({PurePosixPath(e.file).name})" for e in entries]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +492,21 @@ def prepare_onnx(data: bytes, precision: str, calibration: Sequence[np.ndarray] 
 # ---------------------------------------------------------------------------------------------
 # Building and running (TensorRT and a CUDA GPU required)
 
+_LOGGER = None
+
+
+def trt_logger():
+    """The process's one TensorRT logger, shared by every builder, parser and runtime.
+
+    TensorRT keeps the first logger it is given process-wide and warns when a later builder or
+    runtime brings another; the Python object must also outlive every engine, hence a global.
+    """
+    global _LOGGER
+    trt = require_tensorrt()
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
 
 def build_engine(data: bytes, precision: str, settings: InferenceSettings, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> bytes:
     """Serialised engine for ``data`` (already prepared for ``precision``), with the manifest's profile.
@@ -424,7 +514,7 @@ def build_engine(data: bytes, precision: str, settings: InferenceSettings, works
     The network is strongly typed: the ONNX's own tensor types decide each layer's precision.
     """
     trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger()
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -458,23 +548,28 @@ def check_norms_fp32(network, trt) -> None:
 class TensorRTRunner:
     """One deserialised engine and its execution context: ``(B, C, *S)`` CUDA float32 -> logits.
 
-    Runs on torch's current CUDA stream, so it orders with surrounding torch work and needs
-    no extra synchronisation. :attr:`ready` turns true after :meth:`warm_up` succeeded.
+    Runs on a private CUDA stream: on torch's default (legacy) stream TensorRT adds a
+    synchronisation per call. The stream waits for the caller's stream before the engine reads
+    its input, and the caller's stream waits for the engine before anything reads the logits,
+    so callers need no synchronisation of their own. :attr:`ready` turns true after
+    :meth:`warm_up` succeeded.
     """
 
     def __init__(self, engine: bytes, device: int = 0) -> None:
         trt = require_tensorrt()
         self.device = torch.device("cuda", device)
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(trt_logger())  # kept: the runtime must outlive its engine
         with torch.cuda.device(self.device):
             self.engine = self._runtime.deserialize_cuda_engine(engine)
+            self.stream = torch.cuda.Stream(self.device)
         if self.engine is None:
             raise EngineError(
                 f"the engine does not load with TensorRT {trt.__version__} on a compute capability "
-                f"{compute_capability(device)} GPU: engines are tied to both; rebuild it on this machine"
+                f"{compute_capability(device)} GPU: engines are tied to both; rebuild it with `distill export-engine` on this machine"
             )
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError("TensorRT could not create an execution context for the engine (out of GPU memory?)")
         self.profile = [tuple(s) for s in self.engine.get_tensor_profile_shape(INPUT_NAME, 0)]
         self.ready = False
 
@@ -485,13 +580,33 @@ class TensorRTRunner:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not self.fits(images.shape):
             raise EngineError(f"input {tuple(images.shape)} lies outside the engine profile {self.profile[0]}..{self.profile[2]}")
+        caller = torch.cuda.current_stream(self.device)
         images = images.to(self.device, torch.float32).contiguous()
-        self.context.set_input_shape(INPUT_NAME, tuple(images.shape))
-        output = torch.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device=self.device)
-        self.context.set_tensor_address(INPUT_NAME, images.data_ptr())
-        self.context.set_tensor_address(OUTPUT_NAME, output.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise EngineError("TensorRT execution failed")
+        # Waits before the output is allocated too: the caching allocator may hand out memory
+        # that work queued on the caller's stream still reads.
+        self.stream.wait_stream(caller)
+        output = self._enqueue(images, self.stream.cuda_stream)
+        caller.wait_stream(self.stream)
+        return output
+
+    def _enqueue(self, images: torch.Tensor, stream_handle: int) -> torch.Tensor:
+        """Set shapes and addresses and queue the engine on ``stream_handle``; every refusal is an error.
+
+        TensorRT reports a rejected shape or address by returning ``False`` (and logging), not by
+        raising; ignored, the engine would run on stale shapes or pointers.
+        """
+        shape = tuple(images.shape)
+        if not self.context.set_input_shape(INPUT_NAME, shape):
+            raise EngineError(f"TensorRT refused input shape {shape} (profile {self.profile[0]}..{self.profile[2]})")
+        out_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
+        if not out_shape or min(out_shape) < 0:
+            raise EngineError(f"TensorRT left the output shape unresolved ({out_shape}) for input {shape}")
+        output = torch.empty(out_shape, dtype=torch.float32, device=images.device)
+        for name, tensor in ((INPUT_NAME, images), (OUTPUT_NAME, output)):
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise EngineError(f"TensorRT refused the address of tensor {name!r} (shape {tuple(tensor.shape)})")
+        if not self.context.execute_async_v3(stream_handle):
+            raise EngineError(f"TensorRT failed to queue the engine for input {shape} (see its log above)")
         return output
 
     def warm_up(self, shape: Sequence[int] | None = None) -> None:
@@ -502,7 +617,7 @@ class TensorRTRunner:
 
 
 # ---------------------------------------------------------------------------------------------
-# The whole step: prepare, build, gate, store
+# The whole step: prepare, build, gate, store (``distill export-engine`` and ``distill export --tensorrt``)
 
 
 @dataclass(frozen=True)
@@ -527,10 +642,9 @@ def build_gated_engine(package: ModelPackage, precision: str, parity_cases, cali
     """
     from distill.export.onnx_export import PRECISION_THRESHOLDS, measure_parity, torch_logits_fn
 
-    onnx_bytes = package.onnx_path.read_bytes()
-    key = current_engine_key(precision, sha256_file(package.onnx_path))
+    key = current_engine_key(package, precision, calibration_sha256(calibration) if precision == "int8" and calibration else None)
     settings = package.inference
-    engine = build_engine(prepare_onnx(onnx_bytes, precision, calibration, threads), precision, settings)
+    engine = build_engine(prepare_onnx(package.onnx_path.read_bytes(), precision, calibration, threads), precision, settings)
     runner = TensorRTRunner(engine)
     runner.warm_up()
 
@@ -541,7 +655,7 @@ def build_gated_engine(package: ModelPackage, precision: str, parity_cases, cali
                             thresholds or PRECISION_THRESHOLDS[precision], package.thresholds, package.convention)  # fmt: skip
     report.raise_if_failed()
     entry = EngineEntry(
-        file=f"engines/{key.file_name}", compute_capability=key.compute_capability, tensorrt_version=key.tensorrt_version,
+        file=f"{ENGINES_DIR}/{key.file_name}", compute_capability=key.compute_capability, tensorrt_version=key.tensorrt_version,
         precision=precision, onnx_sha256=key.onnx_sha256,
         profile={"min": list(settings.profile_min), "opt": list(settings.profile_opt), "max": list(settings.profile_max)},
         parity=report.to_dict(),
@@ -549,23 +663,125 @@ def build_gated_engine(package: ModelPackage, precision: str, parity_cases, cali
     return BuiltEngine(key=key, data=engine, entry=entry, parity=report.to_dict())
 
 
-def find_engine(package: ModelPackage, key: EngineKey, cache: EngineCache | None = None) -> bytes | None:
-    """An engine for ``key``: from the package (hash-checked when it was opened), else from ``cache``."""
-    for entry in package.engines:
-        if key.matches(entry):
-            return (package.root / entry.file).read_bytes()
-    return cache.load(key) if cache is not None else None
+@dataclass(frozen=True)
+class EngineRecord:
+    """One engine :func:`build_engines` made or found: where it lies and whether it was built now."""
+
+    precision: str
+    path: Path
+    built: bool
+    seconds: float
+    parity: dict[str, Any] | None = None
 
 
-def describe_engines(entries: Iterable[EngineEntry]) -> list[Mapping[str, Any]]:
-    """Short lines for error messages: which engines a package holds."""
-    return [{"precision": e.precision, "compute_capability": e.compute_capability, "tensorrt": e.tensorrt_version} for e in entries]
+@dataclass(frozen=True)
+class EngineBuildResult:
+    """What ``distill export-engine`` did, one :class:`EngineRecord` per precision."""
+
+    engines: tuple[EngineRecord, ...]
+
+    def __str__(self) -> str:
+        lines = []
+        for r in self.engines:
+            state = f"built in {r.seconds:.0f} s" if r.built else "already there (--rebuild to build it again)"
+            lines.append(f"{r.precision}: {r.path} ({state})")
+        return "\n".join(lines)
+
+
+def build_engines(package: ModelPackage, precisions: Sequence[str], parity_cases, *, cache: EngineCache | None = None,
+                  calibration_cache: str | Path | None = None, n_calibration_tiles: int = 32, threads: int | None = None,
+                  rebuild: bool = False) -> tuple[EngineRecord, ...]:
+    """Build, gate and store one engine per precision, into ``cache`` or else into the package.
+
+    An engine whose whole key (INT8: calibration included) is already stored is left alone
+    unless ``rebuild``. INT8 tiles come from ``calibration_cache`` (a teacher cache) or else
+    from the parity cases.
+    """
+    records = []
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise EngineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        start = time.perf_counter()
+        calibration = _calibration(package, parity_cases, calibration_cache, n_calibration_tiles) if precision == "int8" else None
+        key = current_engine_key(package, precision, calibration_sha256(calibration) if calibration else None)
+        existing = _stored_path(package, key, cache)
+        if existing is not None and not rebuild:
+            records.append(EngineRecord(precision, existing, built=False, seconds=0.0))
+            continue
+        built = build_gated_engine(package, precision, parity_cases, calibration, threads=threads)
+        if cache is not None:
+            path = cache.store(built.key, built.data, built.entry)
+        else:
+            try:
+                path = package.add_engine(built.key.file_name, built.data, built.entry)
+            except OSError as exc:
+                raise EngineError(f"{package.root}: cannot store the engine there ({exc}); pass --engine-cache DIR") from exc
+        records.append(EngineRecord(precision, path, built=True, seconds=time.perf_counter() - start, parity=built.parity))
+    return tuple(records)
+
+
+def _stored_path(package: ModelPackage, key: EngineKey, cache: EngineCache | None) -> Path | None:
+    if cache is not None:
+        return cache.find(key)
+    return next((package.root / e.file for e in reversed(package.engines) if key.matches(e)), None)
+
+
+def _calibration(package: ModelPackage, parity_cases, calibration_cache, n_tiles: int) -> list[np.ndarray]:
+    # Post-norm activations are scale-free, so small tiles calibrate as well as whole volumes.
+    tile = (max(64, 2 * package.preprocess_config.divisor),) * 3
+    if calibration_cache is not None:
+        return calibration_tiles_from_cache(calibration_cache, n_tiles, tile)
+    return calibration_tiles([c.images for c in parity_cases], n_tiles, tile)
+
+
+@dataclass(frozen=True)
+class EngineExportConfig:
+    """``distill export-engine``: engines for an existing package, on the machine that will run them.
+
+    Attributes:
+        package: the package folder.
+        precisions: engines to build.
+        engine_cache: store engines in this folder instead of the package (a read-only package);
+            pass the same folder to ``--engine-cache`` when predicting.
+        held_out, max_held_out, n_phantoms: the parity cases, chosen as ``distill export`` does.
+        calibration_cache, calibration_tiles: INT8 calibration tiles from a teacher cache.
+        threads: CPU threads for torch and onnxruntime in the gate and the calibration.
+        rebuild: build even when a matching engine is stored.
+    """
+
+    package: Path
+    precisions: tuple[str, ...] = ("fp16",)
+    engine_cache: Path | None = None
+    held_out: Path | None = None
+    max_held_out: int = 3
+    n_phantoms: int = 2
+    calibration_cache: Path | None = None
+    calibration_tiles: int = 32
+    threads: int | None = 2
+    rebuild: bool = False
+
+
+def export_engines(config: EngineExportConfig) -> EngineBuildResult:
+    """Build the engines ``config`` asks for (see :func:`build_engines`); TensorRT and a GPU required."""
+    from distill.export.run import ExportConfig, held_out_cases
+
+    require_tensorrt()
+    package = ModelPackage.open(config.package)
+    # The same parity cases export would pick (held-out folder, else phantoms).
+    selection = ExportConfig(run_dir=package.root, out=package.root, held_out=config.held_out,
+                             max_held_out=config.max_held_out, n_phantoms=config.n_phantoms)  # fmt: skip
+    cases, _ = held_out_cases(selection, package.preprocess_config)
+    cache = EngineCache(config.engine_cache) if config.engine_cache else None
+    return EngineBuildResult(build_engines(package, config.precisions, cases, cache=cache, calibration_cache=config.calibration_cache,
+                                           n_calibration_tiles=config.calibration_tiles, threads=config.threads,
+                                           rebuild=config.rebuild))  # fmt: skip
 
 
 __all__ = [
-    "PRECISIONS", "ActivationRange", "BuiltEngine", "EngineCache", "EngineError", "EngineKey", "TensorRTRunner",
-    "TensorRTUnavailable", "build_engine", "build_gated_engine", "calibrate_activation_ranges", "calibration_tiles",
+    "PRECISIONS", "REWRITE_VERSION", "ActivationRange", "BuiltEngine", "EngineBuildResult", "EngineCache", "EngineError",
+    "EngineExportConfig", "EngineKey", "EngineRecord", "TensorRTRunner", "TensorRTUnavailable", "build_engine",
+    "build_engines", "build_gated_engine", "calibrate_activation_ranges", "calibration_sha256", "calibration_tiles",
     "calibration_tiles_from_cache", "compute_capability", "conv_activation_inputs", "current_engine_key",
-    "describe_engines", "find_engine", "insert_qdq", "prepare_onnx", "require_tensorrt", "tensorrt_available",
-    "to_mixed_fp16",
+    "describe_engines", "export_engines", "find_engine", "insert_qdq", "prepare_onnx", "require_tensorrt",
+    "tensorrt_available", "to_mixed_fp16", "trt_logger",
 ]  # fmt: skip

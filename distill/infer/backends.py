@@ -13,25 +13,36 @@ backend          devices                     options
                  ``tensorrt``                providers (``onnxruntime-gpu``); ``fp16`` with the
                                              TensorRT provider only
 ``tensorrt``     ``cuda``                    ``fp32`` / ``fp16`` / ``int8`` engines from the package
-                                             or an engine cache (see distill.export.tensorrt_build)
+                                             or an engine folder, built beforehand by
+                                             ``distill export-engine`` (distill.export.tensorrt_build)
 ===============  ==========================  =====================================================
 
-A backend that cannot run here raises :class:`BackendUnavailable` saying what to install.
+A backend that cannot run here raises :class:`BackendUnavailable` saying what to install or
+which command to run. No backend builds anything or writes into a package: a predictor only
+reads. The package module is imported lazily, so the torch backend loads where only torch is
+installed (``benchmarks/gpu_latency.py`` on a bare GPU machine).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from distill import __version__
 from distill.errors import DistillError
-from distill.package import INPUT_NAME, OUTPUT_NAME, ModelPackage
+
+if TYPE_CHECKING:
+    from distill.package import ModelPackage
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEVICES: dict[str, tuple[str, ...]] = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda", "tensorrt"), "tensorrt": ("cuda",)}
@@ -62,8 +73,9 @@ class BackendSpec:
         threads: CPU intra-op threads (torch: process-wide ``torch.set_num_threads``).
         cuda_graphs: torch on CUDA: capture one CUDA graph per input shape and replay it.
         compile: torch: run through ``torch.compile`` (first call per shape compiles).
-        engine_cache: TensorRT: folder for engines built outside the package.
-        build_engine: TensorRT: build a missing engine here (minutes; parity-gated on phantoms).
+        engine_cache: ``tensorrt``: a folder of engines made by ``distill export-engine
+            --engine-cache`` (read only); ``onnxruntime:tensorrt``: onnxruntime's own engine
+            cache folder (default: one under the user cache folder, see :func:`onnxruntime_trt_cache`).
     """
 
     name: str = "torch"
@@ -73,7 +85,6 @@ class BackendSpec:
     cuda_graphs: bool = False
     compile: bool = False
     engine_cache: Path | None = None
-    build_engine: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in BACKENDS:
@@ -139,6 +150,14 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Backend, device string, threads and versions, for reports."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line for a report row: a Distill error's message, else ``Type: first line``."""
+    lines = str(exc).strip().splitlines()
+    if isinstance(exc, DistillError) and lines:
+        return lines[0]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def device_name(device: torch.device) -> str:
@@ -248,8 +267,44 @@ class TorchBackend:
 # onnxruntime
 
 
+def onnxruntime_trt_cache(spec: BackendSpec, package: ModelPackage) -> Path:
+    """The folder onnxruntime's TensorRT provider keeps its engines in, created if missing.
+
+    ``spec.engine_cache`` if given, else ``$XDG_CACHE_HOME/distill/onnxruntime-tensorrt/...``
+    (``~/.cache`` without it): never the package, which a predictor does not write into. The
+    sub-folders name the onnxruntime and TensorRT versions, the GPU, the ONNX and the precision,
+    because the provider names its engine files by graph and compute capability only, and
+    reusing an engine across TensorRT versions or models is left to the user to avoid.
+    """
+    if spec.engine_cache is not None:
+        folder = Path(spec.engine_cache)
+    else:
+        import onnxruntime as ort
+
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill" / "onnxruntime-tensorrt"
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown-gpu"
+        runtime = f"ort{ort.__version__}-trt{_tensorrt_libs_version()}-{re.sub(r'[^A-Za-z0-9.]+', '-', gpu)}"
+        folder = root / runtime / f"{package.onnx_sha256[:16]}-{spec.precision}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _tensorrt_libs_version() -> str:
+    """The TensorRT wheel's version (onnxruntime-gpu loads its libraries), or ``unknown``."""
+    from importlib import metadata
+
+    for name in ("tensorrt-cu12-libs", "tensorrt-libs", "tensorrt-cu12", "tensorrt"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 def onnxruntime_providers(spec: BackendSpec, package: ModelPackage) -> list[Any]:
     """Execution providers for ``spec``, refusing one this onnxruntime build lacks."""
+    from distill.package import INPUT_NAME
+
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -272,13 +327,30 @@ def onnxruntime_providers(spec: BackendSpec, package: ModelPackage) -> list[Any]
 
     trt_options = {
         "trt_fp16_enable": spec.precision == "fp16",
-        "trt_engine_cache_enable": spec.engine_cache is not None,
-        "trt_engine_cache_path": str(spec.engine_cache or ""),
+        # An empty path is rejected, and onnxruntime then quietly runs the next provider.
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(onnxruntime_trt_cache(spec, package)),
         "trt_profile_min_shapes": shape(settings.profile_min),
         "trt_profile_opt_shapes": shape(settings.profile_opt),
         "trt_profile_max_shapes": shape(settings.profile_max),
     }
     return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+
+
+def check_session_provider(session: Any, wanted: str) -> None:
+    """Refuse a session whose first provider is not ``wanted``.
+
+    onnxruntime drops a provider that fails to load (a missing CUDA or TensorRT library, a bad
+    option) and carries on with the next one, logging only a warning; the created session's
+    ``get_providers()`` says what really runs (``get_available_providers()`` only lists what
+    the wheel was built with).
+    """
+    running = list(session.get_providers())
+    if not running or running[0] != wanted:
+        raise BackendUnavailable(
+            f"onnxruntime did not start {wanted}: the session runs {', '.join(running) or 'nothing'} (onnxruntime falls "
+            f"back silently when a provider fails to load; its warning above says why); refusing to report it as {wanted}"
+        )
 
 
 class OnnxRuntimeBackend:
@@ -291,6 +363,7 @@ class OnnxRuntimeBackend:
         providers = onnxruntime_providers(spec, package)
         self.device = torch.device("cpu") if spec.device == "cpu" else _require_cuda(spec)
         self.session = onnxruntime_session(package.onnx_path, spec.threads, providers)
+        check_session_provider(self.session, ORT_PROVIDERS[spec.device])
         self.out_channels = len(package.regions)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -301,6 +374,8 @@ class OnnxRuntimeBackend:
         return self._run_bound(images)
 
     def _run_bound(self, images: torch.Tensor) -> torch.Tensor:
+        from distill.package import INPUT_NAME, OUTPUT_NAME
+
         x = images.to(self.device, torch.float32).contiguous()
         y = torch.empty((x.shape[0], self.out_channels, *x.shape[2:]), dtype=torch.float32, device=self.device)
         binding = self.session.io_binding()
@@ -330,47 +405,35 @@ class OnnxRuntimeBackend:
 
 
 class TensorRTBackend:
-    """A TensorRT engine for this GPU and TensorRT version: from the package, an engine cache, or built here."""
+    """A TensorRT engine made for this GPU, TensorRT version and profile, from the package or an engine folder.
+
+    It only loads: engines are built by ``distill export-engine`` (or ``distill export
+    --tensorrt``), never here, so a predictor neither runs for minutes on first use nor writes
+    into the package it serves.
+    """
 
     def __init__(self, package: ModelPackage, spec: BackendSpec) -> None:
         from distill.export import tensorrt_build as trt_build
 
         self.spec = spec
         try:
-            key = trt_build.current_engine_key(spec.precision, package.onnx_sha256)
+            key = trt_build.current_engine_key(package, spec.precision)
         except trt_build.TensorRTUnavailable as exc:
             raise BackendUnavailable(str(exc)) from exc
         cache = trt_build.EngineCache(spec.engine_cache) if spec.engine_cache else None
-        engine = trt_build.find_engine(package, key, cache)
-        if engine is None:
-            engine = self._build(package, key, cache)
-        self.runner = trt_build.TensorRTRunner(engine)
+        found = trt_build.find_engine(package, key, cache)
+        if found is None:
+            held = ", ".join(trt_build.describe_engines(package.engines)) or "none"
+            command = f"distill export-engine {package.root} --precision {spec.precision}"
+            if spec.engine_cache:
+                command += f" --engine-cache {spec.engine_cache}"
+            raise BackendUnavailable(
+                f"{package.root}: no TensorRT {key.describe()} (the package holds: {held}); build one on this machine "
+                f"with `{command}`"
+            )
+        self.runner = trt_build.TensorRTRunner(found)
         self.device = self.runner.device
         self.tensorrt_version = key.tensorrt_version
-
-    def _build(self, package: ModelPackage, key, cache) -> bytes:
-        from distill.export import tensorrt_build as trt_build
-        from distill.export.run import phantom_parity_cases
-
-        if not self.spec.build_engine:
-            engines = trt_build.describe_engines(package.engines)
-            held = ", ".join(f"{e['precision']} sm{e['compute_capability']} TRT {e['tensorrt']}" for e in engines)
-            raise BackendUnavailable(
-                f"{package.root}: no TensorRT {key.precision} engine for compute capability {key.compute_capability} and "
-                f"TensorRT {key.tensorrt_version} (the package holds: {held or 'none'}); allow building one here "
-                "(--build-engine, a few minutes), export with --tensorrt on this machine, or use another backend"
-            )
-        cases = phantom_parity_cases(2, 4.0, package.preprocess_config)
-        tiles = trt_build.calibration_tiles([c.images for c in cases], 16, (64, 64, 64)) if key.precision == "int8" else None
-        built = trt_build.build_gated_engine(package, key.precision, cases, tiles, threads=self.spec.threads)
-        if cache is not None:
-            cache.store(key, built.data, built.entry)
-        else:
-            try:
-                package.add_engine(key.file_name, built.data, built.entry)
-            except OSError as exc:
-                raise BackendUnavailable(f"{package.root}: cannot store the new engine ({exc}); pass an engine cache folder") from exc
-        return built.data
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.runner(images)
@@ -395,7 +458,7 @@ def create_backend(package: ModelPackage, spec: BackendSpec) -> Backend:
     return TensorRTBackend(package, spec)
 
 
-def available_backend_specs(threads: int | None = None) -> list[BackendSpec]:
+def available_backend_specs(threads: int | None = None, engine_cache: Path | None = None) -> list[BackendSpec]:
     """The backends worth comparing on this machine, CPU first (for ``distill bench`` without ``--backend``)."""
     specs = [BackendSpec("torch", threads=threads), BackendSpec("onnxruntime", threads=threads)]
     if torch.cuda.is_available():
@@ -411,12 +474,50 @@ def available_backend_specs(threads: int | None = None) -> list[BackendSpec]:
         from distill.export.tensorrt_build import tensorrt_available
 
         if tensorrt_available():
-            specs += [BackendSpec("tensorrt", "cuda", "fp32"), BackendSpec("tensorrt", "cuda", "fp16")]
+            specs += [BackendSpec("tensorrt", "cuda", p, engine_cache=engine_cache) for p in ("fp32", "fp16")]
     return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing (here rather than in distill.infer.bench so that model-only timing needs torch alone)
+
+
+def time_calls(fn: Callable[[], Any], runs: int, warmup: int, synchronize: Callable[[], None]) -> list[float]:
+    """Wall seconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones; device work included."""
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """n, p50/p95/p99, mean, min, max of ``seconds``, in milliseconds (linear-interpolated percentiles)."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"n": int(ms.size), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3),
+            "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3), "max_ms": round(float(ms.max()), 3)}  # fmt: skip
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version(), "distill": __version__,
+                                       "numpy": np.__version__, "torch": torch.__version__}  # fmt: skip
+    for module in ("onnx", "onnxruntime", "tensorrt"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    return versions
 
 
 __all__ = [
     "BACKENDS", "Backend", "BackendOptionError", "BackendSpec", "BackendUnavailable", "OnnxRuntimeBackend",
-    "TensorRTBackend", "TorchBackend", "available_backend_specs", "cpu_name", "create_backend", "device_name",
-    "keep_norms_fp32",
+    "TensorRTBackend", "TorchBackend", "available_backend_specs", "check_session_provider", "cpu_name", "create_backend",
+    "device_name", "keep_norms_fp32", "latency_stats", "library_versions", "one_line", "onnxruntime_providers",
+    "onnxruntime_trt_cache", "time_calls",
 ]  # fmt: skip

@@ -12,7 +12,8 @@ Per backend, after warm-up runs:
 
 Every figure is given as p50/p95/p99 (with n, mean, min, max) in milliseconds; percentiles of
 few runs are interpolated, so read p99 of 20 runs as "about the worst". Each result names its
-device, thread count and library versions, as does the whole file. Model-only and end-to-end
+device, thread count and library versions, as does the whole file. A backend that cannot run
+or fails is one row ``failed: <reason>`` and the others are still timed. Model-only and end-to-end
 times are reported apart because they tell different stories (a 2 ms network can sit in a
 400 ms pipeline).
 """
@@ -23,7 +24,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,23 +33,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill import __version__
 from distill.core.atomic import atomic_write_json
 from distill.data.case import load_case
 from distill.data.discovery import CaseFiles, find_cases
 from distill.data.nifti import write_nifti
 from distill.data.preprocess import pad, padding_for
-from distill.package import ModelPackage
 from distill.infer.backends import (
-    BackendOptionError,
     BackendSpec,
-    BackendUnavailable,
     available_backend_specs,
     cpu_name,
     create_backend,
+    latency_stats,
+    library_versions,
+    one_line,
+    time_calls,
 )
 from distill.infer.predictor import Predictor
 from distill.infer.sliding_window import predict_logits
+from distill.package import ModelPackage
 
 STAGES = ("decode", "preprocess", "model", "postprocess", "encode")
 
@@ -67,6 +69,7 @@ class BenchConfig:
         threads: CPU threads for torch and onnxruntime.
         full_shape: also time the model on the case zero-padded to this grid.
         out: JSON file to write (``None``: only returned).
+        engine_cache: TensorRT engine folder for the default backend list (see ``distill export-engine``).
     """
 
     package: Path
@@ -78,6 +81,7 @@ class BenchConfig:
     threads: int | None = 2
     full_shape: tuple[int, int, int] | None = None
     out: Path | None = None
+    engine_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -89,46 +93,13 @@ class BenchResult:
         """A plain-text table of p50 per backend: model-only, full field of view, end-to-end."""
         lines = [f"{'backend':34} {'model p50 ms':>13} {'full-FOV p50 ms':>16} {'e2e p50 ms':>11}"]
         for entry in self.data["results"]:
-            if "skipped" in entry:
-                lines.append(f"{entry['backend']:34} skipped: {entry['skipped']}")
+            if "failed" in entry:
+                lines.append(f"{entry['backend']:34} failed: {entry['failed']}")
                 continue
             full = entry.get("model_only_full_shape", {}).get("p50_ms")
             lines.append(f"{entry['backend']:34} {entry['model_only']['p50_ms']:13.1f} "
                          f"{'-' if full is None else f'{full:.1f}':>16} {entry['end_to_end']['total']['p50_ms']:11.1f}")  # fmt: skip
         return "\n".join(lines)
-
-
-def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
-    """n, p50/p95/p99, mean, min, max of ``seconds``, in milliseconds (linear-interpolated percentiles)."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"n": int(ms.size), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3),
-            "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3), "max_ms": round(float(ms.max()), 3)}  # fmt: skip
-
-
-def time_calls(fn: Callable[[], Any], runs: int, warmup: int, synchronize: Callable[[], None]) -> list[float]:
-    """Wall seconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones; device work included."""
-    for _ in range(warmup):
-        fn()
-    synchronize()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version(), "distill": __version__,
-                                       "numpy": np.__version__, "torch": torch.__version__}  # fmt: skip
-    for module in ("onnx", "onnxruntime", "tensorrt"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
-    return versions
 
 
 def host_description() -> dict[str, Any]:
@@ -142,11 +113,11 @@ def host_description() -> dict[str, Any]:
 def run_bench(config: BenchConfig) -> BenchResult:
     """Time every backend in ``config`` (see the module docstring); write JSON if ``config.out``."""
     package = ModelPackage.open(config.package)
-    specs = list(config.backends) or available_backend_specs(config.threads)
+    specs = list(config.backends) or available_backend_specs(config.threads, config.engine_cache)
     with tempfile.TemporaryDirectory() as tmp:
         files = _case_files(config.input_dir, Path(tmp))
         case = load_case(files, with_labels=False)
-        results = [_bench_backend(package, spec, files, case, config, Path(tmp) / "out") for spec in specs]
+        results = bench_each(specs, lambda spec: _bench_backend(package, spec, files, case, config, Path(tmp) / "out"))
     data = {
         "benchmark": "distill bench",
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -175,12 +146,25 @@ def _case_files(input_dir: Path | None, tmp: Path) -> CaseFiles:
     return find_cases(tmp / "phantom")[0]
 
 
+def bench_each(specs: Iterable[BackendSpec], bench: Callable[[BackendSpec], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``bench(spec)`` for every spec; one that raises becomes a row ``{"backend", "failed": reason}``.
+
+    Any exception, not only "unavailable": a backend that loads and then fails (an engine
+    that does not fit, a CUDA error, a provider that fell back) must not cost the figures of
+    the others.
+    """
+    results = []
+    for spec in specs:
+        try:
+            results.append(bench(spec))
+        except Exception as exc:
+            results.append({"backend": spec.label, "failed": one_line(exc)})
+    return results
+
+
 def _bench_backend(package: ModelPackage, spec: BackendSpec, files: CaseFiles, case, config: BenchConfig, out_dir: Path) -> dict[str, Any]:
-    try:
-        predictor = Predictor(package, create_backend(package, spec))
-        predictor.warm_up()
-    except (BackendUnavailable, BackendOptionError) as exc:
-        return {"backend": spec.label, "skipped": str(exc)}
+    predictor = Predictor(package, create_backend(package, spec))
+    predictor.warm_up()
     backend = predictor.backend
     prepared = predictor.prepare(case.images, case.affine)
     tile = predictor.tile_for(prepared.images.shape[1:])
@@ -242,4 +226,5 @@ def write_bench_json(result: BenchResult, path: Path) -> Path:
     return atomic_write_json(path, result.data)
 
 
-__all__ = ["BenchConfig", "BenchResult", "latency_stats", "library_versions", "run_bench", "time_calls", "write_bench_json"]
+__all__ = ["BenchConfig", "BenchResult", "bench_each", "latency_stats", "library_versions", "run_bench", "time_calls",
+           "write_bench_json"]

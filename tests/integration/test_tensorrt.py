@@ -8,18 +8,14 @@ plain ONNX, so they are checked here on every machine by running them in onnxrun
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from distill.export.onnx_export import export_onnx, onnxruntime_session, run_onnxruntime
-from distill.package import EngineEntry
 from distill.export.tensorrt_build import (
     EngineCache,
     EngineError,
-    EngineKey,
     calibrate_activation_ranges,
     calibration_tiles,
     conv_activation_inputs,
@@ -27,7 +23,7 @@ from distill.export.tensorrt_build import (
     prepare_onnx,
     to_mixed_fp16,
 )
-from distill.students import build_student, config_for_params, describe_student, student_config
+from distill.students import build_student, student_config
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -137,22 +133,6 @@ def test_int8_needs_calibration_and_precisions_are_checked(exported):
     assert prepare_onnx(data, "fp32") == data
 
 
-def test_engine_names_and_cache_are_keyed_by_gpu_tensorrt_and_onnx(tmp_path):
-    key = EngineKey("8.9", "10.3.0", "fp16", "ab" * 32)
-    assert key.file_name == "model.sm89.trt10.3.0.fp16.engine"
-    entry = EngineEntry(file=f"engines/{key.file_name}", compute_capability="8.9", tensorrt_version="10.3.0", precision="fp16",
-                        onnx_sha256=key.onnx_sha256, profile={}, parity={})  # fmt: skip
-    assert key.matches(entry) and not EngineKey("9.0", "10.3.0", "fp16", key.onnx_sha256).matches(entry)
-    cache = EngineCache(tmp_path)
-    assert cache.load(key) is None
-    path = cache.store(key, b"engine-bytes", entry)
-    assert cache.load(key) == b"engine-bytes"
-    assert cache.load(EngineKey("8.9", "10.4.0", "fp16", key.onnx_sha256)) is None
-    path.write_bytes(b"tampered")
-    with pytest.raises(EngineError, match="sha256"):
-        cache.load(key)
-
-
 # ---------------------------------------------------------------------------------------------
 # Real engines
 
@@ -167,17 +147,10 @@ def trt_package(tmp_path_factory):
     except TensorRTUnavailable as exc:
         pytest.skip(f"TensorRT engines cannot be built here: {exc}")
     from distill.export.run import ExportConfig, export_package
+    from distill.train.chain import save_untrained_student
 
     root = tmp_path_factory.mktemp("trt")
-    torch.manual_seed(0)
-    config = config_for_params("unet", 20_000)
-    model = build_student(config)
-    summary = describe_student(model)
-    (root / "run").mkdir()
-    torch.save(model.state_dict(), root / "run" / "student.pt")
-    card = {"format": "distill-student-card", "student": config.to_dict(), "parameters": summary.parameters,
-            "output_kind": "sigmoid", "channels": ["WT", "TC", "ET"], "data": {}}  # fmt: skip
-    (root / "run" / "student.json").write_text(json.dumps(card))
+    save_untrained_student(root / "run", 20_000)
     return export_package(ExportConfig(run_dir=root / "run", out=root / "pkg", n_phantoms=1, tensorrt=("fp32", "fp16"))).package_dir
 
 
@@ -191,7 +164,7 @@ def test_export_builds_gated_fp32_and_fp16_engines(trt_package):
     assert engines["fp32"].parity["max_abs_probability"] <= 1e-4 and engines["fp32"].parity["passed"]
     assert engines["fp16"].parity["passed"]
     for entry in engines.values():
-        assert (trt_package / entry.file).is_file() and entry.file in package.manifest["files"]
+        assert (trt_package / entry.file).is_file() and entry.file in package.manifest.files
         assert entry.profile["max"] == list(package.inference.profile_max)
 
 
@@ -211,10 +184,10 @@ def test_tensorrt_backend_segments_like_torch(trt_package):
 @pytest.mark.tensorrt
 def test_int8_engine_is_built_gated_and_served_from_an_engine_cache(trt_package, tmp_path):
     from distill.export.onnx_export import ParityThresholds
-    from distill.package import ModelPackage
     from distill.export.run import phantom_parity_cases
     from distill.export.tensorrt_build import build_gated_engine
     from distill.infer.predictor import Predictor
+    from distill.package import ModelPackage
 
     package = ModelPackage.open(trt_package)
     cases = phantom_parity_cases(1, 4.0, package.preprocess_config)
@@ -222,24 +195,29 @@ def test_int8_engine_is_built_gated_and_served_from_an_engine_cache(trt_package,
     # Random weights put many voxels near p = 0.5, where INT8 flips labels: loose marks here.
     built = build_gated_engine(package, "int8", cases, tiles, thresholds=ParityThresholds(0.5, 0.9))
     EngineCache(tmp_path).store(built.key, built.data, built.entry)
-    predictor = Predictor.from_package(trt_package, "tensorrt:int8", engine_cache=tmp_path)  # no build allowed: cache hit
-    assert predictor.ready and built.key.file_name.endswith(".int8.engine")
+    predictor = Predictor.from_package(trt_package, "tensorrt:int8", engine_cache=tmp_path)  # looked up without the calibration hash
+    assert predictor.ready and built.key.file_name.endswith(".engine") and ".int8." in built.key.file_name
 
 
 @pytest.mark.tensorrt
-def test_a_missing_engine_is_built_on_request_into_the_cache(trt_package, tmp_path):
-    from distill.infer.predictor import Predictor
+def test_export_engine_leaves_a_stored_engine_alone_and_builds_into_a_cache(trt_package, tmp_path):
+    from distill.export.tensorrt_build import EngineExportConfig, export_engines
+    from distill.package import ModelPackage
 
-    predictor = Predictor.from_package(trt_package, "tensorrt:fp16", engine_cache=tmp_path, build_engine=True)
-    assert predictor.ready
-    # the package already holds an fp16 engine for this GPU, so nothing was built into the cache
-    assert list(tmp_path.glob("*.engine")) == []
+    before = ModelPackage.open(trt_package).manifest.files
+    present = export_engines(EngineExportConfig(package=trt_package, precisions=("fp16",), n_phantoms=1))
+    assert [r.built for r in present.engines] == [False]
+    cached = export_engines(EngineExportConfig(package=trt_package, precisions=("fp32",), engine_cache=tmp_path, n_phantoms=1,
+                                               rebuild=True))  # fmt: skip
+    assert cached.engines[0].built and cached.engines[0].path.parent == tmp_path
+    assert ModelPackage.open(trt_package).manifest.files == before  # the cache build left the package alone
 
 
 @pytest.mark.tensorrt
-def test_a_missing_engine_without_build_permission_is_a_clear_error(trt_package, tmp_path):
+def test_a_missing_engine_is_a_one_line_error_naming_the_command(trt_package, tmp_path):
     from distill.infer.backends import BackendUnavailable
     from distill.infer.predictor import Predictor
 
-    with pytest.raises(BackendUnavailable, match="no TensorRT int8 engine.*--build-engine"):
+    with pytest.raises(BackendUnavailable, match="no TensorRT int8 engine.*distill export-engine .* --precision int8") as caught:
         Predictor.from_package(trt_package, "tensorrt:int8", engine_cache=tmp_path / "empty")
+    assert "\n" not in str(caught.value)
