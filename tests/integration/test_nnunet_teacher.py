@@ -12,6 +12,7 @@ import torch
 
 from distill.data.case import Case, load_case
 from distill.data.discovery import find_cases
+from distill.errors import DistillError
 from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig, TeacherError
 
 pytestmark = [pytest.mark.nnunet, pytest.mark.slow]
@@ -138,7 +139,7 @@ def test_wrong_channel_count(nnunet_teacher):
     teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=nnunet_teacher.model_dir, folds=("0",), tta="none"))
     case = _first_case(nnunet_teacher)
     bad = Case(case_id="three", images=case.images[:3], affine=case.affine, labels=None)
-    with pytest.raises(Exception, match="expected 4 channels, got 3"):
+    with pytest.raises(DistillError, match="case three: expected 4 channels, got 3"):
         teacher.predict(bad)
 
 

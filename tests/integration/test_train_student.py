@@ -1,5 +1,12 @@
-"""`distill train-student` from a real teacher cache: sizing, chains, graph flow, resume, DDP."""
+"""`distill train-student` from a teacher cache: sizing, chains, graph flow, resume, DDP.
 
+The tests train from ``stub_cache`` (tests/conftest.py): synthetic cases whose soft maps come
+from a stub teacher, written by the real ``teacher-cache`` runner and cache writer without
+nnU-Net, so each takes seconds. The cache of a real nnU-Net teacher (``stub_cache``) is
+trained from by the ``nnunet``-marked case of the first test, so that path stays covered.
+"""
+
+import csv
 import json
 import os
 import signal
@@ -14,8 +21,8 @@ import torch
 from distill.students import StudentConfig, StudentSizingError, build_student
 from distill.train import TrainConfig, TrainConfigError, train_student
 
-pytestmark = [pytest.mark.nnunet, pytest.mark.slow]
 FAST = dict(steps=4, batch_size=1, patch_size=(32, 32, 32), checkpoint_every=2, progress=False)
+REAL_CACHE = pytest.param("stub_cache", marks=[pytest.mark.nnunet, pytest.mark.slow])
 
 
 def _teacher_params(cache):
@@ -24,13 +31,24 @@ def _teacher_params(cache):
     return TeacherCache.open(cache).spec.teacher["parameters_per_member"]
 
 
-def test_params_budget_card_and_weights_only_checkpoint(phantom_cache, tmp_path):
-    result = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=20000, **FAST))
+def _log(run, link="*"):
+    with open(next(run.glob(f"links/{link}/log.csv"))) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("cache_fixture", ["stub_cache", REAL_CACHE])
+def test_params_budget_card_and_weights_only_checkpoint(cache_fixture, request, tmp_path):
+    cache = request.getfixturevalue(cache_fixture)
+    result = train_student(TrainConfig(cache=cache, out=tmp_path / "run", params=20000, **FAST))
     assert abs(result.parameters - 20000) <= 0.05 * 20000
     card = json.loads(result.card.read_text())
     assert card["format"] == "distill-student-card" and card["parameters"] == result.parameters
     assert card["output_kind"] == "sigmoid" and card["channels"] == ["WT", "TC", "ET"]
-    assert card["macs_128"] > 0 and card["data"]["teacher_parameters_per_member"] == _teacher_params(phantom_cache)
+    assert card["macs_128"] > 0 and card["data"]["teacher_parameters_per_member"] == _teacher_params(cache)
     assert set(card["validation"]) >= {"dice_gt/WT", "hd95_gt/ET", "dice_teacher/TC"}
     model = build_student(StudentConfig.from_dict(card["student"]))
     model.load_state_dict(torch.load(result.weights, weights_only=True))
@@ -39,38 +57,45 @@ def test_params_budget_card_and_weights_only_checkpoint(phantom_cache, tmp_path)
     assert (link / "log.csv").is_file() and any((link / "tensorboard").iterdir())
 
 
-def test_ratio_sizes_against_one_teacher_member(phantom_cache, tmp_path):
-    teacher = _teacher_params(phantom_cache)
-    result = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", ratio=0.25, **FAST))
+def test_ratio_sizes_against_one_teacher_member(stub_cache, tmp_path):
+    teacher = _teacher_params(stub_cache)
+    result = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", ratio=0.25, **FAST))
     assert abs(result.parameters - 0.25 * teacher) <= 0.05 * 0.25 * teacher
 
 
 @pytest.mark.parametrize("kw", [dict(params=500), dict(ratio=2.0)])
-def test_budgets_outside_the_range_are_refused(phantom_cache, tmp_path, kw):
+def test_budgets_outside_the_range_are_refused(stub_cache, tmp_path, kw):
     with pytest.raises((StudentSizingError, TrainConfigError)):
-        train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", **kw, **FAST))
+        train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", **kw, **FAST))
 
 
-def test_chain_with_graph_flow_trains_every_link(phantom_cache, tmp_path):
-    result = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=6000, assistants="1",
+def test_chain_with_graph_flow_trains_every_link(stub_cache, tmp_path):
+    result = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, assistants="1",
                                        graph_flow_weight=1.0, graph_flow_ramp=0, paraphraser_steps=5, **FAST))  # fmt: skip
     assert len(result.chain) == 2 and result.chain[0] > result.chain[1]
-    log = (tmp_path / "run" / "links").glob("link1_*/log.csv")
-    rows = list(__import__("csv").DictReader(open(next(log))))
-    assert rows and all(float(r["graph_flow/raw"]) > 0 for r in rows)
+    rows = _log(tmp_path / "run", "link1_*")
+    assert len(rows) == FAST["steps"] and all(float(r["graph_flow/raw"]) > 0 for r in rows)
+    card = json.loads(result.card.read_text())
+    assert [link["name"] for link in card["chain"]] == [link.name for link in result.links]
+    assert [link["name"].split("_")[1] for link in card["chain"]] == ["assistant", "student"]
+    assert [link["parameters"] for link in card["chain"]] == result.chain[:1] + [result.parameters]
+    assert all(link["steps"] == FAST["steps"] and set(link["validation"]) >= {"dice_gt/WT"} for link in card["chain"])
+    assert card["validation"] == card["chain"][-1]["validation"]
+    for link in card["chain"]:
+        assert (tmp_path / "run" / "links" / link["name"] / "weights.pt").is_file()
 
 
-def test_graph_flow_chain_shares_the_plain_chains_first_link(phantom_cache, tmp_path):
+def test_graph_flow_chain_shares_the_plain_chains_first_link(stub_cache, tmp_path):
     """Link 0 of a chain is the same with or without graph flow: training it once gives identical weights."""
     from distill.train.chain import share_first_link
 
     chain = dict(params=6000, assistants="1", paraphraser_steps=5, **FAST)
-    plain = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "plain", **chain))
+    plain = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "plain", **chain))
     assert share_first_link(tmp_path / "plain", tmp_path / "shared")
     assert not share_first_link(tmp_path / "plain", tmp_path / "shared")  # target already has links
     assert not share_first_link(tmp_path / "nothing", tmp_path / "other")
-    shared = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "shared", graph_flow_weight=1.0, **chain))
-    fresh = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "fresh", graph_flow_weight=1.0, **chain))
+    shared = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "shared", graph_flow_weight=1.0, **chain))
+    fresh = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "fresh", graph_flow_weight=1.0, **chain))
     link0 = {run: next((tmp_path / run / "links").glob("link0_*/weights.pt")) for run in ("plain", "shared", "fresh")}
     weights = {run: torch.load(path, weights_only=True) for run, path in link0.items()}
     assert all(torch.equal(weights["fresh"][k], weights["plain"][k]) for k in weights["plain"])
@@ -80,29 +105,67 @@ def test_graph_flow_chain_shares_the_plain_chains_first_link(phantom_cache, tmp_
     assert plain.chain == shared.chain
 
 
-def test_dense_guidance_runs(phantom_cache, tmp_path):
-    result = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=6000, assistants="1",
+def test_dense_guidance_runs(stub_cache, tmp_path):
+    result = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, assistants="1",
                                        dense_guidance=True, **FAST))  # fmt: skip
     assert len(result.links) == 2
 
 
-def test_same_seed_same_weights(phantom_cache, tmp_path):
-    first = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "a", params=6000, **FAST))
-    second = train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "b", params=6000, **FAST))
+def test_same_seed_same_weights(stub_cache, tmp_path):
+    first = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "a", params=6000, **FAST))
+    second = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "b", params=6000, **FAST))
     a, b = torch.load(first.weights, weights_only=True), torch.load(second.weights, weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_weights(a, b)
 
 
-def test_resume_with_changed_options_is_refused(phantom_cache, tmp_path):
-    train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=6000, **FAST))
+def test_resume_with_changed_options_is_refused(stub_cache, tmp_path):
+    train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, **FAST))
     with pytest.raises(TrainConfigError, match="changed: kd_weight"):
-        train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=6000, kd_weight=0.2, **FAST))
+        train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, kd_weight=0.2, **FAST))
 
 
-def test_killed_run_resumes_at_the_step_it_reached(phantom_cache, tmp_path):
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(stub_cache, tmp_path, monkeypatch):
+    """Killed after the checkpoint of step 2 of 4, then resumed: the same weights and losses, bit for bit."""
+    from distill.train.sampler import PatchSampler
+
+    config = dict(cache=stub_cache, params=6000, assistants="1", **FAST)
+    whole = train_student(TrainConfig(out=tmp_path / "whole", **config))
+    real_sample, calls = PatchSampler.sample, []
+
+    def crash_at_step_3(self, batch_size):
+        calls.append(batch_size)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill during step 3")
+        return real_sample(self, batch_size)
+
+    monkeypatch.setattr(PatchSampler, "sample", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(TrainConfig(out=tmp_path / "resumed", **config))
+    link0 = next((tmp_path / "resumed" / "links").glob("link0_*"))
+    assert torch.load(link0 / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert not (link0 / "weights.pt").exists() and not (tmp_path / "resumed" / "student.pt").exists()
+    monkeypatch.undo()
+    resumed = train_student(TrainConfig(out=tmp_path / "resumed", **config))
+    assert _same_weights(torch.load(whole.weights, weights_only=True), torch.load(resumed.weights, weights_only=True))
+    for link in ("link0_*", "link1_*"):
+        losses = [[(r["step"], r["total"]) for r in _log(run, link)] for run in (tmp_path / "whole", tmp_path / "resumed")]
+        assert losses[0] == losses[1] and len(losses[0]) == FAST["steps"]
+    assert resumed.chain == whole.chain and resumed.metrics == whole.metrics
+
+
+def test_the_loss_falls(stub_cache, tmp_path):
+    """A student learns the stub teacher's cases: the loss of the last steps is well below that of the first."""
+    result = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, steps=40, batch_size=2,
+                                       patch_size=(32, 32, 32), checkpoint_every=40, progress=False))  # fmt: skip
+    totals = [float(r["total"]) for r in _log(tmp_path / "run")]
+    assert len(totals) == 40 and np.mean(totals[-8:]) < 0.8 * np.mean(totals[:8]), totals
+    assert result.metrics["dice_teacher/WT"] > 0
+
+
+def test_killed_run_resumes_at_the_step_it_reached(stub_cache, tmp_path):
     out = tmp_path / "run"
     steps = 400  # far more than can run between the first checkpoint and the kill, on any machine
-    command = [sys.executable, "-m", "distill", "train-student", "--cache", str(phantom_cache), "--out", str(out),
+    command = [sys.executable, "-m", "distill", "train-student", "--cache", str(stub_cache), "--out", str(out),
                "--params", "6000", "--steps", str(steps), "--batch-size", "1", "--patch-size", "32", "--checkpoint-every", "5"]  # fmt: skip
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -115,13 +178,13 @@ def test_killed_run_resumes_at_the_step_it_reached(phantom_cache, tmp_path):
     assert 5 <= reached < steps and not (out / "student.pt").exists()
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    logged = [int(r["step"]) for r in __import__("csv").DictReader(open(next(out.glob("links/*/log.csv"))))]
+    logged = [int(r["step"]) for r in _log(out)]
     assert logged[-1] == steps and (out / "student.pt").is_file()
 
 
-def test_torchrun_two_cpu_processes(phantom_cache, tmp_path):
+def test_torchrun_two_cpu_processes(stub_cache, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill",
-               "train-student", "--cache", str(phantom_cache), "--out", str(tmp_path / "run"), "--params", "6000",
+               "train-student", "--cache", str(stub_cache), "--out", str(tmp_path / "run"), "--params", "6000",
                "--steps", "3", "--batch-size", "1", "--patch-size", "32"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -474,7 +474,10 @@ def test_assistants_need_a_smaller_student():
 # Timing (printed for information, never asserted: shared CPUs make timings noisy)
 
 
-def test_print_whole_tile_cpu_latency_of_30k_and_100k_students(capsys):
+def test_30k_and_100k_students_run_a_whole_128_tile(capsys):
+    """Each main family at both budgets runs a 1x4x128^3 tile to finite 3-channel logits; the
+    time is printed for information only (shared CPUs make it noisy; benchmarks/latency has the
+    measured figures)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     lines = []
@@ -486,12 +489,13 @@ def test_print_whole_tile_cpu_latency_of_30k_and_100k_students(capsys):
                 with torch.inference_mode():
                     model(x)  # warm-up: oneDNN picks its kernels on the first call
                     start = time.perf_counter()
-                    model(x)
+                    logits = model(x)
                     seconds = time.perf_counter() - start
+                assert logits.shape == (1, 3, 128, 128, 128) and torch.isfinite(logits).all()
+                assert 0.8 * target <= count_parameters(model) <= 1.2 * target
                 lines.append(f"{family:15s} {count_parameters(model):7,d} params  {count_macs(model) / 1e9:.2f} GMACs  "
                              f"{seconds:.2f} s per 1x4x128^3 (2 threads)")
     finally:
         torch.set_num_threads(threads)
     with capsys.disabled():
         print("\n" + "\n".join(lines))
-    assert len(lines) == 4
