@@ -39,7 +39,7 @@ from distill.students.card import (
 )
 from distill.train.config import TrainConfig, TrainConfigError, check_resumable, parse_assistants, save_config
 from distill.train.distributed import init_distributed, shutdown
-from distill.train.link import LinkResult, LiveTeacher, train_link
+from distill.train.link import LinkConfig, LinkResult, LiveTeacher, train_link
 from distill.train.sampler import PatchSampler
 
 
@@ -198,8 +198,9 @@ def _train(config: TrainConfig, dist) -> TrainResult:
         name = f"link{index}_{'student' if is_final else 'assistant'}_{describe_student(model).parameters}"
         sampler = PatchSampler(cache, train_ids, config.patch_size, config.foreground_fraction,
                                seed=config.seed + 1000 * index + 7919 * dist.rank)  # fmt: skip
-        result = train_link(name, out / "links" / name, model, live, sampler, val_ids, config, output_kind,
-                            has_ground_truth, dist)  # fmt: skip
+        link = LinkConfig(name=name, link_dir=out / "links" / name, train=config, output_kind=output_kind,
+                          has_ground_truth=has_ground_truth, val_case_ids=tuple(val_ids))  # fmt: skip
+        result = train_link(link, student=model, sampler=sampler, dist=dist, live_teachers=live)
         links.append(result)
         model.eval().requires_grad_(False)
         live.append(LiveTeacher(name=name, model=model))

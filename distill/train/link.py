@@ -23,6 +23,7 @@ import functools
 import json
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,6 @@ from distill.losses import (
     pretrain_paraphraser,
     ramp_in,
     region_dice_bce_loss,
-    uncertainty_weight,
 )
 from distill.train.config import TrainConfig, TrainConfigError
 from distill.train.distributed import DistInfo, all_reduce_grads, barrier
@@ -52,6 +52,27 @@ CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
 DONE = "done.json"
 LOG = "log.csv"
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """What one link trains, besides the models and data it is handed.
+
+    Attributes:
+        name: the link's name, used for its progress bar and TensorBoard tags.
+        link_dir: folder of its checkpoint, log, weights and ``done.json``.
+        train: the run's options (steps, losses, optimiser, seed, ...).
+        output_kind: ``"sigmoid"`` or ``"softmax"``, what the cached teacher outputs.
+        has_ground_truth: every training case has cached ground-truth regions.
+        val_case_ids: held-out cases scored after training (and every ``val_every`` steps).
+    """
+
+    name: str
+    link_dir: Path
+    train: TrainConfig
+    output_kind: str
+    has_ground_truth: bool
+    val_case_ids: tuple[str, ...] = ()
 
 
 @dataclass
@@ -150,7 +171,7 @@ def _lr_at(config: TrainConfig, step: int) -> float:
     return config.lr * (1.0 - step / config.steps) ** 0.9
 
 
-def _teacher_inputs(batch: Batch, live: list[LiveTeacher], config: TrainConfig, rng: np.random.Generator,
+def _teacher_inputs(batch: Batch, live: Sequence[LiveTeacher], config: TrainConfig, rng: np.random.Generator,
                     need_features: bool, output_kind: str):
     """Teacher probabilities (and live-teacher features) for one batch; DGKD drops one at random."""
     sources: list[tuple[str, object]] = []
@@ -189,129 +210,227 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+@dataclass
+class _Training:
+    """What the loop changes; ``model`` is ``student`` as wrapped for DDP (the same module alone)."""
+
+    student: torch.nn.Module
+    model: torch.nn.Module
+    loss_fn: CompositeLoss
+    loss_params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    rng: np.random.Generator
+    step: int = 0
+
+
 def train_link(
-    name: str,
-    link_dir: Path,
+    link: LinkConfig,
+    *,
     student: torch.nn.Module,
-    live_teachers: list[LiveTeacher],
     sampler: PatchSampler,
-    val_case_ids: list[str],
-    config: TrainConfig,
-    output_kind: str,
-    has_ground_truth: bool,
     dist: DistInfo,
+    live_teachers: Sequence[LiveTeacher] = (),
 ) -> LinkResult:
     """Train ``student`` for one link (or load it if the link is done); returns its validation metrics."""
-    device = dist.device
-    link_dir.mkdir(parents=True, exist_ok=True)
-    weights_path = link_dir / WEIGHTS
-    if (link_dir / DONE).is_file() and weights_path.is_file():
-        student.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
-        done = json.loads((link_dir / DONE).read_text())
-        return LinkResult(name, weights_path, done["metrics"], done["seconds"], done["steps_per_second"], done["peak_memory_mb"])
+    link.link_dir.mkdir(parents=True, exist_ok=True)
+    finished = _finished_link(link, student, dist.device)
+    if finished is not None:
+        return finished
+    training = _build_training(link, student, live_teachers, sampler, dist)
+    _resume(link, training, sampler, dist)
+    progress = _Progress(link, training, dist.is_main)
+    start_time, start_step = time.perf_counter(), training.step
+    try:
+        while training.step < link.train.steps:
+            lr, logs = _train_step(link, training, sampler, live_teachers, dist)
+            progress.record(training.step, lr, logs, time.perf_counter() - start_time)
+            _maybe_checkpoint(link, training, sampler, progress, dist)
+            _maybe_validate(link, training, sampler, progress, dist)
+    finally:
+        progress.close()
+    return _finish(link, training, sampler, dist, time.perf_counter() - start_time, start_step)
 
+
+def _finished_link(link: LinkConfig, student: torch.nn.Module, device: torch.device) -> LinkResult | None:
+    """A finished link is loaded, never retrained, so a rerun chain skips straight past it."""
+    weights_path = link.link_dir / WEIGHTS
+    if not ((link.link_dir / DONE).is_file() and weights_path.is_file()):
+        return None
+    student.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
+    done = json.loads((link.link_dir / DONE).read_text())
+    return LinkResult(link.name, weights_path, done["metrics"], done["seconds"], done["steps_per_second"],
+                      done["peak_memory_mb"])  # fmt: skip
+
+
+def _build_training(
+    link: LinkConfig, student: torch.nn.Module, live: Sequence[LiveTeacher], sampler: PatchSampler, dist: DistInfo
+) -> _Training:
+    """Student, loss and optimiser, built in a fixed order: graph flow draws batches and initial
+    weights from the same RNG streams as the loop, so reordering would change every result."""
+    config, device = link.train, dist.device
     student.to(device).train()
-    graph_flow = None
-    if config.graph_flow_weight > 0 and live_teachers:
-        graph_flow = _graph_flow_for(config, student, live_teachers[-1], sampler, device)
-    loss_fn = build_loss(config, output_kind, has_ground_truth, graph_flow).to(device)
+    loss_fn = _build_link_loss(link, student, live, sampler, device)
+    # the graph-flow translators learn with the student, so they share its optimiser
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     model = dist.wrap(student)
     optimizer = torch.optim.AdamW([*student.parameters(), *loss_params], lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed + 7919 * dist.rank + 1)
+    return _Training(student, model, loss_fn, loss_params, optimizer, rng)
 
-    step = 0
-    checkpoint_path = link_dir / CHECKPOINT
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        loss_fn.load_state_dict(state["loss"])
-        step = int(state["step"])
-        if dist.world_size == 1:
-            sampler.load_state(state["sampler"])
-            rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(state["torch_rng"])
-        else:  # per-rank streams are re-seeded from the step reached
-            sampler.rng = np.random.default_rng(config.seed + 7919 * dist.rank + step)
 
-    log_file = link_dir / LOG
-    header = ["step", "lr", "seconds", "total"] + [f"{t.name}/{k}" for t in loss_fn.terms for k in ("weight", "raw", "weighted")]
-    if graph_flow is not None:
-        header += ["graph_flow/vertex", "graph_flow/edge"]
-    writer = None
+def _build_link_loss(
+    link: LinkConfig, student: torch.nn.Module, live: Sequence[LiveTeacher], sampler: PatchSampler, device
+) -> CompositeLoss:
+    config = link.train
+    graph_flow = None
+    if config.graph_flow_weight > 0 and live:  # feature losses need a teacher run live, never the cache
+        graph_flow = _graph_flow_for(config, student, live[-1], sampler, device)
+    return build_loss(config, link.output_kind, link.has_ground_truth, graph_flow).to(device)
+
+
+def _resume(link: LinkConfig, training: _Training, sampler: PatchSampler, dist: DistInfo) -> None:
+    """Continue from the link's checkpoint, if any, as if the run had never stopped."""
+    checkpoint_path = link.link_dir / CHECKPOINT
+    if not checkpoint_path.is_file():
+        return
+    state = torch.load(checkpoint_path, map_location=dist.device, weights_only=False)
+    training.student.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.loss_fn.load_state_dict(state["loss"])
+    training.step = int(state["step"])
+    if dist.world_size == 1:
+        sampler.load_state(state["sampler"])
+        training.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+    else:  # only rank 0's streams are checkpointed; the others are re-seeded from the step reached
+        sampler.rng = np.random.default_rng(link.train.seed + 7919 * dist.rank + training.step)
+
+
+def _train_step(
+    link: LinkConfig, training: _Training, sampler: PatchSampler, live: Sequence[LiveTeacher], dist: DistInfo
+) -> tuple[float, dict[str, float]]:
+    """One optimiser step; returns its learning rate and the loss logs."""
+    config, device = link.train, dist.device
+    lr = _lr_at(config, training.step)
+    for group in training.optimizer.param_groups:
+        group["lr"] = lr
+    batch = sampler.sample(config.batch_size).to(device)
+    graph_term = next((t for t in training.loss_fn.terms if t.name == "graph_flow"), None)
+    # teacher features cost a forward pass: only fetch them while graph flow is switched on
+    need_features = graph_term is not None and graph_term.weight_at(training.step) > 0
+    teachers, uncertainties, teacher_features = _teacher_inputs(batch, live, config, training.rng, need_features,
+                                                                link.output_kind)  # fmt: skip
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+        logits, features = training.model(batch.images, return_features=True)
+    tensors = {"student_logits": logits.float(), "teachers": teachers, "uncertainties": uncertainties}
+    if batch.regions is not None:
+        tensors["regions"] = batch.regions
+    if teacher_features is not None:
+        shallow, deep = config.graph_flow_stages
+        tensors.update(student_shallow=features[shallow].float(), student_deep=features[deep].float(),
+                       teacher_shallow=teacher_features[shallow], teacher_deep=teacher_features[deep])  # fmt: skip
+    total, logs = training.loss_fn(training.step, **tensors)
+    training.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    # DDP averages the student's gradients itself; the loss module's parameters are not in it
+    all_reduce_grads(training.loss_params, dist)
+    training.optimizer.step()
+    training.step += 1
+    return lr, logs
+
+
+def _maybe_checkpoint(
+    link: LinkConfig, training: _Training, sampler: PatchSampler, progress: _Progress, dist: DistInfo
+) -> None:
+    config = link.train
+    if not (training.step % config.checkpoint_every == 0 or training.step == config.steps):
+        return
     if dist.is_main:
-        fresh = not log_file.is_file() or step == 0
-        log_handle = open(log_file, "w" if fresh else "a", newline="")  # noqa: SIM115
-        writer = csv.DictWriter(log_handle, fieldnames=header, extrasaction="ignore", restval="")
-        if fresh:
-            writer.writeheader()
-    tensorboard = _tensorboard_writer(link_dir) if dist.is_main else None
+        _save_checkpoint(link.link_dir / CHECKPOINT, {
+            "model": training.student.state_dict(), "optimizer": training.optimizer.state_dict(),
+            "loss": training.loss_fn.state_dict(), "step": training.step, "sampler": sampler.state(),
+            "rng": training.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "training_hash": config.training_hash(),
+        })  # fmt: skip
+        # the log must never be behind the checkpoint, or a resumed run would leave a gap in it
+        progress.flush()
+    barrier(dist)
 
-    amp = config.amp and device.type == "cuda"
-    start_time, start_step = time.perf_counter(), step
-    bar = tqdm(total=config.steps, initial=step, desc=name, unit="step", disable=not (config.progress and dist.is_main))
-    graph_term = next((t for t in loss_fn.terms if t.name == "graph_flow"), None)
-    try:
-        while step < config.steps:
-            lr = _lr_at(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = sampler.sample(config.batch_size).to(device)
-            teachers, uncertainties, teacher_features = _teacher_inputs(
-                batch, live_teachers, config, rng, graph_term is not None and graph_term.weight_at(step) > 0, output_kind
-            )
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits, features = model(batch.images, return_features=True)
-            tensors = {"student_logits": logits.float(), "teachers": teachers, "uncertainties": uncertainties}
-            if batch.regions is not None:
-                tensors["regions"] = batch.regions
-            if teacher_features is not None:
-                shallow, deep = config.graph_flow_stages
-                tensors.update(student_shallow=features[shallow].float(), student_deep=features[deep].float(),
-                               teacher_shallow=teacher_features[shallow], teacher_deep=teacher_features[deep])  # fmt: skip
-            total, logs = loss_fn(step, **tensors)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            all_reduce_grads(loss_params, dist)
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k.endswith("/weighted") or k == "total"})
-            if writer is not None:
-                writer.writerow({"step": step, "lr": lr, "seconds": round(time.perf_counter() - start_time, 3), **logs})
-            if tensorboard is not None:
-                for key, value in logs.items():
-                    tensorboard.add_scalar(f"{name}/{key}", value, step)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                if dist.is_main:
-                    _save_checkpoint(checkpoint_path, {
-                        "model": student.state_dict(), "optimizer": optimizer.state_dict(), "loss": loss_fn.state_dict(),
-                        "step": step, "sampler": sampler.state(), "rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state(), "training_hash": config.training_hash(),
-                    })  # fmt: skip
-                    log_handle.flush()
-                barrier(dist)
-            if config.val_every and step % config.val_every == 0 and dist.is_main and val_case_ids:
-                bar.write(f"{name} step {step}: " + json.dumps(validate(student, sampler.cache, val_case_ids, device)))
-    finally:
-        bar.close()
-        if writer is not None:
-            log_handle.close()
-        if tensorboard is not None:
-            tensorboard.close()
 
-    seconds = time.perf_counter() - start_time
-    steps_per_second = (step - start_step) / seconds if seconds > 0 and step > start_step else 0.0
-    metrics = validate(student, sampler.cache, val_case_ids, device) if (dist.is_main and val_case_ids) else {}
-    result = LinkResult(name, weights_path, metrics, seconds, steps_per_second, _peak_memory_mb(device))
+def _maybe_validate(
+    link: LinkConfig, training: _Training, sampler: PatchSampler, progress: _Progress, dist: DistInfo
+) -> None:
+    every = link.train.val_every
+    if every and training.step % every == 0 and dist.is_main and link.val_case_ids:
+        metrics = validate(training.student, sampler.cache, list(link.val_case_ids), dist.device)
+        progress.note(f"{link.name} step {training.step}: " + json.dumps(metrics))
+
+
+def _finish(
+    link: LinkConfig, training: _Training, sampler: PatchSampler, dist: DistInfo, seconds: float, start_step: int
+) -> LinkResult:
+    """Validate, then write ``weights.pt`` and ``done.json``; ``done.json`` last, since it marks the link finished."""
+    device = dist.device
+    steps_per_second = (training.step - start_step) / seconds if seconds > 0 and training.step > start_step else 0.0
+    run_validation = dist.is_main and link.val_case_ids
+    metrics = validate(training.student, sampler.cache, list(link.val_case_ids), device) if run_validation else {}
+    weights_path = link.link_dir / WEIGHTS
+    result = LinkResult(link.name, weights_path, metrics, seconds, steps_per_second, _peak_memory_mb(device))
     if dist.is_main:
         with atomic_path(weights_path) as tmp:
-            torch.save(student.state_dict(), tmp)
-        atomic_write_json(link_dir / DONE, {"metrics": metrics, "seconds": seconds, "steps_per_second": steps_per_second,
-                                            "peak_memory_mb": result.peak_memory_mb})  # fmt: skip
+            torch.save(training.student.state_dict(), tmp)
+        atomic_write_json(link.link_dir / DONE, {"metrics": metrics, "seconds": seconds,
+                                                 "steps_per_second": steps_per_second,
+                                                 "peak_memory_mb": result.peak_memory_mb})  # fmt: skip
     barrier(dist)
     return result
+
+
+class _Progress:
+    """Progress bar, ``log.csv`` and TensorBoard of one link; only the main rank writes files."""
+
+    def __init__(self, link: LinkConfig, training: _Training, is_main: bool) -> None:
+        config, loss_fn = link.train, training.loss_fn
+        self.name = link.name
+        header = ["step", "lr", "seconds", "total"] + [f"{t.name}/{k}" for t in loss_fn.terms
+                                                       for k in ("weight", "raw", "weighted")]  # fmt: skip
+        if any(t.name == "graph_flow" for t in loss_fn.terms):
+            header += ["graph_flow/vertex", "graph_flow/edge"]
+        self.handle = self.writer = self.tensorboard = None
+        if is_main:
+            log_file = link.link_dir / LOG
+            # a resumed link appends, so its log reads as one uninterrupted run
+            fresh = not log_file.is_file() or training.step == 0
+            self.handle = open(log_file, "w" if fresh else "a", newline="")  # noqa: SIM115
+            self.writer = csv.DictWriter(self.handle, fieldnames=header, extrasaction="ignore", restval="")
+            if fresh:
+                self.writer.writeheader()
+            self.tensorboard = _tensorboard_writer(link.link_dir)
+        self.bar = tqdm(total=config.steps, initial=training.step, desc=link.name, unit="step",
+                        disable=not (config.progress and is_main))  # fmt: skip
+
+    def record(self, step: int, lr: float, logs: dict[str, float], elapsed: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k.endswith("/weighted") or k == "total"})
+        if self.writer is not None:
+            self.writer.writerow({"step": step, "lr": lr, "seconds": round(elapsed, 3), **logs})
+        if self.tensorboard is not None:
+            for key, value in logs.items():
+                self.tensorboard.add_scalar(f"{self.name}/{key}", value, step)
+
+    def note(self, text: str) -> None:
+        self.bar.write(text)
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.handle is not None:
+            self.handle.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _tensorboard_writer(link_dir: Path):
