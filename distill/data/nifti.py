@@ -122,14 +122,30 @@ def read_nifti(
     return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)
 
 
+def _storable(data: np.ndarray) -> np.ndarray:
+    """``data`` in a NIfTI-1 type that holds it exactly: booleans and 32/64-bit integers (e.g. a
+    label map computed with numpy's default int) become the smallest of uint8 / int16 that fits."""
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype.kind in "iu" and data.dtype.itemsize > 2:
+        low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        for narrow in (np.uint8, np.int16):
+            info = np.iinfo(narrow)
+            if info.min <= low and high <= info.max:
+                return data.astype(narrow)
+    return data
+
+
 def nifti_bytes(data: np.ndarray, affine: np.ndarray, gzip_output: bool) -> bytes:
     """Serialise ``data`` with a fresh header holding only geometry and data type."""
-    data = np.asarray(data)
-    if data.dtype == np.bool_:
-        data = data.astype(np.uint8)
+    data = _storable(np.asarray(data))
     affine = np.asarray(affine, dtype=np.float64)
     header = nib.Nifti1Header()
+    # A fresh header says float32; without this a uint8 label map would be stored as scaled floats.
+    header.set_data_dtype(data.dtype)
     img = nib.Nifti1Image(data, affine, header=header)
+    if np.issubdtype(data.dtype, np.integer):
+        img.header.set_slope_inter(np.nan, np.nan)  # unset: the stored integers are the values
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")

@@ -99,3 +99,31 @@ def test_failed_write_leaves_nothing(tmp_path, oblique_affine):
     with pytest.raises(ValueError):
         write_nifti(tmp_path / "bad.nii.gz", np.ones((2, 2)), oblique_affine)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.int32, np.bool_])
+def test_label_maps_are_stored_as_unscaled_integers(tmp_path, oblique_affine, dtype):
+    labels = np.zeros((6, 5, 4), dtype=dtype)
+    labels[1:3, 1:3, 1:3] = 1
+    if dtype is not np.bool_:
+        labels[2, 2, 2] = 4
+    path = write_nifti(tmp_path / "seg.nii.gz", labels, oblique_affine)
+    image = nib.load(path)
+    assert image.get_data_dtype() == np.uint8
+    slope, inter = image.header.get_slope_inter()
+    assert slope is None and inter is None
+    np.testing.assert_array_equal(np.asarray(image.dataobj), labels.astype(np.uint8))
+
+
+def test_wide_integers_that_do_not_fit_uint8_keep_their_values(tmp_path, oblique_affine):
+    data = np.array([-5, 0, 3000], dtype=np.int64).reshape(3, 1, 1)
+    image = nib.load(write_nifti(tmp_path / "img.nii", data, oblique_affine))
+    assert image.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(np.asarray(image.dataobj), data)
+
+
+def test_float_maps_stay_float32(tmp_path, oblique_affine):
+    data = np.linspace(0, 1, 24, dtype=np.float32).reshape(2, 3, 4)
+    image = nib.load(write_nifti(tmp_path / "p.nii.gz", data, oblique_affine))
+    assert image.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(np.asarray(image.dataobj), data)
