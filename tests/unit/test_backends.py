@@ -382,3 +382,23 @@ def test_one_line_keeps_distill_messages_and_names_other_errors():
     assert one_line(BackendUnavailable("no engine\nsecond line")) == "no engine"
     assert one_line(ValueError("")) == "ValueError"
     assert one_line(OSError("disk full")) == "OSError: disk full"
+
+
+# ---------------------------------------------------------------------------------------------
+# distill export-engine
+
+
+def test_export_engine_without_tensorrt_is_a_one_line_error(package_dir, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from distill.cli_infer import register
+    from distill.export.tensorrt_build import TensorRTUnavailable
+
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)  # import fails as where it is not installed
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["export-engine", str(package_dir), "--precision", "fp16"])
+    assert isinstance(result.exception, TensorRTUnavailable)
+    assert "TensorRT 10" in str(result.exception) and "\n" not in str(result.exception)
+    assert not (package_dir / "engines").exists()
