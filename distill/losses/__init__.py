@@ -3,12 +3,15 @@
 * :mod:`~distill.losses.dice_bce`: supervised soft Dice + BCE (regions) / Dice + CE (labels).
 * :mod:`~distill.losses.kd_sigmoid`: KD for sigmoid regions from cached teacher probabilities.
 * :mod:`~distill.losses.kd_softmax`: KD for softmax labels.
+* :mod:`~distill.losses.kd_teachers`: the mean KD over several teachers (TAKD, Mirzadeh et al.,
+  AAAI 2020; DGKD, Son et al., ICCV 2021).
 * :mod:`~distill.losses.graph_flow`: 3D graph-flow distillation (Zou et al., IEEE TMI 2022),
   with the :mod:`~distill.losses.paraphraser` autoencoder (Kim et al., NeurIPS 2018).
 * :mod:`~distill.losses.region_affinity`: region affinity and importance maps (Qin et al.,
   IEEE TMI 2021).
 * :mod:`~distill.losses.boundary`: boundary loss (Kervadec et al., Med Image Anal 2021).
 * :mod:`~distill.losses.composite`: weighted, scheduled sum of terms with per-term logs.
+* :mod:`~distill.losses.registry`: every loss by name (:data:`LOSSES`, :func:`build_loss`).
 
 Losses are functions or small modules over tensors; none knows how a model is wired.
 """
@@ -44,6 +47,7 @@ from distill.losses.graph_flow import (
 )
 from distill.losses.kd_sigmoid import kd_sigmoid, tempered_teacher_logits, uncertainty_weight
 from distill.losses.kd_softmax import kd_softmax
+from distill.losses.kd_teachers import kd_sigmoid_teachers, kd_softmax_teachers
 from distill.losses.paraphraser import (
     Paraphraser,
     mean_reconstruction_loss,
@@ -57,22 +61,28 @@ from distill.losses.region_affinity import (
     region_affinity_loss,
     region_prototypes,
 )
+from distill.losses.registry import LOSSES, UnknownLossError, build_loss
 
 __all__ = [
+    "LOSSES",
     "CompositeLoss",
     "GraphFlowLoss",
     "LossTerm",
     "MissingLossInputError",
     "Paraphraser",
+    "UnknownLossError",
     "VariationGraph",
     "boundary_loss",
     "boundary_loss_from_regions",
+    "build_loss",
     "constant",
     "edge_loss",
     "importance_map",
     "importance_map_loss",
     "kd_sigmoid",
+    "kd_sigmoid_teachers",
     "kd_softmax",
+    "kd_softmax_teachers",
     "label_dice_ce_loss",
     "mean_reconstruction_loss",
     "pool_to_nodes",

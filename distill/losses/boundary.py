@@ -119,6 +119,7 @@ def boundary_loss_from_regions(
     spacing: Sequence[float] | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`boundary_loss` with the distance maps of ``regions (B, K, *S)`` computed here (CPU)."""
+    """:func:`boundary_loss` of ``student_logits (B, K, *S)``, with the distance maps of the
+    ground-truth ``regions (B, K, *S)`` computed here (CPU, ``spacing`` per spatial axis)."""
     check_same_shape("student_logits", student_logits, "regions", regions)
     return boundary_loss(student_logits, signed_distance_maps(regions, spacing), mask=mask)

@@ -108,7 +108,16 @@ def region_dice_loss(
     smooth: float = DEFAULT_SMOOTH,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Soft Dice loss on ``sigmoid(logits)`` per region; see :func:`soft_dice_loss`."""
+    """Soft Dice loss on ``sigmoid(logits)`` per region; see :func:`soft_dice_loss`.
+
+    Args:
+        logits: ``(B, K, *S)`` region logits, one independent sigmoid per region.
+        regions: ``(B, K, *S)`` ground-truth regions, bool or float in [0, 1].
+        batch_dice, smooth, mask: as in :func:`soft_dice_loss`.
+
+    Returns:
+        A scalar in [0, 1].
+    """
     check_channels_first("logits", logits)
     return soft_dice_loss(torch.sigmoid(logits), regions, batch_dice=batch_dice, smooth=smooth, mask=mask)
 

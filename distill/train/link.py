@@ -19,30 +19,20 @@ checkpoint after a kill.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from distill.core.atomic import atomic_path, atomic_write_json
-from distill.losses import (
-    CompositeLoss,
-    GraphFlowLoss,
-    LossTerm,
-    boundary_loss_from_regions,
-    kd_sigmoid,
-    kd_softmax,
-    pretrain_paraphraser,
-    ramp_in,
-    region_dice_bce_loss,
-)
+from distill.losses import CompositeLoss, build_loss, pretrain_paraphraser, ramp_in
 from distill.train.config import TrainConfig, TrainConfigError
 from distill.train.distributed import DistInfo, all_reduce_grads, barrier
 from distill.train.sampler import Batch, PatchSampler
@@ -94,20 +84,17 @@ class LinkResult:
     loss_terms: dict[str, float] = field(default_factory=dict)
 
 
-def _kd_over_teachers(student_logits, teachers, uncertainties, *, temperature, output_kind, use_uncertainty):
-    """Mean KD over the teachers kept for this batch."""
-    losses = []
-    for probs, uncertainty in zip(teachers, uncertainties):
-        if output_kind == "sigmoid":
-            weight_args = {"teacher_uncertainty": uncertainty} if (use_uncertainty and uncertainty is not None) else {}
-            losses.append(kd_sigmoid(student_logits, probs, temperature=temperature, **weight_args))
-        else:
-            losses.append(kd_softmax(student_logits, probs, temperature=temperature))
-    return torch.stack(losses).mean()
+# One mean-over-teachers KD per output kind: regions are independent sigmoids, labels one softmax.
+KD_OVER_TEACHERS = {"sigmoid": "kd_sigmoid_teachers", "softmax": "kd_softmax_teachers"}
 
 
-def build_loss(config: TrainConfig, output_kind: str, has_ground_truth: bool, graph_flow: GraphFlowLoss | None) -> CompositeLoss:
-    """The composite loss of a link (terms with weight 0 are left out)."""
+def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: bool,
+                    graph_flow: dict[str, Any] | None = None) -> CompositeLoss:
+    """The composite loss of a link (terms with weight 0 are left out).
+
+    ``graph_flow``: the :class:`~distill.losses.GraphFlowLoss` options (from a live teacher), or
+    ``None`` for no graph-flow term. Terms come from :func:`distill.losses.build_loss`.
+    """
     terms = []
     supervised_weight = 1.0 - config.kd_weight
     if supervised_weight > 0:
@@ -115,30 +102,32 @@ def build_loss(config: TrainConfig, output_kind: str, has_ground_truth: bool, gr
             raise TrainConfigError("the cache holds no ground truth: train with --kd-weight 1 (KD only)")
         if output_kind != "sigmoid":
             raise TrainConfigError("ground truth is cached as WT/TC/ET regions; a softmax student trains with --kd-weight 1")
-        terms.append(LossTerm("supervised", region_dice_bce_loss, supervised_weight,
-                              inputs={"logits": "student_logits", "regions": "regions"}))  # fmt: skip
+        terms.append(build_loss("region_dice_bce", term_name="supervised", weight=supervised_weight,
+                                inputs={"logits": "student_logits", "regions": "regions"}))  # fmt: skip
     if config.kd_weight > 0:
-        kd = functools.partial(_kd_over_teachers, temperature=config.temperature, output_kind=output_kind,
-                               use_uncertainty=config.uncertainty_weighting)  # fmt: skip
-        terms.append(LossTerm("kd", kd, config.kd_weight, inputs=["student_logits", "teachers", "uncertainties"]))
+        terms.append(build_loss(KD_OVER_TEACHERS[output_kind], term_name="kd", weight=config.kd_weight,
+                                inputs=["student_logits", "teachers", "uncertainties"],
+                                temperature=config.temperature, use_uncertainty=config.uncertainty_weighting))  # fmt: skip
     if graph_flow is not None:
-        terms.append(LossTerm("graph_flow", graph_flow, config.graph_flow_weight,
-                              schedule=ramp_in(config.graph_flow_start, config.graph_flow_ramp),
-                              inputs={"student_shallow": "student_shallow", "student_deep": "student_deep",
-                                      "teacher_shallow": "teacher_shallow", "teacher_deep": "teacher_deep"}))  # fmt: skip
+        terms.append(build_loss("graph_flow", weight=config.graph_flow_weight,
+                                schedule=ramp_in(config.graph_flow_start, config.graph_flow_ramp),
+                                inputs={"student_shallow": "student_shallow", "student_deep": "student_deep",
+                                        "teacher_shallow": "teacher_shallow", "teacher_deep": "teacher_deep"},
+                                **graph_flow))  # fmt: skip
     if config.boundary_weight > 0 and has_ground_truth:
         # Boundary loss is ramped in over the second half of the link (Kervadec et al. 2021).
-        terms.append(LossTerm("boundary", boundary_loss_from_regions, config.boundary_weight,
-                              schedule=ramp_in(config.steps // 2, config.steps // 4),
-                              inputs={"student_logits": "student_logits", "regions": "regions"}))  # fmt: skip
+        terms.append(build_loss("boundary", weight=config.boundary_weight,
+                                schedule=ramp_in(config.steps // 2, config.steps // 4),
+                                inputs={"student_logits": "student_logits", "regions": "regions"}))  # fmt: skip
     if not terms:
         raise TrainConfigError("every loss term is switched off")
     return CompositeLoss(terms)
 
 
-def _graph_flow_for(config: TrainConfig, student, teacher: LiveTeacher, sampler: PatchSampler, device) -> GraphFlowLoss:
-    """Graph-flow loss between the same named stages of student and live teacher, with paraphrasers
-    pre-trained as autoencoders on the teacher's features (Zou et al. 2022, after Factor Transfer)."""
+def _graph_flow_options(config: TrainConfig, student, teacher: LiveTeacher, sampler: PatchSampler,
+                        device) -> dict[str, Any]:
+    """:class:`GraphFlowLoss` options between the same named stages of student and live teacher, with
+    paraphrasers pre-trained as autoencoders on the teacher's features (Zou et al. 2022, after Factor Transfer)."""
     shallow, deep = config.graph_flow_stages
     s_channels, t_channels = student.feature_channels(), teacher.model.feature_channels()
     for name in (shallow, deep):
@@ -157,13 +146,13 @@ def _graph_flow_for(config: TrainConfig, student, teacher: LiveTeacher, sampler:
                 features[name].append(teacher_features[name].detach())
     paraphrasers = tuple(pretrain_paraphraser(features[name], steps=config.paraphraser_steps, factor_channels=embed).to(device)
                          for name in (shallow, deep))  # fmt: skip
-    return GraphFlowLoss(
-        student_channels=(s_channels[shallow], s_channels[deep]),
-        teacher_channels=(t_channels[shallow], t_channels[deep]),
-        embed_channels=embed,
-        nodes_per_axis=nodes,
-        teacher_paraphrasers=paraphrasers,
-    ).to(device)
+    return {
+        "student_channels": (s_channels[shallow], s_channels[deep]),
+        "teacher_channels": (t_channels[shallow], t_channels[deep]),
+        "embed_channels": embed,
+        "nodes_per_axis": nodes,
+        "teacher_paraphrasers": paraphrasers,
+    }
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
@@ -284,8 +273,8 @@ def _build_link_loss(
     config = link.train
     graph_flow = None
     if config.graph_flow_weight > 0 and live:  # feature losses need a teacher run live, never the cache
-        graph_flow = _graph_flow_for(config, student, live[-1], sampler, device)
-    return build_loss(config, link.output_kind, link.has_ground_truth, graph_flow).to(device)
+        graph_flow = _graph_flow_options(config, student, live[-1], sampler, device)
+    return build_link_loss(config, link.output_kind, link.has_ground_truth, graph_flow).to(device)
 
 
 def _resume(link: LinkConfig, training: _Training, sampler: PatchSampler, dist: DistInfo) -> None:

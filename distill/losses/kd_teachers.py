@@ -1,0 +1,63 @@
+"""Knowledge distillation from several teachers at once: the mean of the per-teacher KD terms.
+
+Teacher-assistant chains (TAKD: Mirzadeh et al., "Improved Knowledge Distillation via
+Teacher Assistant", AAAI 2020) distil a student from the model one step up the chain;
+densely guided distillation (DGKD: Son et al., "Densely Guided Knowledge Distillation
+using Multiple Teacher Assistants", ICCV 2021) uses every larger model of the chain at
+once and drops teachers at random per batch. Both need one term over a varying list of
+teachers::
+
+    loss = mean over teachers t of KD(student_logits, teacher_t)
+
+where KD is :func:`~distill.losses.kd_sigmoid.kd_sigmoid` for sigmoid regions or
+:func:`~distill.losses.kd_softmax.kd_softmax` for softmax labels (Hinton et al. 2015),
+each tempered and scaled by ``T²``. Every teacher counts the same; which teachers are in
+the list for a batch (cache, live assistants, the DGKD drop) is the trainer's choice.
+
+Shapes: ``student_logits`` ``(B, K, *S)``; ``teachers`` a non-empty sequence of teacher
+probabilities, each ``(B, K, *S)``; ``uncertainties`` one entry per teacher, a
+``(B, K, *S)`` standard deviation or ``None`` (a live teacher has none). Returns a scalar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from distill.losses.kd_sigmoid import kd_sigmoid
+from distill.losses.kd_softmax import kd_softmax
+
+
+def kd_sigmoid_teachers(
+    student_logits: torch.Tensor,
+    teachers: Sequence[torch.Tensor],
+    uncertainties: Sequence[torch.Tensor | None],
+    *,
+    temperature: float = 1.0,
+    use_uncertainty: bool = False,
+) -> torch.Tensor:
+    """Mean :func:`kd_sigmoid` over ``teachers``; with ``use_uncertainty`` each teacher that has
+    an uncertainty map is down-weighted by it (:func:`~distill.losses.kd_sigmoid.uncertainty_weight`)."""
+    losses = []
+    for probs, uncertainty in zip(teachers, uncertainties):
+        weight_args = {"teacher_uncertainty": uncertainty} if (use_uncertainty and uncertainty is not None) else {}
+        losses.append(kd_sigmoid(student_logits, probs, temperature=temperature, **weight_args))
+    return torch.stack(losses).mean()
+
+
+def kd_softmax_teachers(
+    student_logits: torch.Tensor,
+    teachers: Sequence[torch.Tensor],
+    uncertainties: Sequence[torch.Tensor | None] | None = None,
+    *,
+    temperature: float = 1.0,
+    use_uncertainty: bool = False,
+) -> torch.Tensor:
+    """Mean :func:`kd_softmax` over ``teachers``.
+
+    ``uncertainties`` and ``use_uncertainty`` are accepted so that both output kinds take
+    the same arguments, and ignored: the cache's uncertainty is a per-region standard
+    deviation, which has no meaning for softmax classes.
+    """
+    return torch.stack([kd_softmax(student_logits, probs, temperature=temperature) for probs in teachers]).mean()
