@@ -42,7 +42,6 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -147,33 +146,66 @@ def teacher_config(p: Pipeline, folds=(0, 1, 2, 3, 4)):
 
 
 def stage_teacher(p: Pipeline) -> dict:
+    """Every fold trained (or restored from the committed assets), then the ensemble described."""
     from distill.students import count_macs
     from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
+
+    folds = (0, 1, 2, 3, 4)
+    fold_records = {f"fold_{k}": train_teacher_fold(p, k) for k in folds}
+    model_dir = teacher_model_dir(p)
+    plans = json.loads((model_dir / "plans.json").read_text())
+    network = NnUNetTeacher(NnUNetTeacherConfig(model_dir=model_dir, folds=("fold_0",))).predictor.network
+    checkpoints = {f"fold_{f}": sha256(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in folds}
+    sizes = [(model_dir / f"fold_{f}" / "checkpoint_final.pth").stat().st_size for f in folds]
+    return {
+        "model_dir": str(model_dir), "parameters_per_member": sum(p.numel() for p in network.parameters()),
+        "macs_128": int(count_macs(network, (1, 4, 128, 128, 128))), "compact_plan": plans.get("distill_compact_plan"),
+        "iterations_per_fold": p.args.teacher_iterations, "folds": fold_records,
+        # Seconds of the run that trained each fold (restored folds keep the figure of the run that made them).
+        "build_seconds": {"plan_and_preprocess": max(r["build_seconds"].get("plan_and_preprocess", 0) for r in fold_records.values()),
+                          **{name: r["build_seconds"].get(name, 0.0) for name, r in fold_records.items()}},
+        "checkpoint_sha256": checkpoints, "checkpoints_total_mb": round(sum(sizes) / 2**20, 1),
+        "cross_validation": cross_validation_dice(model_dir, folds),
+    }  # fmt: skip
+
+
+def teacher_model_dir(p: Pipeline) -> Path:
+    from distill.teacher.nnunet_build import model_dir_for
+
+    return model_dir_for(teacher_config(p))
+
+
+def train_teacher_fold(p: Pipeline, fold: int) -> dict:
+    """Train one fold (continuing a saved checkpoint) unless its committed asset exists; the finished
+    fold is copied into ``teacher/`` beside this file with a record of its cost and held-out Dice."""
+    import teacher_assets
+
     from distill.teacher.nnunet_build import build_compact_nnunet
 
-    built = build_compact_nnunet(teacher_config(p), log_path=p.work / "teacher_build.log")
-    plans = json.loads((built.model_dir / "plans.json").read_text())
-    network = NnUNetTeacher(NnUNetTeacherConfig(model_dir=built.model_dir, folds=("fold_0",))).predictor.network
-    checkpoints = {f"fold_{f}": sha256(built.model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in built.folds}
-    sizes = [(built.model_dir / f"fold_{f}" / "checkpoint_final.pth").stat().st_size for f in built.folds]
-    return {
-        "model_dir": str(built.model_dir), "parameters_per_member": built.parameters_per_member,
-        "macs_128": int(count_macs(network, (1, 4, 128, 128, 128))), "compact_plan": plans.get("distill_compact_plan"),
-        "iterations_per_fold": p.args.teacher_iterations, "build_seconds": built.seconds,
-        "checkpoint_sha256": checkpoints, "checkpoints_total_mb": round(sum(sizes) / 2**20, 1),
-        "cross_validation": cross_validation_dice(built.model_dir, built.folds),
-    }  # fmt: skip
+    model_dir = teacher_model_dir(p)
+    restored = teacher_assets.restore(model_dir)
+    if restored:
+        print(f"[teacher] restored from the committed assets: {', '.join(restored)}", flush=True)
+    record_path = teacher_assets.ASSETS / f"fold_{fold}" / "record.json"
+    if record_path.is_file() and (model_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+        return json.loads(record_path.read_text())
+    print(f"[teacher] fold {fold}: training ({p.args.teacher_iterations} iterations)", flush=True)
+    start = time.perf_counter()
+    built = build_compact_nnunet(teacher_config(p, folds=(fold,)), log_path=p.work / f"teacher_build_fold{fold}.log")
+    record = {"fold": fold, "iterations": p.args.teacher_iterations, "seconds_this_run": round(time.perf_counter() - start, 1),
+              "build_seconds": built.seconds, "cross_validation": cross_validation_dice(built.model_dir, (fold,)).get(f"fold_{fold}"),
+              "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}  # fmt: skip
+    teacher_assets.save_fold(built.model_dir, fold)
+    tmp = record_path.with_name(".record.json.partial")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, record_path)
+    print(f"[teacher] fold {fold} done: {record['cross_validation']}", flush=True)
+    return record
 
 
 def pilot_teacher_fold(p: Pipeline, fold: int) -> None:
     """One teacher fold trained (or resumed) on its own; its nnU-Net held-out Dice is printed and kept."""
-    from distill.teacher.nnunet_build import build_compact_nnunet
-
-    built = build_compact_nnunet(teacher_config(p, folds=(fold,)), log_path=p.work / f"teacher_build_fold{fold}.log")
-    record = {"fold": fold, "iterations": p.args.teacher_iterations, "seconds": built.seconds,
-              "cross_validation": cross_validation_dice(built.model_dir, (fold,))}  # fmt: skip
-    p.finish(f"teacher_pilot_fold{fold}", record)
-    print(json.dumps(record, indent=2))
+    print(json.dumps(train_teacher_fold(p, fold), indent=2))
 
 
 def cross_validation_dice(model_dir: Path, folds) -> dict:
@@ -336,6 +368,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="BraTS 2018 folder holding the 14 cases")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="Working folder (resumed; not committed)")
     parser.add_argument("--teacher-iterations", type=int, default=120, help="nnUNetTrainer iterations per fold")
+    parser.add_argument("--save-teacher-progress", action="store_true",
+                        help="Copy the checkpoint_latest.pth of unfinished teacher folds into teacher/ (to commit "
+                             "before a session ends) and stop")
     parser.add_argument("--teacher-pilot-fold", type=int, default=None,
                         help="Train only this teacher fold, print its held-out Dice and stop (a pilot before the "
                              "other four; the full run later reuses the finished fold)")
@@ -375,6 +410,11 @@ def main() -> None:
         ("evaluate", [(f"evaluate_{n}", lambda n=n: stage_evaluate(p, n))
                       for n in ("teacher_mirror8", "teacher_none", *names)]),
     ]  # fmt: skip
+    if args.save_teacher_progress:
+        import teacher_assets
+
+        print("saved unfinished folds:", teacher_assets.save_progress(teacher_model_dir(p)) or "none")
+        return
     if args.teacher_pilot_fold is not None:
         for stage, function in steps[0][1] + steps[1][1]:
             p.run(stage, function)
