@@ -170,3 +170,34 @@ def test_segmenting_with_onnxruntime_imports_no_training_code(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "segmented" in done.stdout
+
+
+def readme_layout_entries() -> set[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```") + 3 :]
+    block = block[: block.index("```")]
+    entries, parent = set(), ""
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        name = line.split()[0]
+        if not line.startswith(" "):
+            parent = name if name.endswith("/") and len(line.split()) == 1 else ""
+            entries.add(name.rstrip("/"))
+        else:
+            entries.add((parent + name).rstrip("/"))
+    return entries
+
+
+def test_the_readme_layout_lists_every_source_folder_and_nothing_else():
+    folders = {
+        str(path.parent.relative_to(REPO_ROOT))
+        for root in ("distill", "serve")
+        for path in (REPO_ROOT / root).rglob("__init__.py")
+        if "routes" not in path.parts  # sub-packages of serve are part of the service
+    }
+    folders |= {"distill/cli.py", "tests/unit", "tests/integration", "tests/e2e", "benchmarks"}
+    listed = readme_layout_entries()
+    assert folders - listed == set(), f"folders missing from the README's layout: {sorted(folders - listed)}"
+    assert listed - folders - {"distill"} == set(), f"README lists folders that do not exist: {sorted(listed - folders)}"
