@@ -1,4 +1,4 @@
-"""The ``export``, ``export-engine``, ``predict`` and ``bench`` commands; :func:`register` adds them to the main app.
+"""The ``export``, ``export-engine``, ``predict``, ``bench`` and ``serve`` commands; :func:`register` adds them to the main app.
 
 Same style as :mod:`distill.cli`: each command turns its options into a config, calls one
 library function and prints the small result it returns. Input errors are
@@ -150,12 +150,51 @@ def export_engine_command(
     console.print(str(export_engines(config)), highlight=False, soft_wrap=True)
 
 
+def serve_command(
+    package: Annotated[Path, typer.Argument(help="Model package folder (from distill export).")],
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: a free one, printed at start-up).")] = 8000,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "onnxruntime",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads of the backend.")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token (or set DISTILL_SERVE_TOKEN).")] = None,
+    max_concurrency: Annotated[Optional[int], typer.Option(min=1, help="Requests processed at once (default 1).")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(min=0, help="Requests waiting beyond those; more get 503 (default 2).")] = None,
+    max_body_mb: Annotated[Optional[float], typer.Option(help="Request body limit in MiB (default 64).")] = None,
+    request_timeout: Annotated[Optional[float], typer.Option(help="Seconds per request (default 120).")] = None,
+    drain: Annotated[Optional[float], typer.Option(help="Seconds readiness is 503 after SIGTERM before the socket closes.")] = None,
+) -> None:
+    """Serve a model package over HTTP: POST /segment (NIfTI), /segment/raw (.npy); /healthz, /readyz, /metrics."""
+    from serve.server import run
+    from serve.settings import MiB
+
+    options = {"package": package, "host": host, "port": port, "backend": backend, "threads": threads,
+               "token_file": token_file, "max_concurrency": max_concurrency, "max_queue": max_queue,
+               "max_body_bytes": int(max_body_mb * MiB) if max_body_mb is not None else None,
+               "request_timeout_s": request_timeout, "drain_s": drain}  # fmt: skip
+    settings = _serve_settings({k: v for k, v in options.items() if v is not None})
+    raise typer.Exit(run(settings))
+
+
+def _serve_settings(options: dict):
+    from pydantic import ValidationError
+
+    from distill.errors import DistillError
+    from serve.settings import ServeSettings
+
+    try:
+        return ServeSettings(**options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise DistillError(f"distill serve: {problems}") from None
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``export``, ``export-engine``, ``predict`` and ``bench`` to ``app``."""
+    """Add ``export``, ``export-engine``, ``predict``, ``bench`` and ``serve`` to ``app``."""
     app.command("export")(export_command)
     app.command("export-engine")(export_engine_command)
     app.command("predict")(predict_command)
     app.command("bench")(bench_command)
+    app.command("serve")(serve_command)
 
 
-__all__ = ["bench_command", "export_command", "export_engine_command", "predict_command", "register"]
+__all__ = ["bench_command", "export_command", "export_engine_command", "predict_command", "register", "serve_command"]
