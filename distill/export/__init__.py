@@ -5,8 +5,10 @@
     package = ModelPackage.open("packages/s30k")        # verifies format version and every sha256
 
 Only this package knows the folder layout (:mod:`distill.package`). The exporter and
-parity gate live in :mod:`distill.export.onnx_export`, TensorRT engines in
-:mod:`distill.export.tensorrt_build` (guarded: nothing here needs TensorRT to import).
+parity gate live in :mod:`distill.export.onnx_export`, TensorRT engine building in
+:mod:`distill.export.tensorrt_build` (guarded: nothing here needs TensorRT to import); what
+runs the results (onnxruntime sessions, loading and finding engines) is
+:mod:`distill.infer.onnxruntime_session` and :mod:`distill.infer.tensorrt_runtime`.
 Importing this package loads only the layout module, so a predictor or service that opens
 packages pulls in neither the exporter nor the teacher cache.
 """

@@ -36,6 +36,7 @@ import torch
 
 from distill.data.conventions import LabelConvention
 from distill.errors import DistillError
+from distill.infer.onnxruntime_session import onnxruntime_session, run_onnxruntime
 from distill.package import INPUT_NAME, OUTPUT_NAME
 
 OPSET = 17
@@ -118,24 +119,6 @@ def simplify_onnx(data: bytes) -> bytes:
         simplified = target.read_bytes()
     check_onnx(simplified)
     return simplified
-
-
-def onnxruntime_session(data: bytes | str | Path, threads: int | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",)):
-    """An onnxruntime session with all graph optimisations and ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    source = data if isinstance(data, bytes) else str(data)
-    return ort.InferenceSession(source, options, providers=list(providers))
-
-
-def run_onnxruntime(session, images: np.ndarray) -> np.ndarray:
-    """Logits ``(B, K, *S)`` float32 from a session for images ``(B, C, *S)``."""
-    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +275,5 @@ def onnxruntime_logits_fn(data: bytes, threads: int | None = None) -> LogitsFn:
 __all__ = [
     "DYNAMIC_AXES", "EXPORTER", "OPSET", "PRECISION_THRESHOLDS", "CaseParity", "ExportError", "ParityCase",
     "ParityError", "ParityReport", "ParityThresholds", "check_onnx", "export_onnx", "labels_from_probabilities",
-    "measure_parity", "onnxruntime_logits_fn", "onnxruntime_session", "probabilities_from_logits", "run_onnxruntime",
-    "simplify_onnx", "torch_logits_fn",
+    "measure_parity", "onnxruntime_logits_fn", "probabilities_from_logits", "simplify_onnx", "torch_logits_fn",
 ]  # fmt: skip

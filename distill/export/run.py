@@ -301,7 +301,7 @@ def export_package(config: ExportConfig) -> ExportResult:
     _check_target(out, config.overwrite)
     get_convention(config.label_convention)  # fail on an unknown name before the slow steps
     if config.tensorrt:
-        from distill.export.tensorrt_build import require_tensorrt
+        from distill.infer.tensorrt_runtime import require_tensorrt
 
         require_tensorrt()
     run = read_exportable_student(config.run_dir)

@@ -14,13 +14,16 @@ backend          devices                     options
                                              TensorRT provider only
 ``tensorrt``     ``cuda``                    ``fp32`` / ``fp16`` / ``int8`` engines from the package
                                              or an engine folder, built beforehand by
-                                             ``distill export-engine`` (distill.export.tensorrt_build)
+                                             ``distill export-engine`` (distill.export.tensorrt_build),
+                                             loaded by distill.infer.tensorrt_runtime
 ===============  ==========================  =====================================================
 
 A backend that cannot run here raises :class:`BackendUnavailable` saying what to install or
 which command to run. No backend builds anything or writes into a package: a predictor only
-reads. The package module is imported lazily, so the torch backend loads where only torch is
-installed (``benchmarks/gpu_latency.py`` on a bare GPU machine).
+reads. The package module, and with it the onnxruntime and TensorRT runtimes
+(:mod:`distill.infer.onnxruntime_session`, :mod:`distill.infer.tensorrt_runtime`), is imported
+lazily, so the torch backend loads where only torch is installed (``benchmarks/gpu_latency.py``
+on a bare GPU machine).
 """
 
 from __future__ import annotations
@@ -357,7 +360,7 @@ class OnnxRuntimeBackend:
     """The package's ONNX in onnxruntime; on CUDA providers, inputs and outputs stay on the GPU (I/O binding)."""
 
     def __init__(self, package: ModelPackage, spec: BackendSpec) -> None:
-        from distill.export.onnx_export import onnxruntime_session
+        from distill.infer.onnxruntime_session import onnxruntime_session
 
         self.spec = spec
         providers = onnxruntime_providers(spec, package)
@@ -368,7 +371,7 @@ class OnnxRuntimeBackend:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
-            from distill.export.onnx_export import run_onnxruntime
+            from distill.infer.onnxruntime_session import run_onnxruntime
 
             return torch.from_numpy(run_onnxruntime(self.session, images.detach().cpu().numpy()))
         return self._run_bound(images)
@@ -413,17 +416,17 @@ class TensorRTBackend:
     """
 
     def __init__(self, package: ModelPackage, spec: BackendSpec) -> None:
-        from distill.export import tensorrt_build as trt_build
+        from distill.infer import tensorrt_runtime as trt_runtime
 
         self.spec = spec
         try:
-            key = trt_build.current_engine_key(package, spec.precision)
-        except trt_build.TensorRTUnavailable as exc:
+            key = trt_runtime.current_engine_key(package, spec.precision)
+        except trt_runtime.TensorRTUnavailable as exc:
             raise BackendUnavailable(str(exc)) from exc
-        cache = trt_build.EngineCache(spec.engine_cache) if spec.engine_cache else None
-        found = trt_build.find_engine(package, key, cache)
+        cache = trt_runtime.EngineCache(spec.engine_cache) if spec.engine_cache else None
+        found = trt_runtime.find_engine(package, key, cache)
         if found is None:
-            held = ", ".join(trt_build.describe_engines(package.engines)) or "none"
+            held = ", ".join(trt_runtime.describe_engines(package.engines)) or "none"
             command = f"distill export-engine {package.root} --precision {spec.precision}"
             if spec.engine_cache:
                 command += f" --engine-cache {spec.engine_cache}"
@@ -431,7 +434,7 @@ class TensorRTBackend:
                 f"{package.root}: no TensorRT {key.describe()} (the package holds: {held}); build one on this machine "
                 f"with `{command}`"
             )
-        self.runner = trt_build.TensorRTRunner(found)
+        self.runner = trt_runtime.TensorRTRunner(found)
         self.device = self.runner.device
         self.tensorrt_version = key.tensorrt_version
 
@@ -471,7 +474,7 @@ def available_backend_specs(threads: int | None = None, engine_cache: Path | Non
                 specs.append(BackendSpec("onnxruntime", "cuda"))
         except ImportError:
             pass
-        from distill.export.tensorrt_build import tensorrt_available
+        from distill.infer.tensorrt_runtime import tensorrt_available
 
         if tensorrt_available():
             specs += [BackendSpec("tensorrt", "cuda", p, engine_cache=engine_cache) for p in ("fp32", "fp16")]

@@ -42,10 +42,10 @@ from distill.data.preprocess import (
     uncrop,
 )
 from distill.errors import DataError
-from distill.package import ModelPackage
 from distill.infer.backends import Backend, BackendSpec, create_backend
 from distill.infer.postprocess import PostprocessConfig, postprocess_regions
 from distill.infer.sliding_window import predict_logits
+from distill.package import ModelPackage
 
 
 class InputMismatchError(DataError):
@@ -98,8 +98,9 @@ class Predictor:
         Args:
             backend: a :class:`BackendSpec`, or its text form (``"torch:cuda:fp16"``; see
                 :meth:`BackendSpec.parse`); ``device``, ``precision``, ``threads`` and
-                ``options`` (``cuda_graphs``, ``compile``, ``engine_cache``, ``build_engine``)
-                override its fields.
+                ``options`` (``cuda_graphs``, ``compile``, ``engine_cache``) override its
+                fields. Nothing is built here: TensorRT engines come from ``distill
+                export-engine``.
             warm_up: run once on a small input before returning, so :attr:`ready` means the
                 backend has executed here (TensorRT engines only prove they fit this way).
 

@@ -177,7 +177,12 @@ class SourceSection:
 
 @dataclass(frozen=True)
 class EngineEntry:
-    """One TensorRT engine of a package (see :mod:`distill.export.tensorrt_build` for the naming)."""
+    """One TensorRT engine of a package (see :mod:`distill.infer.tensorrt_runtime` for the naming).
+
+    ``gpu_name``, ``rewrite_version`` and ``calibration_sha256`` (INT8 only) record the rest of
+    the engine's key; packages written before they existed lack them (``None``), and
+    :meth:`to_dict` writes them only when set, so such manifests round-trip unchanged.
+    """
 
     file: str
     compute_capability: str
@@ -186,9 +191,13 @@ class EngineEntry:
     onnx_sha256: str
     profile: dict[str, list[int]]
     parity: dict[str, Any]
+    gpu_name: str | None = None
+    rewrite_version: int | None = None
+    calibration_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        optional = ("gpu_name", "rewrite_version", "calibration_sha256")
+        return {k: v for k, v in asdict(self).items() if k not in optional or v is not None}
 
 
 @dataclass(frozen=True)

@@ -16,19 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from distill.train.chain import save_untrained_student
+from distill.data.case import load_case
 from distill.data.conventions import get_convention
 from distill.data.discovery import find_cases
-from distill.data.case import load_case
 from distill.data.nifti import read_nifti
 from distill.data.phantoms import PhantomConfig, write_phantoms
-from distill.export.onnx_export import ParityError, export_onnx, onnxruntime_session, run_onnxruntime
-from distill.package import ModelPackage
+from distill.export.onnx_export import ParityError, export_onnx
 from distill.export.run import ExportConfig, ExportConfigError, export_package
 from distill.infer.backends import BackendSpec, BackendUnavailable
+from distill.infer.onnxruntime_session import onnxruntime_session, run_onnxruntime
 from distill.infer.predict import PredictConfig, predict_folder
 from distill.infer.predictor import InputMismatchError, Predictor
+from distill.package import ModelPackage
 from distill.students import build_student
+from distill.train.chain import save_untrained_student
 
 PHANTOM = PhantomConfig(spacing_mm=4.0)
 

@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.export.onnx_export import export_onnx, onnxruntime_session, run_onnxruntime
+from distill.export.onnx_export import export_onnx
 from distill.export.tensorrt_build import (
-    EngineCache,
-    EngineError,
     calibrate_activation_ranges,
     calibration_tiles,
     conv_activation_inputs,
@@ -23,6 +21,8 @@ from distill.export.tensorrt_build import (
     prepare_onnx,
     to_mixed_fp16,
 )
+from distill.infer.onnxruntime_session import onnxruntime_session, run_onnxruntime
+from distill.infer.tensorrt_runtime import REWRITE_VERSION, EngineCache, EngineError
 from distill.students import build_student, student_config
 
 
@@ -140,7 +140,7 @@ def test_int8_needs_calibration_and_precisions_are_checked(exported):
 @pytest.fixture(scope="module")
 def trt_package(tmp_path_factory):
     """A package of a ~20k student (skips without the TensorRT builder or a GPU)."""
-    from distill.export.tensorrt_build import TensorRTUnavailable, require_tensorrt
+    from distill.infer.tensorrt_runtime import TensorRTUnavailable, require_tensorrt
 
     try:
         require_tensorrt()
@@ -166,6 +166,8 @@ def test_export_builds_gated_fp32_and_fp16_engines(trt_package):
     for entry in engines.values():
         assert (trt_package / entry.file).is_file() and entry.file in package.manifest.files
         assert entry.profile["max"] == list(package.inference.profile_max)
+        assert entry.gpu_name == torch.cuda.get_device_name() and entry.rewrite_version == REWRITE_VERSION
+        assert entry.calibration_sha256 is None
 
 
 @pytest.mark.tensorrt
@@ -197,6 +199,7 @@ def test_int8_engine_is_built_gated_and_served_from_an_engine_cache(trt_package,
     EngineCache(tmp_path).store(built.key, built.data, built.entry)
     predictor = Predictor.from_package(trt_package, "tensorrt:int8", engine_cache=tmp_path)  # looked up without the calibration hash
     assert predictor.ready and built.key.file_name.endswith(".engine") and ".int8." in built.key.file_name
+    assert built.entry.calibration_sha256 == built.key.calibration_sha256 is not None
 
 
 @pytest.mark.tensorrt

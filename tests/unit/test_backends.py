@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from distill.export import tensorrt_build as trt_build
-from distill.export.tensorrt_build import BuiltEngine, EngineCache, EngineError, EngineKey, TensorRTRunner
+from distill.export.tensorrt_build import BuiltEngine
+from distill.infer import tensorrt_runtime as trt_runtime
 from distill.infer.backends import (
     BackendSpec,
     BackendUnavailable,
@@ -33,6 +34,7 @@ from distill.infer.backends import (
     onnxruntime_providers,
 )
 from distill.infer.bench import BenchResult, bench_each
+from distill.infer.tensorrt_runtime import EngineCache, EngineError, EngineKey, TensorRTRunner
 from distill.package import EngineEntry, ModelPackage
 
 PROFILE = ((1, 4, 8, 8, 8), (1, 4, 16, 16, 16), (1, 4, 64, 64, 64))
@@ -145,7 +147,7 @@ def fake_gpu(monkeypatch):
     trt = fake_tensorrt_module()
     caller = FakeStream()
     monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
-    monkeypatch.setattr(trt_build, "_LOGGER", None)
+    monkeypatch.setattr(trt_runtime, "_LOGGER", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -194,7 +196,7 @@ BASE_KEY = EngineKey("fp16", "ab" * 32, PROFILE, "NVIDIA H200", "9.0", "10.9.0.3
 @pytest.mark.parametrize("change", [
     {"precision": "fp32"}, {"onnx_sha256": "cd" * 32}, {"profile": (PROFILE[0], PROFILE[1], (1, 4, 96, 96, 96))},
     {"gpu_name": "NVIDIA A100-SXM4-80GB"}, {"compute_capability": "8.0"}, {"tensorrt_version": "10.13.0.35"},
-    {"rewrite_version": trt_build.REWRITE_VERSION + 1},
+    {"rewrite_version": trt_runtime.REWRITE_VERSION + 1},
 ])  # fmt: skip
 def test_every_field_that_changes_an_engine_changes_its_name(change):
     other = replace(BASE_KEY, **change)
@@ -209,6 +211,14 @@ def test_int8_engines_are_named_by_calibration_and_found_without_knowing_it():
     assert lookup.matches_file(calibrated.file_name)
     assert not replace(calibrated, calibration_sha256="34" * 32).matches_file(calibrated.file_name)
     assert trt_build.calibration_sha256([torch.zeros(4, 8, 8, 8).numpy()]) != trt_build.calibration_sha256([torch.ones(4, 8, 8, 8).numpy()])
+
+
+def test_engine_entries_record_the_whole_key_only_when_known():
+    old = an_entry(BASE_KEY)  # as packages written before these fields hold it
+    assert {"gpu_name", "rewrite_version", "calibration_sha256"}.isdisjoint(old.to_dict())
+    assert EngineEntry(**old.to_dict()) == old
+    full = replace(old, gpu_name=BASE_KEY.gpu_name, rewrite_version=BASE_KEY.rewrite_version, calibration_sha256="12" * 32)
+    assert full.to_dict()["gpu_name"] == "NVIDIA H200" and EngineEntry(**full.to_dict()) == full
 
 
 def test_engine_cache_finds_its_engines_and_refuses_an_altered_one(tmp_path):
@@ -240,7 +250,7 @@ def test_without_a_matching_engine_the_backend_names_the_command_and_writes_noth
 
 def test_the_backend_loads_the_matching_engine_from_an_engine_folder(package_dir, fake_gpu, tmp_path):
     package = ModelPackage.open(package_dir)
-    key = trt_build.current_engine_key(package, "fp16")
+    key = trt_runtime.current_engine_key(package, "fp16")
     EngineCache(tmp_path).store(replace(key, tensorrt_version="10.8.0.43"), b"other-version", an_entry(key))
     EngineCache(tmp_path).store(key, b"this-gpu-engine", an_entry(key))
     backend = TensorRTBackend(package, BackendSpec("tensorrt", precision="fp16", engine_cache=tmp_path))
@@ -282,7 +292,7 @@ def test_every_refused_tensorrt_call_is_an_error(fake_gpu, call, message):
 
 
 def fake_built(package: ModelPackage, precision: str, cases, calibration=None, thresholds=None, threads=None) -> BuiltEngine:
-    key = trt_build.current_engine_key(package, precision)
+    key = trt_runtime.current_engine_key(package, precision)
     return BuiltEngine(key=key, data=f"{precision}-engine".encode(), entry=an_entry(key), parity={"passed": True})
 
 
@@ -347,12 +357,12 @@ def test_a_session_that_fell_back_to_another_provider_is_refused():
 def test_the_onnxruntime_backend_checks_the_created_session(package_dir, monkeypatch):
     import onnxruntime
 
-    from distill.export import onnx_export
     from distill.infer import backends
+    from distill.infer import onnxruntime_session as ort_session
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(backends, "_require_cuda", lambda spec: torch.device("cpu"))
-    monkeypatch.setattr(onnx_export, "onnxruntime_session", lambda *a, **k: FakeSession(["CPUExecutionProvider"]))
+    monkeypatch.setattr(ort_session, "onnxruntime_session", lambda *a, **k: FakeSession(["CPUExecutionProvider"]))
     with pytest.raises(BackendUnavailable, match="did not start CUDAExecutionProvider"):
         OnnxRuntimeBackend(ModelPackage.open(package_dir), BackendSpec("onnxruntime", "cuda"))
     monkeypatch.undo()
@@ -393,7 +403,7 @@ def test_export_engine_without_tensorrt_is_a_one_line_error(package_dir, monkeyp
     from typer.testing import CliRunner
 
     from distill.cli_infer import register
-    from distill.export.tensorrt_build import TensorRTUnavailable
+    from distill.infer.tensorrt_runtime import TensorRTUnavailable
 
     monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)  # import fails as where it is not installed
     app = typer.Typer()
