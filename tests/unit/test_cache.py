@@ -565,3 +565,25 @@ def test_a_killed_writer_leaves_nothing_complete_and_a_rerun_finishes(cache_dir,
     remove_leftovers(cache_dir)
     assert not verify_cache(cache_dir).leftovers
     assert TeacherCache.open(cache_dir).shape("big") == (64, 64, 48)
+
+
+# ----------------------------------------------------------------------------- the stub-teacher cache of the tests
+
+
+def test_the_stub_teacher_cache_verifies_cleanly(stub_cache):
+    """``stub_cache`` (tests/conftest.py) is a cache like any other: complete, verified, on oblique grids."""
+    report = verify_cache(stub_cache)
+    assert report.ok and not report.leftovers and not report.unlisted, report.lines()
+    cache = TeacherCache.open(stub_cache)
+    assert cache.spec.teacher_name == "stub:smoothed-labels" and len(cache.case_ids) == 5
+    affines = []
+    for case_id in cache.case_ids:
+        case = cache.read_case(case_id)
+        affines.append(np.array(case.record.original_affine))
+        assert not np.allclose(affines[-1], np.eye(4)) and not np.allclose(affines[-1][:3, :3], np.diag(np.diag(affines[-1][:3, :3])))
+        assert case.regions is not None and all(region.any() for region in case.regions)
+        assert 0 <= case.uncertainty.min() and case.uncertainty.max() <= 0.5
+        teacher = case.probabilities > 0.5
+        dice = [2 * (t & r).sum() / (t.sum() + r.sum()) for t, r in zip(teacher, case.regions)]
+        assert min(dice) > 0.9, (case_id, dice)  # soft maps derived from the labels
+    assert len({a.tobytes() for a in affines}) == len(affines)  # each case on its own grid
