@@ -73,8 +73,6 @@ class _Collector:
                 "on_part_end": self.on_part_end, "on_end": self.on_end}  # fmt: skip
 
     def on_part_begin(self) -> None:
-        if len(self.parts) >= self.max_parts:
-            raise ServeError(422, "too_many_parts", f"more than {self.max_parts} parts; send one file per modality")
         self._headers = {}
         self.current = None
 
@@ -99,6 +97,8 @@ class _Collector:
         except UnicodeDecodeError:
             raise ServeError(400, "bad_multipart", "a part's field name is not UTF-8") from None
         self.accept(text)  # raises for unknown or duplicate names, before any data is kept
+        if len(self.parts) >= self.max_parts:
+            raise ServeError(422, "too_many_parts", f"more than {self.max_parts} parts; send one file per modality")
         self.current = Part(text)
         self.parts.append(self.current)
 

@@ -227,7 +227,8 @@ def decode_nifti(raw: bytes, field: str, limits: DecodeLimits) -> DecodedVolume:
         data = data.reshape(shape[:3])
     elif len(shape) == 4:
         data = np.moveaxis(data, 3, 0)  # (X, Y, Z, C) -> (C, X, Y, Z)
-    data = data.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become Inf, refused below
+        data = data.astype(np.float32, copy=False)
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise ServeError(422, "non_finite", f"field {field!r}: {bad} voxels are NaN or Inf")
