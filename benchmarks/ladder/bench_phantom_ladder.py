@@ -61,8 +61,8 @@ def test_cases(work: Path, args):
     from distill.data.phantoms import PhantomConfig, write_phantoms
 
     folder = work / "test_phantoms"
-    write_phantoms(folder, n_cases=args.test_cases, seed=args.seed + 1000, config=PhantomConfig(shape=tuple(args.shape)),
-                   progress=False)  # fmt: skip
+    write_phantoms(folder, n_cases=args.test_cases, seed=args.seed + 1000,
+                   config=PhantomConfig(shape=tuple(args.shape)), progress=False)  # fmt: skip
     return [load_case(files) for files in find_cases(folder)]
 
 
@@ -133,11 +133,14 @@ def main() -> None:
                                                progress=False, **options))  # fmt: skip
             card = json.loads(result.card.read_text())
             vs_gt = np.mean([region_dice(student_regions(run, c), truths[c.case_id]) for c in cases], axis=0)
-            vs_teacher = np.mean([region_dice(student_regions(run, c), teacher_regions[c.case_id]) for c in cases], axis=0)
+            vs_teacher = np.mean(
+                [region_dice(student_regions(run, c), teacher_regions[c.case_id]) for c in cases], axis=0
+            )
             rows.append({
                 "size": size, "variant": variant, "parameters": result.parameters, "macs_128": result.macs_128,
                 "chain": result.chain, "dice_gt": dict(zip(("WT", "TC", "ET"), vs_gt.round(4).tolist())),
-                "dice_gt_mean": float(vs_gt.mean()), "dice_teacher": dict(zip(("WT", "TC", "ET"), vs_teacher.round(4).tolist())),
+                "dice_gt_mean": float(vs_gt.mean()),
+                "dice_teacher": dict(zip(("WT", "TC", "ET"), vs_teacher.round(4).tolist())),
                 "steps_per_second_final_link": card["chain"][-1]["steps_per_second"],
                 "peak_memory_mb": max(link["peak_memory_mb"] for link in card["chain"]),
                 "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -145,11 +148,13 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
 
     results = {
-        "command": f"python benchmarks/ladder/bench_phantom_ladder.py --work WORK --steps {args.steps} --patch {args.patch} "
+        "command": f"python benchmarks/ladder/bench_phantom_ladder.py --work WORK --steps {args.steps} "
+                   f"--patch {args.patch} "
                    f"--teacher-iterations {args.teacher_iterations} --shape {' '.join(map(str, args.shape))}",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "threads": 2},
         "teacher": {"parameters_per_member": teacher_build.parameters_per_member, "folds": 5, "tta": "mirror8",
-                    "iterations_per_fold": args.teacher_iterations, "build_and_cache_seconds": round(teacher_seconds, 1),
+                    "iterations_per_fold": args.teacher_iterations,
+                    "build_and_cache_seconds": round(teacher_seconds, 1),
                     "cache_seconds": round(cache_seconds, 1),
                     "dice_gt": dict(zip(("WT", "TC", "ET"), teacher_dice.round(4).tolist())),
                     "dice_gt_mean": float(teacher_dice.mean())},
@@ -184,7 +189,8 @@ def write_markdown(results: dict) -> None:
     lines = [
         "# Distillation ladder on phantoms",
         "",
-        f"Command: `{results['command']}` ({results['machine']['cpus']} CPU cores, torch {results['machine']['torch']}, "
+        f"Command: `{results['command']}` ({results['machine']['cpus']} CPU cores, "
+        f"torch {results['machine']['torch']}, "
         f"{results['machine']['threads']} threads).",
         f"Teacher: compact nnU-Net, {teacher['parameters_per_member']:,} parameters per member, 5 folds x 8 TTA, "
         f"{teacher['iterations_per_fold']} iterations per fold.",

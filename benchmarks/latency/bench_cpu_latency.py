@@ -75,7 +75,9 @@ def bench_student(name: str, target: int, case_dir: Path, work: Path, runs: int,
     for spec in specs:
         predictor = Predictor.from_package(exported.package_dir, spec)
         predictor.segment(case.images, case.affine)
-        segment[spec.label] = statistics.median(seconds_of(lambda p=predictor: p.segment(case.images, case.affine), e2e_runs))
+        segment[spec.label] = statistics.median(
+            seconds_of(lambda p=predictor: p.segment(case.images, case.affine), e2e_runs)
+        )
     return {"name": name, "parameters": exported.parameters, "macs_128": bench.data["package"]["macs_128"],
             "package_bytes": exported.package_bytes, "onnx_bytes": exported.onnx_bytes, "parity": exported.parity,
             "bench": bench.data, "segment_median_s": segment}  # fmt: skip
@@ -89,12 +91,18 @@ def bench_teacher(case_dir: Path, work: Path) -> dict:
 
     start = time.perf_counter()
     teacher = build_compact_nnunet(
-        CompactTeacherConfig(work_dir=work / "teacher", phantom_shape=(120, 120, 78), base_features=8, max_features=64, iterations=0),
+        CompactTeacherConfig(
+            work_dir=work / "teacher", phantom_shape=(120, 120, 78), base_features=8, max_features=64, iterations=0
+        ),
         log_path=work / "teacher_build.log",
     )
     build_seconds = time.perf_counter() - start
     case = load_case(find_cases(case_dir)[0], with_labels=False)
-    results = {"parameters_per_member": teacher.parameters_per_member, "build_seconds": round(build_seconds, 1), "runs": {}}
+    results = {
+        "parameters_per_member": teacher.parameters_per_member,
+        "build_seconds": round(build_seconds, 1),
+        "runs": {},
+    }
     for label, folds, tta, runs in (("1 fold, no TTA", ("0",), "none", 3), ("5 folds x 8 TTA", None, "mirror8", 1)):
         model = NnUNetTeacher(NnUNetTeacherConfig(model_dir=teacher.model_dir, folds=folds, tta=tta))
         if runs > 1:
@@ -114,52 +122,65 @@ def markdown(results: dict) -> str:
         "",
         f"Command: `{results['command']}`  ",
         f"{results['host']['cpu']}, {THREADS} threads (torch and onnxruntime), Python {results['versions']['python']}, "
-        f"torch {results['versions']['torch']}, onnxruntime {results['versions']['onnxruntime']}, {results['created_utc']}; "
-        f"load average {results['host']['load_average_at_start']} at start, {results['host']['load_average_at_end']} at the end "
+        f"torch {results['versions']['torch']}, onnxruntime {results['versions']['onnxruntime']}, "
+        f"{results['created_utc']}; "
+        f"load average {results['host']['load_average_at_start']} at start, "
+        f"{results['host']['load_average_at_end']} at the end "
         "(the machine is shared with other jobs).  ",
         f"Case: `{results['case']['id']}` (real BraTS 2018, 1 mm, {'x'.join(map(str, results['case']['shape']))}); "
-        f"brain-cropped and padded to the divisor it is {'x'.join(map(str, students[0]['bench']['results'][0]['preprocessed_shape']))}.",
+        "brain-cropped and padded to the divisor it is "
+        f"{'x'.join(map(str, students[0]['bench']['results'][0]['preprocessed_shape']))}.",
         "",
-        "Students have **random weights** (latency does not depend on what they learnt); each was exported to a package "
+        "Students have **random weights** (latency does not depend on what they learnt); "
+        "each was exported to a package "
         "whose parity gate ran on this same case. Model-only = the network alone, after 2 warm-up runs; end-to-end = "
         "NIfTI files in -> NIfTI label map out. All numbers are medians (p50) in seconds unless marked.",
         "",
-        "| model | backend | params | GMACs/128³ | model-only, cropped | model-only, 240x240x155 | end-to-end (decode / pre / model / post / encode) | package MB |",
+        "| model | backend | params | GMACs/128³ | model-only, cropped | model-only, 240x240x155 "
+        "| end-to-end (decode / pre / model / post / encode) | package MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in students:
         for entry in s["bench"]["results"]:
             e2e = entry["end_to_end"]
-            stages = " / ".join(f"{e2e[k]['p50_ms'] / 1e3:.2f}" for k in ("decode", "preprocess", "model", "postprocess", "encode"))
+            stages = " / ".join(
+                f"{e2e[k]['p50_ms'] / 1e3:.2f}" for k in ("decode", "preprocess", "model", "postprocess", "encode")
+            )
             lines.append(
                 f"| {s['name']} | {entry['backend']} | {s['parameters']:,} | {s['macs_128'] / 1e9:.2f} | "
                 f"{entry['model_only']['p50_ms'] / 1e3:.2f} (p95 {entry['model_only']['p95_ms'] / 1e3:.2f}) | "
-                f"{entry['model_only_full_shape']['p50_ms'] / 1e3:.2f} | {e2e['total']['p50_ms'] / 1e3:.2f} ({stages}) | "
+                f"{entry['model_only_full_shape']['p50_ms'] / 1e3:.2f} | "
+                f"{e2e['total']['p50_ms'] / 1e3:.2f} ({stages}) | "
                 f"{s['package_bytes'] / 1e6:.2f} |"
             )
     lines += [
         "",
-        f"Teacher: compact nnU-Net v2 ({teacher['parameters_per_member']:,} parameters per fold, features 8..64, 2 mm plan, "
-        f"untrained), `NnUNetTeacher.predict` on the loaded case (preprocessing, sliding window, resampling back).",
+        f"Teacher: compact nnU-Net v2 ({teacher['parameters_per_member']:,} parameters per fold, "
+        f"features 8..64, 2 mm plan, untrained), `NnUNetTeacher.predict` on the loaded case "
+        "(preprocessing, sliding window, resampling back).",
         "",
         "| teacher run | seconds |",
         "|---|---|",
         f"| 1 fold, no TTA | {one_fold:.2f} |",
         f"| 5 folds x 8 mirror TTA | {full:.2f} |",
         "",
-        "Speed-up of `Predictor.segment` (arrays in, labels on the input grid out, same work as the teacher call) over the teacher:",
+        "Speed-up of `Predictor.segment` (arrays in, labels on the input grid out, same work as the teacher call) "
+        "over the teacher:",
         "",
         "| student | backend | segment (s) | vs 1 fold, no TTA | vs 5 folds x 8 TTA |",
         "|---|---|---|---|---|",
     ]
     for s in students:
         for backend, seconds in s["segment_median_s"].items():
-            lines.append(f"| {s['name']} | {backend} | {seconds:.2f} | {one_fold / seconds:.1f}x | {full / seconds:.1f}x |")
+            lines.append(
+                f"| {s['name']} | {backend} | {seconds:.2f} | {one_fold / seconds:.1f}x | {full / seconds:.1f}x |"
+            )
     lines += [
         "",
         "Parity at export (onnxruntime vs torch on this case): "
         + "; ".join(f"{s['name']}: max |dp| {s['parity']['onnxruntime']['max_abs_probability']:.1e}, "
-                    f"label agreement {s['parity']['onnxruntime']['label_agreement']:.6f}" for s in students)  # fmt: skip
+                    f"label agreement {s['parity']['onnxruntime']['label_agreement']:.6f}"
+                    for s in students)  # fmt: skip
         + ".",
         "",
         "Reading the numbers: the compact teacher runs at 2 mm with ~1 M parameters; the default BraTS nnU-Net "
@@ -195,14 +216,18 @@ def main() -> None:
     link = case_dir / case_name
     if not link.exists():
         link.symlink_to(BRATS18 / case_name, target_is_directory=True)  # a link, never a copy of patient data
-    students = [bench_student(name, target, case_dir, work, args.runs, args.e2e_runs) for name, target in STUDENT_SIZES.items()]
+    students = [
+        bench_student(name, target, case_dir, work, args.runs, args.e2e_runs) for name, target in STUDENT_SIZES.items()
+    ]
     teacher = bench_teacher(case_dir, work)
     results = {
         "command": "python benchmarks/latency/bench_cpu_latency.py --work /tmp/bench_latency",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {**host_description(), "load_average_at_start": round(load_at_start, 2), "load_average_at_end": round(os.getloadavg()[0], 2)},
+        "host": {**host_description(), "load_average_at_start": round(load_at_start, 2),
+                 "load_average_at_end": round(os.getloadavg()[0], 2)},
         "threads": THREADS, "versions": library_versions(),
-        "case": {"id": case_name, "shape": students[0]["bench"]["case"]["shape"], "spacing_mm": students[0]["bench"]["case"]["spacing_mm"]},
+        "case": {"id": case_name, "shape": students[0]["bench"]["case"]["shape"],
+                 "spacing_mm": students[0]["bench"]["case"]["spacing_mm"]},
         "students": students, "teacher": teacher, "python": platform.python_version(),
     }  # fmt: skip
     for s in students:  # scratch folders: keep results free of machine paths

@@ -44,7 +44,8 @@ def model_rows(p, names: list[str]) -> list[dict]:
         else:
             student = p.done(f"student_{name}")
             variant, seed = variant_and_seed(name, p.args.seeds[0])
-            row.update(variant=variant, seed=seed, parameters=student["parameters"], macs_128=student["macs_128"], chain=student["chain"],
+            row.update(variant=variant, seed=seed, parameters=student["parameters"], macs_128=student["macs_128"],
+                       chain=student["chain"],
                        train_seconds=round(sum(link["seconds"] for link in student["links"]), 1),
                        steps_per_second=student["links"][-1]["steps_per_second"],
                        peak_memory_mb=max(link["peak_memory_mb"] for link in student["links"]),
@@ -53,7 +54,9 @@ def model_rows(p, names: list[str]) -> list[dict]:
         rows.append(row)
     reference = rows[0]
     for row in rows:
-        row["fraction_of_teacher_dice"] = round(row["mean_dice"] / reference["mean_dice"], 3) if reference["mean_dice"] else None
+        row["fraction_of_teacher_dice"] = (
+            round(row["mean_dice"] / reference["mean_dice"], 3) if reference["mean_dice"] else None
+        )
         row["speedup_vs_teacher"] = round(reference["latency_median_s"] / row["latency_median_s"], 1)
         row["model_speedup_vs_teacher"] = round(reference["model_latency_median_s"] / row["model_latency_median_s"], 1)
     return rows
@@ -132,8 +135,8 @@ def ladder_findings(rows: list[dict], sizes: list[int], summary: dict[str, dict]
     packaged = [r for r in rows if is_first_seed_student(r) and ladder_variant(r["model"], ladder)]
     fastest = max(packaged, key=lambda r: r["mean_dice"])
     met = "met" if fastest["speedup_vs_teacher"] >= 100 else "NOT met"
-    lines.append(f"- Best packaged student ({fastest['model']}) is {fastest['speedup_vs_teacher']:.0f}x faster per case than "
-                 f"the 5-fold x 8-TTA teacher, input arrays to label map (target 100x: {met}); "
+    lines.append(f"- Best packaged student ({fastest['model']}) is {fastest['speedup_vs_teacher']:.0f}x "
+                 f"faster per case than the 5-fold x 8-TTA teacher, input arrays to label map (target 100x: {met}); "
                  f"{fastest['model_speedup_vs_teacher']:.0f}x counting the networks' forward passes only "
                  f"({fastest['model_latency_median_s']:.3f} s vs {teacher['model_latency_median_s']:.2f} s), "
                  "timed in the pipeline's own stages.")  # fmt: skip
@@ -154,8 +157,9 @@ def side_by_side_finding(student: str, package: Path) -> list[str]:
     if row is None or latency.get("onnx_sha256", {}).get(student) != ModelPackage.open(package).onnx_sha256:
         return []
     met = "met" if row["speed_up"] >= 100 else "NOT met"
-    return [f"- Side by side in one process with the current predictor (`LATENCY.md`): {student} is {row['speed_up']:.0f}x "
-            f"faster per case than the 5-fold x 8-TTA teacher (target 100x: {met}); {row['model_speed_up']:.0f}x in the networks alone."]  # fmt: skip
+    return [f"- Side by side in one process with the current predictor (`LATENCY.md`): {student} is "
+            f"{row['speed_up']:.0f}x faster per case than the 5-fold x 8-TTA teacher (target 100x: {met}); "
+            f"{row['model_speed_up']:.0f}x in the networks alone."]  # fmt: skip
 
 
 def plot(rows: list[dict]) -> list[str]:
@@ -168,7 +172,8 @@ def plot(rows: list[dict]) -> list[str]:
     width = 0.8 / len(REGIONS)
     for i, region in enumerate(REGIONS):
         ax.bar([x + i * width for x in range(len(rows))], [r["dice"][region] for r in rows], width, label=region)
-    ax.set_xticks([x + width for x in range(len(rows))], [r["model"] for r in rows], rotation=35, ha="right", fontsize=8)
+    ax.set_xticks([x + width for x in range(len(rows))], [r["model"] for r in rows], rotation=35, ha="right",
+                  fontsize=8)  # fmt: skip
     ax.set_ylabel("Dice vs expert labels\n(mean of 4 test cases; students: seed 0)")
     ax.set_ylim(0, 1)
     ax.legend()
@@ -189,7 +194,8 @@ def plot(rows: list[dict]) -> list[str]:
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("CPU seconds per case (median, log scale): filled = 1 mm arrays -> label map, hollow = forward passes only")
+    ax.set_xlabel("CPU seconds per case (median, log scale): filled = 1 mm arrays -> label map, "
+                  "hollow = forward passes only")  # fmt: skip
     ax.xaxis.label.set_fontsize(8)
     ax.set_ylabel("mean Dice over WT, TC, ET (4 test cases)")
     fig.tight_layout()
@@ -229,20 +235,24 @@ def grouped_seconds(seconds: dict, teacher: dict, seeds, ladder: list[str]) -> l
         return stage.removeprefix("student_").split("_seed")[0].split("_", 1)[1] in ladder
 
     build = teacher["build_seconds"]
-    groups = [("split + convert to 2 mm", seconds["split"] + seconds["convert"]), ("teacher: nnU-Net plan and preprocess",
-              build["plan_and_preprocess"])]  # fmt: skip
+    groups = [("split + convert to 2 mm", seconds["split"] + seconds["convert"]),
+              ("teacher: nnU-Net plan and preprocess", build["plan_and_preprocess"])]  # fmt: skip
     groups += [(f"teacher: {fold.replace('_', ' ')} ({teacher['iterations_per_fold']} iterations + validation)", value)
                for fold, value in build.items() if fold.startswith("fold_")]  # fmt: skip
-    groups += [("teacher cache, full (5 x 8 TTA)", seconds["cache_full"]), ("teacher cache, out-of-fold", seconds["cache_oof"])]
+    groups += [("teacher cache, full (5 x 8 TTA)", seconds["cache_full"]),
+               ("teacher cache, out-of-fold", seconds["cache_oof"])]  # fmt: skip
     for seed in seeds:
         tag = "" if seed == seeds[0] else f"_seed{seed}"
         groups.append((f"ladder students, seed {seed} (8 runs)", total(
-            lambda st, tag=tag: st.startswith("student_") and is_ladder(st) and (st.endswith(tag) if tag else "_seed" not in st))))
+            lambda st, tag=tag: st.startswith("student_") and is_ladder(st)
+            and (st.endswith(tag) if tag else "_seed" not in st))))  # fmt: skip
     groups.append(("KD alternatives (4 runs)", total(lambda st: st.startswith("student_") and not is_ladder(st))))
     groups.append(("export (parity gate on a real 1 mm case)", total(lambda st: st.startswith("export_"))))
-    groups.append(("teacher predictions at 1 mm (mirror8, none)", seconds["predict_teacher_mirror8"] + seconds["predict_teacher_none"]))
+    groups.append(("teacher predictions at 1 mm (mirror8, none)",
+                   seconds["predict_teacher_mirror8"] + seconds["predict_teacher_none"]))  # fmt: skip
     groups.append(("student predictions at 1 mm", total(lambda st: st.startswith("predict_") and "teacher" not in st)))
-    groups.append(("evaluation (vs experts and vs teacher, HD95 at 1 mm)", total(lambda st: st.startswith("evaluate_"))))
+    groups.append(("evaluation (vs experts and vs teacher, HD95 at 1 mm)",
+                   total(lambda st: st.startswith("evaluate_"))))  # fmt: skip
     groups.append(("total", sum(value for _, value in groups)))
     return groups
 
@@ -290,16 +300,20 @@ def write_report(p, names: list[str], ladder: list[str], extras: list[str]) -> N
     shown = [r for r in rows if r["model"].startswith("teacher") or is_first_seed_student(r)]
     teacher = p.done("teacher")
     seconds = stage_seconds(p, names)
-    command = (f"python benchmarks/realdata/run_realdata.py --data BRATS18_DIR --teacher-iterations {a.teacher_iterations} "
-               f"{'--teacher-patch ' + ' '.join(map(str, a.teacher_patch)) + ' ' if a.teacher_patch else ''}--steps {a.steps} --patch {a.patch} "
+    command = (f"python benchmarks/realdata/run_realdata.py --data BRATS18_DIR --teacher-iterations "
+               f"{a.teacher_iterations} "
+               f"{'--teacher-patch ' + ' '.join(map(str, a.teacher_patch)) + ' ' if a.teacher_patch else ''}"
+               f"--steps {a.steps} --patch {a.patch} "
                f"--seeds {' '.join(map(str, a.seeds))}")  # fmt: skip
     results = {
         "command": command,
-        "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": a.threads},  # the CPU when the report was written (a resumed run may span machines)
+        # the CPU when the report was written (a resumed run may span machines)
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(),
+                    "torch": torch.__version__, "threads": a.threads},
         "split": p.done("split"),
-        "teacher": {key: teacher[key] for key in ("parameters_per_member", "macs_128", "compact_plan", "iterations_per_fold",
-                                                   "build_seconds", "checkpoint_sha256", "checkpoints_total_mb")},
+        "teacher": {key: teacher[key] for key in ("parameters_per_member", "macs_128", "compact_plan",
+                                                   "iterations_per_fold", "build_seconds", "checkpoint_sha256",
+                                                   "checkpoints_total_mb")},
         "teacher_cross_validation_dice": cross_validation_by_region(teacher["cross_validation"]),
         "caches": {mode: portable_cache_record(p.done(f"cache_{mode}")) for mode in ("full", "oof")},
         "students": {"steps_per_link": a.steps, "patch": a.patch, "batch": 2, "seeds": list(a.seeds), "cache": "oof",
@@ -314,44 +328,57 @@ def write_report(p, names: list[str], ladder: list[str], extras: list[str]) -> N
     cv = results["teacher_cross_validation_dice"].get("mean")
     cv_mean = " / ".join(f"{cv[g]:.3f}" for g in REGIONS) if cv else ""
     n_folds = len(results["teacher_cross_validation_dice"]) - 1
-    table = ["| model | params | GMACs/128³ | Dice WT / TC / ET | mean | HD95 mm WT / TC / ET | agreement w/ teacher WT / TC / ET "
-             "| s/case | speed-up | model s/case | model speed-up | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    table = ["| model | params | GMACs/128³ | Dice WT / TC / ET | mean | HD95 mm WT / TC / ET "
+             "| agreement w/ teacher WT / TC / ET "
+             "| s/case | speed-up | model s/case | model speed-up | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in shown:
-        agreement = " / ".join(f"{r['agreement_with_teacher'][g]:.3f}" for g in REGIONS) if "agreement_with_teacher" in r else "-"
+        agreement = (
+            " / ".join(f"{r['agreement_with_teacher'][g]:.3f}" for g in REGIONS)
+            if "agreement_with_teacher" in r
+            else "-"
+        )
         hd95 = " / ".join("-" if r["hd95_mm"][g] is None else f"{r['hd95_mm'][g]:.1f}" for g in REGIONS)
         dice = " / ".join(f"{r['dice'][g]:.3f}" for g in REGIONS)
         table.append(f"| {r['model']} | {r['parameters']:,}{' x5' if r['model'].startswith('teacher') else ''} | "
                      f"{r['macs_128'] / 1e9:.2f} | {dice} | "
                      f"{r['mean_dice']:.3f} | {hd95} | {agreement} | {r['latency_median_s']:.2f} | "
-                     f"{r['speedup_vs_teacher']:.0f}x | {r['model_latency_median_s']:.3f} | {r['model_speedup_vs_teacher']:.0f}x | "
+                     f"{r['speedup_vs_teacher']:.0f}x | {r['model_latency_median_s']:.3f} | "
+                     f"{r['model_speedup_vs_teacher']:.0f}x | "
                      f"{r.get('train_seconds', '-')} |")  # fmt: skip
     lines = [
         "# Real-data benchmark: BraTS 2018, compact nnU-Net teacher, distilled students",
         "",
         f"Reproduce: `{command}` (BRATS18_DIR: the 14 BraTS 2018 cases; {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}, {a.threads} threads). Every stage is resumable; every number below comes from one run of its stage.",
+        f"{torch.__version__}, {a.threads} threads). Every stage is resumable; every number below comes from one run "
+        "of its stage.",
         "",
         f"Split: train {', '.join(c.removeprefix('Brats18_') for c in results['split']['train'])}; "
         f"test {', '.join(c.removeprefix('Brats18_') for c in results['split']['test'])}.",
         "",
         f"Teacher: nnU-Net v2 compact plan ({teacher['compact_plan']['rule']}; features "
         f"{teacher['compact_plan']['features_per_stage']['compact']} instead of nnU-Net's "
-        f"{teacher['compact_plan']['features_per_stage']['default']}, {patch_phrase(teacher['compact_plan']['patch_size'])}), "
+        f"{teacher['compact_plan']['features_per_stage']['default']}, "
+        f"{patch_phrase(teacher['compact_plan']['patch_size'])}), "
         f"{teacher['parameters_per_member']:,} "
         f"parameters per fold, {teacher['iterations_per_fold']} iterations per fold by nnUNetTrainer; five checkpoints "
         f"{teacher['checkpoints_total_mb']} MB together (hashes in results.json).",
         *([f"nnU-Net's own cross-validation (each fold on its 2 held-out training cases, 2 mm): Dice WT/TC/ET "
            f"{cv_mean} (mean of {n_folds} folds)."] if cv_mean else []),
         "",
-        "Scores on the 4 test cases at their original 1 mm grid against the expert labels (mean over cases; HD95 follows "
-        "the BraTS empty-mask convention: 373.13 mm for a region present on one side only). Latency: median seconds per case on this CPU from the loaded "
-        "1 mm arrays to the label map on the same grid (preprocessing, networks, resampling back, thresholds); model s/case: the forward passes alone "
-        "(teacher: 5 folds x 8 mirrorings through nnU-Net's predictor; students: one onnxruntime pass); speed-ups relative to the 5-fold x 8-TTA teacher.",
+        "Scores on the 4 test cases at their original 1 mm grid against the expert labels (mean over cases; "
+        "HD95 follows the BraTS empty-mask convention: 373.13 mm for a region present on one side only). "
+        "Latency: median seconds per case on this CPU from the loaded "
+        "1 mm arrays to the label map on the same grid (preprocessing, networks, resampling back, thresholds); "
+        "model s/case: the forward passes alone "
+        "(teacher: 5 folds x 8 mirrorings through nnU-Net's predictor; students: one onnxruntime pass); "
+        "speed-ups relative to the 5-fold x 8-TTA teacher.",
         "",
         *table,
         "",
         f"Students above are seed {a.seeds[0]}'s (the ladder's are the committed packages; {', '.join(extras)} were "
-        f"tried afterwards, first seed only). Every ladder variant was trained with seeds {', '.join(map(str, a.seeds))} "
+        f"tried afterwards, first seed only). Every ladder variant was trained with seeds "
+        f"{', '.join(map(str, a.seeds))} "
         f"(same steps, patch, batch and cache); mean Dice over the 4 test cases per seed:",
         "",
         *seed_table(summary, a.seeds),
@@ -366,7 +393,8 @@ def write_report(p, names: list[str], ladder: list[str], extras: list[str]) -> N
         "",
         "## Findings",
         "",
-        "A step is said to help (hurt) only when its mean gain over the seeds exceeds 0.01 and every seed moves the same way.",
+        "A step is said to help (hurt) only when its mean gain over the seeds exceeds 0.01 and every seed moves "
+        "the same way.",
         "",
         *results["findings"],
         "",

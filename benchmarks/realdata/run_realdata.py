@@ -51,8 +51,9 @@ DATASET_ID = 501
 DATASET_NAME = "BraTS18Real"
 REGIONS = ("WT", "TC", "ET")
 TRAIN_CASES = (
-    "Brats18_2013_11_1", "Brats18_2013_20_1", "Brats18_CBICA_ABM_1", "Brats18_CBICA_AQN_1", "Brats18_TCIA01_201_1",
-    "Brats18_TCIA01_499_1", "Brats18_TCIA02_135_1", "Brats18_TCIA02_606_1", "Brats18_TCIA03_265_1", "Brats18_TCIA10_628_1",
+    "Brats18_2013_11_1", "Brats18_2013_20_1", "Brats18_CBICA_ABM_1", "Brats18_CBICA_AQN_1",
+    "Brats18_TCIA01_201_1", "Brats18_TCIA01_499_1", "Brats18_TCIA02_135_1", "Brats18_TCIA02_606_1",
+    "Brats18_TCIA03_265_1", "Brats18_TCIA10_628_1",
 )  # fmt: skip
 TEST_CASES = ("Brats18_2013_3_1", "Brats18_CBICA_ALU_1", "Brats18_TCIA01_378_1", "Brats18_TCIA10_637_1")
 VARIANTS = {
@@ -141,7 +142,8 @@ def teacher_config(p: Pipeline, folds=(0, 1, 2, 3, 4)):
     return CompactTeacherConfig(work_dir=p.work / "teacher", dataset_id=DATASET_ID, dataset_name=DATASET_NAME,
                                 raw_dataset=p.work / "nnunet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}",
                                 base_features=a.teacher_base_features, max_features=a.teacher_max_features,
-                                iterations=a.teacher_iterations, patch_size=tuple(a.teacher_patch) if a.teacher_patch else None,
+                                iterations=a.teacher_iterations,
+                                patch_size=tuple(a.teacher_patch) if a.teacher_patch else None,
                                 export_validation_probabilities=True, seed=a.seeds[0], folds=tuple(folds))  # fmt: skip
 
 
@@ -162,7 +164,8 @@ def stage_teacher(p: Pipeline) -> dict:
         "macs_128": int(count_macs(network, (1, 4, 128, 128, 128))), "compact_plan": plans.get("distill_compact_plan"),
         "iterations_per_fold": p.args.teacher_iterations, "folds": fold_records,
         # Seconds of the run that trained each fold (restored folds keep the figure of the run that made them).
-        "build_seconds": {"plan_and_preprocess": max(r["build_seconds"].get("plan_and_preprocess", 0) for r in fold_records.values()),
+        "build_seconds": {"plan_and_preprocess": max(r["build_seconds"].get("plan_and_preprocess", 0)
+                                                     for r in fold_records.values()),
                           **{name: r["build_seconds"].get(name, 0.0) for name, r in fold_records.items()}},
         "checkpoint_sha256": checkpoints, "checkpoints_total_mb": round(sum(sizes) / 2**20, 1),
         "cross_validation": cross_validation_dice(model_dir, folds),
@@ -192,8 +195,9 @@ def train_teacher_fold(p: Pipeline, fold: int) -> dict:
     print(f"[teacher] fold {fold}: training ({p.args.teacher_iterations} iterations)", flush=True)
     start = time.perf_counter()
     built = build_compact_nnunet(teacher_config(p, folds=(fold,)), log_path=p.work / f"teacher_build_fold{fold}.log")
-    record = {"fold": fold, "iterations": p.args.teacher_iterations, "seconds_this_run": round(time.perf_counter() - start, 1),
-              "build_seconds": built.seconds, "cross_validation": cross_validation_dice(built.model_dir, (fold,)).get(f"fold_{fold}"),
+    record = {"fold": fold, "iterations": p.args.teacher_iterations,
+              "seconds_this_run": round(time.perf_counter() - start, 1), "build_seconds": built.seconds,
+              "cross_validation": cross_validation_dice(built.model_dir, (fold,)).get(f"fold_{fold}"),
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}  # fmt: skip
     teacher_assets.save_fold(built.model_dir, fold)
     tmp = record_path.with_name(".record.json.partial")
@@ -223,9 +227,11 @@ def stage_cache(p: Pipeline, mode: str) -> dict:
     from distill.teacher.run import TeacherCacheConfig, run_teacher_cache
 
     teacher = p.done("teacher")
-    splits = p.work / "teacher" / "nnUNet_preprocessed" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / "splits_final.json"
+    splits = (p.work / "teacher" / "nnUNet_preprocessed" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+              / "splits_final.json")
     result = run_teacher_cache(TeacherCacheConfig(model_dir=Path(teacher["model_dir"]),
-                                                  images=p.work / "nnunet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}",
+                                                  images=p.work / "nnunet_raw"
+                                                  / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}",
                                                   out=p.work / f"cache_{mode}", mode=mode,
                                                   splits=splits if mode == "oof" else None,
                                                   target_spacing=(2.0, 2.0, 2.0), progress=False))  # fmt: skip
@@ -263,8 +269,10 @@ def stage_student(p: Pipeline, size: int, variant: str, seed: int) -> dict:
                                        seed=seed, val_cases=0, progress=False, **options))  # fmt: skip
     card = json.loads(result.card.read_text())
     return {
-        "seed": seed, "cache": cache.name, "parameters": result.parameters, "macs_128": result.macs_128, "ratio": result.ratio, "chain": result.chain,
-        "links": [{key: link.get(key) for key in ("parameters", "steps", "seconds", "steps_per_second", "peak_memory_mb")}
+        "seed": seed, "cache": cache.name, "parameters": result.parameters, "macs_128": result.macs_128,
+        "ratio": result.ratio, "chain": result.chain,
+        "links": [{key: link.get(key) for key in ("parameters", "steps", "seconds", "steps_per_second",
+                                                  "peak_memory_mb")}
                   for link in card["chain"]],
     }  # fmt: skip
 
@@ -273,7 +281,8 @@ def stage_export(p: Pipeline, name: str) -> dict:
     from distill.export.run import ExportConfig, export_package
 
     result = export_package(ExportConfig(run_dir=p.work / "students" / name, out=package_dir(p, name),
-                                         held_out=p.work / "split" / "test", max_held_out=1, overwrite=True))  # fmt: skip
+                                         held_out=p.work / "split" / "test", max_held_out=1,
+                                         overwrite=True))  # fmt: skip
     return {"package": os.path.relpath(result.package_dir, HERE), "onnx_bytes": result.onnx_bytes,
             "package_bytes": result.package_bytes, "parity": result.parity}  # fmt: skip
 
@@ -330,8 +339,10 @@ def stage_evaluate(p: Pipeline, name: str) -> dict:
     # values alone cannot tell its convention (e.g. a student that only ever predicts label 2).
     conventions = dict(pred_convention="brats2017", gt_convention="brats2017", progress=False)
     predictions = p.work / "predictions" / name
-    scores = {"vs_ground_truth": scores_of(evaluate(EvaluateConfig(pred_dir=predictions, gt_dir=p.work / "split" / "test",
-                                                                   out_dir=p.work / "evaluation" / name, **conventions)))}  # fmt: skip
+    scores = {"vs_ground_truth": scores_of(evaluate(EvaluateConfig(pred_dir=predictions,
+                                                                   gt_dir=p.work / "split" / "test",
+                                                                   out_dir=p.work / "evaluation" / name,
+                                                                   **conventions)))}  # fmt: skip
     if name != "teacher_mirror8":
         teacher = p.work / "predictions" / "teacher_mirror8"
         scores["vs_teacher"] = scores_of(evaluate(EvaluateConfig(pred_dir=predictions, gt_dir=teacher,
@@ -384,8 +395,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=(0, 1),
                         help="Train every student once per seed; the first seed's students are the packaged ones")
-    parser.add_argument("--until", default=None, help="Stop after this stage (split, convert, teacher, cache, students, "
-                                                      "export, predict, evaluate)")  # fmt: skip
+    parser.add_argument("--until", default=None,
+                        help="Stop after this stage (split, convert, teacher, cache, students, "
+                             "export, predict, evaluate)")  # fmt: skip
     return parser.parse_args()
 
 

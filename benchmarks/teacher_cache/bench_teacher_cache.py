@@ -50,7 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--cases", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=20, help="training iterations per fold of the compact teacher")
+    parser.add_argument("--iterations", type=int, default=20,
+                        help="training iterations per fold of the compact teacher")  # fmt: skip
     args = parser.parse_args()
     if not BRATS18.is_dir():
         sys.exit(f"real BraTS 2018 cases not found at {BRATS18}")
@@ -116,7 +117,9 @@ def main() -> None:
     cache_dir = work / "cache"
     if "cache_seconds_per_case" not in timings:
         shutil.rmtree(cache_dir, ignore_errors=True)
-        result = run_teacher_cache(TeacherCacheConfig(model_dir=teacher.model_dir, images=raw, out=cache_dir, progress=False))
+        result = run_teacher_cache(
+            TeacherCacheConfig(model_dir=teacher.model_dir, images=raw, out=cache_dir, progress=False)
+        )
         timings["cache_seconds_per_case"] = result.seconds / max(1, len(result.done))
         timings_file.write_text(json.dumps(timings))
     cache = TeacherCache.open(cache_dir)
@@ -129,7 +132,8 @@ def main() -> None:
         error = np.abs(restored - reference)
         case_bytes = cache.stored_bytes(case_id)
         rows.append({
-            "case": case_id, "cache_bytes": case_bytes, "nnunet_npz_bytes": (nnunet_out / f"{case_id}.npz").stat().st_size,
+            "case": case_id, "cache_bytes": case_bytes,
+            "nnunet_npz_bytes": (nnunet_out / f"{case_id}.npz").stat().st_size,
             "cache_probability_bytes": cache.stored_bytes(case_id, "probabilities"),
             "cache_uncertainty_bytes": cache.stored_bytes(case_id, "uncertainty"),
             "cache_image_bytes": cache.stored_bytes(case_id, "images"),
@@ -152,7 +156,8 @@ def main() -> None:
         whole_times.append(time.perf_counter() - t0)
 
     summary = {
-        "command": "python benchmarks/teacher_cache/bench_teacher_cache.py --work WORK --cases %d --iterations %d" % (n, args.iterations),
+        "command": "python benchmarks/teacher_cache/bench_teacher_cache.py --work WORK --cases %d --iterations %d"
+        % (n, args.iterations),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "teacher": {"parameters_per_member": teacher.parameters_per_member, "folds": 5, "tta": "mirror8",
                     "trained_iterations_per_fold": args.iterations, "build_seconds": round(build_seconds, 1)},
@@ -160,8 +165,12 @@ def main() -> None:
         "nnunet_predict_seconds_per_case": nnunet_seconds / n,
         "teacher_predict_seconds_per_case_median": statistics.median(predict_times),
         "teacher_cache_seconds_per_case": timings["cache_seconds_per_case"],
-        "median_size_ratio_npz_over_cached_probabilities": statistics.median(r["nnunet_npz_bytes"] / r["cache_probability_bytes"] for r in rows),
-        "median_size_ratio_npz_over_whole_cache_entry": statistics.median(r["nnunet_npz_bytes"] / r["cache_bytes"] for r in rows),
+        "median_size_ratio_npz_over_cached_probabilities": statistics.median(
+            r["nnunet_npz_bytes"] / r["cache_probability_bytes"] for r in rows
+        ),
+        "median_size_ratio_npz_over_whole_cache_entry": statistics.median(
+            r["nnunet_npz_bytes"] / r["cache_bytes"] for r in rows
+        ),
         "max_abs_error": max(r["max_abs_error"] for r in rows),
         "patch_read_64_median_seconds": statistics.median(patch_times),
         "whole_case_read_median_seconds": statistics.median(whole_times),
@@ -170,28 +179,35 @@ def main() -> None:
     lines = [
         "# Teacher cache on real BraTS 2018 cases at 2 mm (compact nnU-Net, 5 folds x 8 TTA)",
         "",
-        f"Command: `{summary['command']}` on {os.cpu_count()} CPU cores. Teacher: {teacher.parameters_per_member:,} parameters "
-        f"per member, trained {args.iterations} iterations per fold on 2 mm phantoms by nnU-Net's trainer.",
+        f"Command: `{summary['command']}` on {os.cpu_count()} CPU cores. "
+        f"Teacher: {teacher.parameters_per_member:,} parameters per member, "
+        f"trained {args.iterations} iterations per fold on 2 mm phantoms by nnU-Net's trainer.",
         "",
         "nnU-Net's npz holds the float32 probabilities only; a cache entry also holds the student inputs (4 float16",
         "images), the uncertainty and the ground truth, so both ratios are given.",
         "",
-        "| case | nnU-Net npz bytes | cached probabilities bytes | ratio | whole cache entry bytes (images float16 / uncertainty) | ratio | max abs err | mean abs err |",
+        "| case | nnU-Net npz bytes | cached probabilities bytes | ratio "
+        "| whole cache entry bytes (images float16 / uncertainty) | ratio | max abs err | mean abs err |",
         "|---|---|---|---|---|---|---|---|",
         *[f"| {r['case']} | {r['nnunet_npz_bytes']:,} | {r['cache_probability_bytes']:,} | "
-          f"{r['nnunet_npz_bytes'] / r['cache_probability_bytes']:.1f}x | {r['cache_bytes']:,} ({r['cache_image_bytes']:,} / "
+          f"{r['nnunet_npz_bytes'] / r['cache_probability_bytes']:.1f}x | "
+          f"{r['cache_bytes']:,} ({r['cache_image_bytes']:,} / "
           f"{r['cache_uncertainty_bytes']:,}) | {r['nnunet_npz_bytes'] / r['cache_bytes']:.1f}x | "
           f"{r['max_abs_error']:.5f} | {r['mean_abs_error']:.6f} |" for r in rows],
         "",
         "| timing (median or mean per case) | seconds |",
         "|---|---|",
-        f"| nnUNetv2_predict_from_modelfolder --save_probabilities (incl. process start) | {summary['nnunet_predict_seconds_per_case']:.1f} |",
-        f"| NnUNetTeacher.predict (model loaded once; records the 40 per-pass maps) | {summary['teacher_predict_seconds_per_case_median']:.1f} |",
-        f"| distill teacher-cache (predict + preprocess + quantise + write) | {summary['teacher_cache_seconds_per_case']:.1f} |",
+        "| nnUNetv2_predict_from_modelfolder --save_probabilities (incl. process start) | "
+        f"{summary['nnunet_predict_seconds_per_case']:.1f} |",
+        "| NnUNetTeacher.predict (model loaded once; records the 40 per-pass maps) | "
+        f"{summary['teacher_predict_seconds_per_case_median']:.1f} |",
+        "| distill teacher-cache (predict + preprocess + quantise + write) | "
+        f"{summary['teacher_cache_seconds_per_case']:.1f} |",
         f"| random 64³ patch read, all arrays | {summary['patch_read_64_median_seconds']:.3f} |",
         f"| whole case read | {summary['whole_case_read_median_seconds']:.3f} |",
         "",
-        f"Timings were taken on a shared 2-core machine while other jobs ran (load average {os.getloadavg()[0]:.1f} at the",
+        "Timings were taken on a shared 2-core machine while other jobs ran "
+        f"(load average {os.getloadavg()[0]:.1f} at the",
         "end), one after another rather than interleaved, so treat them as rough; sizes and errors are exact.",
         "A rerun in the same --work reuses the timings of stages already done (work/timings.json); the committed",
         "timings come from the first full run, the size columns from a rerun that added them.",
