@@ -53,9 +53,9 @@ from distill.infer.backends import (
 SIZES = {"student-30k": 30_000, "student-100k": 100_000}
 VOLUME = (240, 240, 155)
 TARGET_P50_MS = 20.0
-GPU_VARIANTS = ("torch:cuda:fp32", "torch:cuda:fp16", "torch:cuda:bf16", "torch:cuda:fp32:graphs", "torch:cuda:fp16:graphs",
-                "torch:cuda:fp16:compile", "onnxruntime:cuda", "tensorrt:fp16", "onnxruntime:tensorrt:fp16",
-                "tensorrt:fp32")  # fmt: skip
+GPU_VARIANTS = ("torch:cuda:fp32", "torch:cuda:fp16", "torch:cuda:bf16", "torch:cuda:fp32:graphs",
+                "torch:cuda:fp16:graphs", "torch:cuda:fp16:compile", "onnxruntime:cuda", "tensorrt:fp16",
+                "onnxruntime:tensorrt:fp16", "tensorrt:fp32")  # fmt: skip
 CPU_VARIANTS = ("torch:cpu:fp32", "torch:cpu:bf16", "onnxruntime:cpu")
 WHEELS_HINT = "the package variants need Distill's serving wheels: see the header of benchmarks/gpu_latency.sh"
 
@@ -189,7 +189,9 @@ def table(data: dict[str, Any]) -> str:
     for student in data["students"]:
         for row in student["results"]:
             if "p50_ms" in row:
-                figure = f"p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms" + ("" if row["meets_target"] else " (over target)")
+                figure = f"p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms" + (
+                    "" if row["meets_target"] else " (over target)"
+                )
             else:
                 figure = f"failed: {row['failed']}" if "failed" in row else f"skipped: {row['skipped']}"
             lines.append(f"{student['name']:14} {row['variant']:28} {figure}")
@@ -202,14 +204,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for gpu_latency.json (and cached engines)")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the CPU variants, to check the bookkeeping")
-    parser.add_argument("--variants", type=lambda t: tuple(v for v in t.split(",") if v), help="comma-separated backend specs")
-    parser.add_argument("--sizes", type=lambda t: tuple(t.split(",")), default=tuple(SIZES), help="comma-separated student names")
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the CPU variants, to check the bookkeeping"
+    )
+    parser.add_argument(
+        "--variants", type=lambda t: tuple(v for v in t.split(",") if v), help="comma-separated backend specs"
+    )
+    parser.add_argument(
+        "--sizes", type=lambda t: tuple(t.split(",")), default=tuple(SIZES), help="comma-separated student names"
+    )
     parser.add_argument("--volume", type=sizes, default=VOLUME, help="input grid before padding, e.g. 240,240,155")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, onnxruntime)")
-    parser.add_argument("--budget-s", type=float, default=270.0, help="stop starting new variants after this many seconds")
+    parser.add_argument(
+        "--budget-s", type=float, default=270.0, help="stop starting new variants after this many seconds"
+    )
     args = parser.parse_args(argv)
     args.variants = args.variants or (GPU_VARIANTS if args.device == "cuda" else CPU_VARIANTS)
     return args

@@ -37,7 +37,8 @@ def run(work: Path, name: str, options: list[str]) -> dict:
     card = json.loads((out / "student.json").read_text())
     link = card["chain"][-1]
     return {"run": name, "link": link["name"], "steps": link["steps"], "steps_per_second": link["steps_per_second"],
-            "peak_memory_mb": link["peak_memory_mb"], "wall_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            "peak_memory_mb": link["peak_memory_mb"],
+            "wall_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -53,7 +54,8 @@ def main() -> None:
     common = ["--steps", str(args.steps), "--patch-size", str(args.patch)]
     rows = []
     for size in args.sizes:
-        rows.append({"size": size, "kind": "from cache, KD", **run(work, f"{size}_cache_kd", ["--params", str(size), *common])})
+        rows.append({"size": size, "kind": "from cache, KD",
+                     **run(work, f"{size}_cache_kd", ["--params", str(size), *common])})  # fmt: skip
         target = work / "throughput" / f"{size}_live_graphflow"
         if not share_first_link(work / "students" / f"{size}_c_kd_chain", target) and not (target / "links").exists():
             raise SystemExit(f"{work / 'students' / f'{size}_c_kd_chain'}: no finished assistant; run the ladder first")
@@ -61,13 +63,16 @@ def main() -> None:
                      **run(work, f"{size}_live_graphflow", ["--params", str(size), "--assistants", "1",
                                                             "--graph-flow", "1.0", *common])})  # fmt: skip
         print(json.dumps(rows[-2:]), flush=True)
-    result = {"command": f"python benchmarks/ladder/bench_throughput.py --work WORK --steps {args.steps} --patch {args.patch}",
+    result = {"command": f"python benchmarks/ladder/bench_throughput.py --work WORK --steps {args.steps} "
+                         f"--patch {args.patch}",
               "cpus": os.cpu_count(), "rows": rows}  # fmt: skip
     (HERE / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Ladder training throughput", "", f"Command: `{result['command']}`; one `distill train-student` process per "
-             f"row, batch 2, patch {args.patch}³, {os.cpu_count()} CPU cores, nothing else running.", "",
+    lines = ["# Ladder training throughput", "",
+             f"Command: `{result['command']}`; one `distill train-student` process per row, "
+             f"batch 2, patch {args.patch}³, {os.cpu_count()} CPU cores, nothing else running.", "",
              "| size | link | steps/s | peak MB (process) |", "|---|---|---|---|",
-             *[f"| {r['size']:,} | {r['kind']} | {r['steps_per_second']:.2f} | {r['peak_memory_mb']:.0f} |" for r in rows]]  # fmt: skip
+             *[f"| {r['size']:,} | {r['kind']} | {r['steps_per_second']:.2f} | {r['peak_memory_mb']:.0f} |"
+               for r in rows]]  # fmt: skip
     (HERE / "THROUGHPUT.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -39,7 +39,9 @@ THREADS = 2
 
 def module_from_commit(commit: str, path: str, name: str, replace: dict[str, str], folder: Path):
     """Import ``path`` as it was at ``commit`` under the module name ``name``."""
-    source = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     for old, new in replace.items():
         source = source.replace(old, new)
     file = folder / f"{name.replace('.', '_')}.py"
@@ -86,12 +88,14 @@ def main() -> None:
                     seconds[name].append(time.perf_counter() - start)
             medians = {name: round(statistics.median(values), 3) for name, values in seconds.items()}
             results[case_id] = {"median_seconds": medians, "ratio": round(medians["before"] / medians["after"], 2),
-                                "differing_label_voxels": int(np.count_nonzero(labels["before"] != labels["after"]))}  # fmt: skip
+                                "differing_label_voxels": int(np.count_nonzero(labels["before"]
+                                                                               != labels["after"]))}  # fmt: skip
     command = "python benchmarks/latency/bench_preprocessing_change.py --data BRATS18_DIR"
     if args.name != "preprocessing_change":
         command += f" --old {args.old} --cases {' '.join(args.cases)} --name {args.name} --change '{args.change}'"
     report = {"command": command, "old_commit": args.old, "change": args.change,
-              "package": str(PACKAGE.relative_to(REPO)), "threads": THREADS, "runs": args.runs, "cases": results}  # fmt: skip
+              "package": str(PACKAGE.relative_to(REPO)), "threads": THREADS, "runs": args.runs,
+              "cases": results}  # fmt: skip
     (HERE / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Predictor.segment before and after {args.change} (one process, alternating runs)", "",
              f"Command: `{report['command']}`; old code from `{args.old}`; package `{report['package']}`; "

@@ -60,7 +60,9 @@ def main() -> None:
         predictor = Predictor.from_package(package, "onnxruntime", threads=THREADS)
         results[package.name] = {case_id: compare(predictor, case) for case_id, case in cases.items()}
     rows = [r for per_case in results.values() for r in per_case.values()]
-    totals = {key: sum(r[key] for r in rows) for key in ("differing_voxels", "differing_near_threshold", "foreground_voxels")}
+    totals = {
+        key: sum(r[key] for r in rows) for key in ("differing_voxels", "differing_near_threshold", "foreground_voxels")
+    }
     record = {"command": "python benchmarks/latency/check_labels_only_path.py --data BRATS18_DIR", "threads": THREADS,
               "totals": totals, "packages": results}  # fmt: skip
     (HERE / "labels_only_path.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -127,9 +127,13 @@ def write_markdown(record: dict, path: Path) -> None:
     ]
     for name, row in record["models"].items():
         per_case = " / ".join(f"{ratio:g}" for ratio in row["speed_up_per_case"])
-        lines.append(f"| {name} | {row['total']:.3f} | {row['preprocess']:.3f} | {row['model']:.3f} | {row['postprocess']:.3f} "
+        lines.append(f"| {name} | {row['total']:.3f} | {row['preprocess']:.3f} | {row['model']:.3f} | "
+                     f"{row['postprocess']:.3f} "
                      f"| {row['speed_up']:g}x | {per_case} | {row['model_speed_up']:g}x |")  # fmt: skip
-    best = min((name for name in record["models"] if not name.startswith("teacher")), key=lambda n: record["models"][n]["total"])
+    best = min(
+        (name for name in record["models"] if not name.startswith("teacher")),
+        key=lambda n: record["models"][n]["total"],
+    )
     row = record["models"][best]
     verdict = "met" if row["speed_up"] >= 100 else "NOT met"
     lines += ["", f"Fastest student: {best}, {row['speed_up']:g}x faster per case than the 5-fold x 8-TTA teacher "
@@ -168,7 +172,8 @@ def main() -> None:
         "teacher": {"parameters_per_member": teacher_record["parameters_per_member"], "iterations_per_fold": iterations,
                     "compact_plan": teacher_record["compact_plan"],
                     "note": (f"the compact nnU-Net plan of RESULTS.md ({teacher_record['parameters_per_member']:,} "
-                             f"parameters per fold, 5 folds), weights from {iterations} nnUNetTrainer iteration(s) per fold; "
+                             f"parameters per fold, 5 folds), weights from {iterations} nnUNetTrainer "
+                             "iteration(s) per fold; "
                              "its cost does not depend on the weights.")},  # fmt: skip
         "models": summarise(times, reference="teacher_mirror8"),
         "onnx_sha256": {name: runner.predictor.package.onnx_sha256 for name, runner in runners.items()

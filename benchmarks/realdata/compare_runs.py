@@ -40,7 +40,9 @@ def dice_table(first: dict, second: dict) -> list[str]:
     one = {row["model"]: row["mean_dice"] for row in first["models"]}
     two = {row["model"]: row["mean_dice"] for row in second["models"]}
     lines = ["| model | run 1 | run 2 | run 2 - run 1 |", "|---|---|---|---|"]
-    lines += [f"| {name} | {one[name]:.3f} | {two[name]:.3f} | {two[name] - one[name]:+.3f} |" for name in one if name in two]
+    lines += [
+        f"| {name} | {one[name]:.3f} | {two[name]:.3f} | {two[name] - one[name]:+.3f} |" for name in one if name in two
+    ]
     students = [abs(two[n] - one[n]) for n in one if n in two and not n.startswith("teacher")]
     lines += ["", f"Students: median |run 2 - run 1| {statistics.median(students):.3f}, largest {max(students):.3f} "
                   f"(mean Dice over WT/TC/ET on the 4 test cases, same seed)."]  # fmt: skip
@@ -70,15 +72,18 @@ def main() -> None:
         "Reproduce: `python benchmarks/realdata/compare_runs.py --first results.json --second rerun/results.json`",
         "",
         f"Run 1: `results.json` ({first['machine'].get('cpu', 'CPU not recorded')}; stages sum to "
-        f"{sum(first['stage_seconds'].values()):,.0f} s, partly on shared cores). Run 2: `rerun/results.json`, the same "
+        f"{sum(first['stage_seconds'].values()):,.0f} s, partly on shared cores). "
+        "Run 2: `rerun/results.json`, the same "
         f"command from a fresh clone ({second['machine'].get('cpu', 'CPU not recorded')}, idle; stages sum to "
         f"{sum(second['stage_seconds'].values()):,.0f} s). Same split, seeds and budgets. The code differs only where "
         "preprocessing arithmetic was reordered without changing the maths (z-score after resampling and torch "
-        "resampling from commit 175ba70, which run 1's cache and seed-0 students predate; masked statistics summed per line), so the "
+        "resampling from commit 175ba70, which run 1's cache and seed-0 students predate; "
+        "masked statistics summed per line), so the "
         "differences are the pipeline's run-to-run noise. Run 2's student packages are not committed.",
         "",
         "Teacher cross-validation Dice WT/TC/ET (nnU-Net, mean of folds): run 1 "
-        f"{cv_1['WT']:.4f} / {cv_1['TC']:.4f} / {cv_1['ET']:.4f}, run 2 {cv_2['WT']:.4f} / {cv_2['TC']:.4f} / {cv_2['ET']:.4f}; "
+        f"{cv_1['WT']:.4f} / {cv_1['TC']:.4f} / {cv_1['ET']:.4f}, "
+        f"run 2 {cv_2['WT']:.4f} / {cv_2['TC']:.4f} / {cv_2['ET']:.4f}; "
         f"checkpoints identical: {first['teacher']['checkpoint_sha256'] == second['teacher']['checkpoint_sha256']}.",
         "",
         "## Mean Dice per model, same seed",

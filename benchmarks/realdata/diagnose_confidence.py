@@ -38,7 +38,8 @@ def student_confidence(packages: list[Path], case) -> dict[str, dict]:
         flat = result.probabilities.reshape(3, -1)
         thresholds = np.asarray(predictor.package.thresholds).reshape(3, 1)
         out[package.name] = {"max_probability": dict(zip(REGIONS, np.round(flat.max(axis=1), 3).tolist())),
-                             "voxels_over_threshold": dict(zip(REGIONS, (flat > thresholds).sum(axis=1).tolist()))}  # fmt: skip
+                             "voxels_over_threshold": dict(zip(REGIONS,
+                                                               (flat > thresholds).sum(axis=1).tolist()))}  # fmt: skip
     return out
 
 
@@ -64,7 +65,8 @@ def teacher_extremes(cache_dir: Path, data: Path) -> dict[str, dict]:
         probabilities = cache.read_case(case_id).probabilities
         seg = next((data / case_id).glob("*_seg.nii*"))
         expert_et = int(np.count_nonzero(np.asarray(nib.load(str(seg)).dataobj) == 4))  # BraTS 2018: 4 = ET
-        out[case_id] = {"max_probability": dict(zip(REGIONS, np.round(probabilities.reshape(3, -1).max(axis=1), 3).tolist())),
+        out[case_id] = {"max_probability": dict(zip(REGIONS,
+                                                    np.round(probabilities.reshape(3, -1).max(axis=1), 3).tolist())),
                         "expert_et_voxels_1mm": expert_et}  # fmt: skip
     return out
 
@@ -103,7 +105,8 @@ def main() -> None:
         lines.append(f"| {name} | {per_region(entry['max_probability'], '.3f')} | "
                      f"{per_region(entry['voxels_over_threshold'], 'd')} | {'-' if kd is None else kd} |")  # fmt: skip
     lines += ["", "Teacher caches, per training case: largest cached probability WT / TC / ET (2 mm grid), and the "
-              "expert ET voxels at 1 mm.", "", "| case | out-of-fold | full | expert ET voxels |", "|---|---|---|---|"]  # fmt: skip
+              "expert ET voxels at 1 mm.", "", "| case | out-of-fold | full | expert ET voxels |",
+              "|---|---|---|---|"]  # fmt: skip
     for case_id, oof in results["teacher_cache"]["oof"].items():
         full = results["teacher_cache"]["full"][case_id]
         lines.append(f"| {case_id} | {per_region(oof['max_probability'], '.2f')} | "
