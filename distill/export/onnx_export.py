@@ -98,7 +98,10 @@ def check_onnx(data: bytes) -> None:
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     outputs = [o.name for o in model.graph.output]
     if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
-        raise ExportError(f"the exported graph has inputs {inputs} and outputs {outputs}, expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]")
+        raise ExportError(
+            f"the exported graph has inputs {inputs} and outputs {outputs}, "
+            f"expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
+        )
 
 
 def simplify_onnx(data: bytes) -> bytes:
@@ -232,7 +235,9 @@ def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
-def labels_from_probabilities(probabilities: np.ndarray, thresholds: Sequence[float], convention: LabelConvention) -> np.ndarray:
+def labels_from_probabilities(
+    probabilities: np.ndarray, thresholds: Sequence[float], convention: LabelConvention
+) -> np.ndarray:
     """Region probabilities ``(3, *S)`` -> label map ``S`` in ``convention`` (thresholds per region)."""
     regions = probabilities > np.asarray(thresholds, dtype=np.float64).reshape(-1, *([1] * (probabilities.ndim - 1)))
     return convention.from_regions(regions)
@@ -252,7 +257,9 @@ def measure_parity(runtime: str, reference: LogitsFn, candidate: LogitsFn, cases
             labels_from_probabilities(expected, region_thresholds, convention)
             == labels_from_probabilities(actual, region_thresholds, convention)
         ))  # fmt: skip
-        report.cases.append(CaseParity(case.case_id, float(np.max(np.abs(expected - actual))), agreement, int(expected[0].size)))
+        report.cases.append(
+            CaseParity(case.case_id, float(np.max(np.abs(expected - actual))), agreement, int(expected[0].size))
+        )
     return report
 
 

@@ -166,7 +166,11 @@ def to_mixed_fp16(model):
         if node.op_type in NORM_OPS:
             source, target = node.input[0], node.output[0]
             node.input[0], node.output[0] = f"{source}__fp32", f"{target}__fp32"
-            nodes += [_cast(source, node.input[0], TensorProto.FLOAT), node, _cast(node.output[0], target, TensorProto.FLOAT16)]
+            nodes += [
+                _cast(source, node.input[0], TensorProto.FLOAT),
+                node,
+                _cast(node.output[0], target, TensorProto.FLOAT16),
+            ]
         else:
             if OUTPUT_NAME in node.output:
                 node.output[list(node.output).index(OUTPUT_NAME)] = f"{OUTPUT_NAME}__fp16"
@@ -255,8 +259,8 @@ def insert_qdq(model, ranges: Sequence[ActivationRange]):
         axis_attr = {} if axis is None else {"axis": axis}
         quant = helper.make_node("QuantizeLinear", [name, f"{name}__scale", f"{name}__zero"], [f"{name}__q"],
                                  name=f"{name}/Q", **axis_attr)  # fmt: skip
-        dequant = helper.make_node("DequantizeLinear", [f"{name}__q", f"{name}__scale", f"{name}__zero"], [f"{name}__dq"],
-                                   name=f"{name}/DQ", **axis_attr)  # fmt: skip
+        dequant = helper.make_node("DequantizeLinear", [f"{name}__q", f"{name}__scale", f"{name}__zero"],
+                                   [f"{name}__dq"], name=f"{name}/DQ", **axis_attr)  # fmt: skip
         new_nodes.extend([quant, dequant])
         dequantised[name] = f"{name}__dq"
         return dequantised[name]
@@ -283,7 +287,9 @@ def insert_qdq(model, ranges: Sequence[ActivationRange]):
     return model
 
 
-def calibration_tiles(volumes: Iterable[np.ndarray], n_tiles: int, tile: Sequence[int], seed: int = 0) -> list[np.ndarray]:
+def calibration_tiles(
+    volumes: Iterable[np.ndarray], n_tiles: int, tile: Sequence[int], seed: int = 0
+) -> list[np.ndarray]:
     """``n_tiles`` crops ``(C, *tile)`` centred on random brain voxels of preprocessed volumes ``(C, X, Y, Z)``.
 
     Tiles reaching past a volume are zero-filled, as preprocessing pads. Centres are drawn
@@ -310,7 +316,9 @@ def _crop_zero_filled(volume: np.ndarray, start: Sequence[int], size: Sequence[i
     return out
 
 
-def calibration_tiles_from_cache(cache_dir: str | Path, n_tiles: int, tile: Sequence[int], seed: int = 0) -> list[np.ndarray]:
+def calibration_tiles_from_cache(
+    cache_dir: str | Path, n_tiles: int, tile: Sequence[int], seed: int = 0
+) -> list[np.ndarray]:
     """Calibration tiles from a teacher cache's preprocessed images (the students' training inputs)."""
     from distill.cache import TeacherCache  # only the INT8 path needs the cache reader
 
@@ -323,7 +331,9 @@ def calibration_tiles_from_cache(cache_dir: str | Path, n_tiles: int, tile: Sequ
     return calibration_tiles((cache.read_case(c).images for c in chosen), n_tiles, tile, seed)
 
 
-def prepare_onnx(data: bytes, precision: str, calibration: Sequence[np.ndarray] | None = None, threads: int | None = None) -> bytes:
+def prepare_onnx(
+    data: bytes, precision: str, calibration: Sequence[np.ndarray] | None = None, threads: int | None = None
+) -> bytes:
     """The ONNX a ``precision`` engine is built from (see the module docstring)."""
     import onnx
 
@@ -343,7 +353,9 @@ def prepare_onnx(data: bytes, precision: str, calibration: Sequence[np.ndarray] 
 # Building (TensorRT and a CUDA GPU required)
 
 
-def build_engine(data: bytes, precision: str, settings: InferenceSettings, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> bytes:
+def build_engine(
+    data: bytes, precision: str, settings: InferenceSettings, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+) -> bytes:
     """Serialised engine for ``data`` (already prepared for ``precision``), with the manifest's profile.
 
     The network is strongly typed: the ONNX's own tensor types decide each layer's precision.
@@ -377,7 +389,9 @@ def check_norms_fp32(network, trt) -> None:
     for index in range(network.num_layers):
         layer = network.get_layer(index)
         if layer.type == trt.LayerType.NORMALIZATION and layer.get_input(0).dtype != trt.float32:
-            raise EngineError(f"norm layer {layer.name!r} would run in {layer.get_input(0).dtype}; norms must stay FP32")
+            raise EngineError(
+                f"norm layer {layer.name!r} would run in {layer.get_input(0).dtype}; norms must stay FP32"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,8 +406,9 @@ class BuiltEngine:
     parity: dict[str, Any]
 
 
-def build_gated_engine(package: ModelPackage, precision: str, parity_cases, calibration: Sequence[np.ndarray] | None = None,
-                       thresholds=None, threads: int | None = None) -> BuiltEngine:
+def build_gated_engine(package: ModelPackage, precision: str, parity_cases,
+                       calibration: Sequence[np.ndarray] | None = None, thresholds=None,
+                       threads: int | None = None) -> BuiltEngine:
     """Build a ``precision`` engine for ``package`` and hold it to the parity gate against torch.
 
     Args:
@@ -406,9 +421,13 @@ def build_gated_engine(package: ModelPackage, precision: str, parity_cases, cali
     """
     from distill.export.onnx_export import PRECISION_THRESHOLDS, measure_parity, torch_logits_fn
 
-    key = current_engine_key(package, precision, calibration_sha256(calibration) if precision == "int8" and calibration else None)
+    key = current_engine_key(
+        package, precision, calibration_sha256(calibration) if precision == "int8" and calibration else None
+    )
     settings = package.inference
-    engine = build_engine(prepare_onnx(package.onnx_path.read_bytes(), precision, calibration, threads), precision, settings)
+    engine = build_engine(
+        prepare_onnx(package.onnx_path.read_bytes(), precision, calibration, threads), precision, settings
+    )
     runner = TensorRTRunner(engine)
     runner.warm_up()
 
@@ -416,12 +435,14 @@ def build_gated_engine(package: ModelPackage, precision: str, parity_cases, cali
         return runner(torch.from_numpy(images)).cpu().numpy()
 
     report = measure_parity(f"tensorrt-{precision}", torch_logits_fn(package.load_student()), run_engine, parity_cases,
-                            thresholds or PRECISION_THRESHOLDS[precision], package.thresholds, package.convention)  # fmt: skip
+                            thresholds or PRECISION_THRESHOLDS[precision], package.thresholds,
+                            package.convention)  # fmt: skip
     report.raise_if_failed()
     entry = EngineEntry(
-        file=f"{ENGINES_DIR}/{key.file_name}", compute_capability=key.compute_capability, tensorrt_version=key.tensorrt_version,
-        precision=precision, onnx_sha256=key.onnx_sha256,
-        profile={"min": list(settings.profile_min), "opt": list(settings.profile_opt), "max": list(settings.profile_max)},
+        file=f"{ENGINES_DIR}/{key.file_name}", compute_capability=key.compute_capability,
+        tensorrt_version=key.tensorrt_version, precision=precision, onnx_sha256=key.onnx_sha256,
+        profile={"min": list(settings.profile_min), "opt": list(settings.profile_opt),
+                 "max": list(settings.profile_max)},
         parity=report.to_dict(), gpu_name=key.gpu_name, rewrite_version=key.rewrite_version,
         calibration_sha256=key.calibration_sha256,
     )  # fmt: skip
@@ -453,8 +474,9 @@ class EngineBuildResult:
         return "\n".join(lines)
 
 
-def build_engines(package: ModelPackage, precisions: Sequence[str], parity_cases, *, cache: EngineCache | None = None,
-                  calibration_cache: str | Path | None = None, n_calibration_tiles: int = 32, threads: int | None = None,
+def build_engines(package: ModelPackage, precisions: Sequence[str], parity_cases, *,
+                  cache: EngineCache | None = None, calibration_cache: str | Path | None = None,
+                  n_calibration_tiles: int = 32, threads: int | None = None,
                   rebuild: bool = False) -> tuple[EngineRecord, ...]:
     """Build, gate and store one engine per precision, into ``cache`` or else into the package.
 
@@ -467,7 +489,9 @@ def build_engines(package: ModelPackage, precisions: Sequence[str], parity_cases
         if precision not in PRECISIONS:
             raise EngineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         start = time.perf_counter()
-        calibration = _calibration(package, parity_cases, calibration_cache, n_calibration_tiles) if precision == "int8" else None
+        calibration = (
+            _calibration(package, parity_cases, calibration_cache, n_calibration_tiles) if precision == "int8" else None
+        )
         key = current_engine_key(package, precision, calibration_sha256(calibration) if calibration else None)
         existing = _stored_path(package, key, cache)
         if existing is not None and not rebuild:
@@ -480,8 +504,12 @@ def build_engines(package: ModelPackage, precisions: Sequence[str], parity_cases
             try:
                 path = package.add_engine(built.key.file_name, built.data, built.entry)
             except OSError as exc:
-                raise EngineError(f"{package.root}: cannot store the engine there ({exc}); pass --engine-cache DIR") from exc
-        records.append(EngineRecord(precision, path, built=True, seconds=time.perf_counter() - start, parity=built.parity))
+                raise EngineError(
+                    f"{package.root}: cannot store the engine there ({exc}); pass --engine-cache DIR"
+                ) from exc
+        records.append(
+            EngineRecord(precision, path, built=True, seconds=time.perf_counter() - start, parity=built.parity)
+        )
     return tuple(records)
 
 
@@ -537,7 +565,8 @@ def export_engines(config: EngineExportConfig) -> EngineBuildResult:
                              max_held_out=config.max_held_out, n_phantoms=config.n_phantoms)  # fmt: skip
     cases, _ = held_out_cases(selection, package.preprocess_config)
     cache = EngineCache(config.engine_cache) if config.engine_cache else None
-    return EngineBuildResult(build_engines(package, config.precisions, cases, cache=cache, calibration_cache=config.calibration_cache,
+    return EngineBuildResult(build_engines(package, config.precisions, cases, cache=cache,
+                                           calibration_cache=config.calibration_cache,
                                            n_calibration_tiles=config.calibration_tiles, threads=config.threads,
                                            rebuild=config.rebuild))  # fmt: skip
 

@@ -48,12 +48,27 @@ if TYPE_CHECKING:
     from distill.package import ModelPackage
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-DEVICES: dict[str, tuple[str, ...]] = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda", "tensorrt"), "tensorrt": ("cuda",)}
-PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16", "int8")}
+DEVICES: dict[str, tuple[str, ...]] = {
+    "torch": ("cpu", "cuda"),
+    "onnxruntime": ("cpu", "cuda", "tensorrt"),
+    "tensorrt": ("cuda",),
+}
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "fp16", "bf16"),
+    "onnxruntime": ("fp32", "fp16"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NORM_MODULES = (nn.InstanceNorm3d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-ORT_GPU_HINT = "install `onnxruntime-gpu` in place of `onnxruntime` (not beside it: both provide the same module) on a machine with CUDA"
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+ORT_GPU_HINT = (
+    "install `onnxruntime-gpu` in place of `onnxruntime` (not beside it: both provide the same module) "
+    "on a machine with CUDA"
+)
 
 
 class BackendUnavailable(DistillError):
@@ -95,9 +110,13 @@ class BackendSpec:
         if self.name == "tensorrt" and self.device == "cpu":
             object.__setattr__(self, "device", "cuda")  # TensorRT has one device kind; "cpu" is only the default
         if self.device not in DEVICES[self.name]:
-            raise BackendOptionError(f"backend {self.name} runs on {', '.join(DEVICES[self.name])}, not {self.device!r}")
+            raise BackendOptionError(
+                f"backend {self.name} runs on {', '.join(DEVICES[self.name])}, not {self.device!r}"
+            )
         if self.precision not in PRECISIONS[self.name]:
-            raise BackendOptionError(f"backend {self.name} supports precisions {', '.join(PRECISIONS[self.name])}, not {self.precision!r}")
+            raise BackendOptionError(
+                f"backend {self.name} supports precisions {', '.join(PRECISIONS[self.name])}, not {self.precision!r}"
+            )
         if self.cuda_graphs and (self.name != "torch" or self.device != "cuda"):
             raise BackendOptionError("CUDA graphs are a torch option on --device cuda")
         if self.compile and self.name != "torch":
@@ -132,7 +151,9 @@ class BackendSpec:
             elif token == "compile":
                 fields["compile"] = True
             else:
-                raise BackendOptionError(f"{text!r}: unknown backend option {token!r} (devices, precisions, graphs, compile)")
+                raise BackendOptionError(
+                    f"{text!r}: unknown backend option {token!r} (devices, precisions, graphs, compile)"
+                )
         return cls(name=name, **fields)
 
 
@@ -311,7 +332,9 @@ def onnxruntime_providers(spec: BackendSpec, package: ModelPackage) -> list[Any]
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendUnavailable(f"onnxruntime is not installed ({exc}); install distill[export] or use --backend torch") from exc
+        raise BackendUnavailable(
+            f"onnxruntime is not installed ({exc}); install distill[export] or use --backend torch"
+        ) from exc
     wanted = ORT_PROVIDERS[spec.device]
     if wanted not in ort.get_available_providers():
         raise BackendUnavailable(
@@ -351,8 +374,9 @@ def check_session_provider(session: Any, wanted: str) -> None:
     running = list(session.get_providers())
     if not running or running[0] != wanted:
         raise BackendUnavailable(
-            f"onnxruntime did not start {wanted}: the session runs {', '.join(running) or 'nothing'} (onnxruntime falls "
-            f"back silently when a provider fails to load; its warning above says why); refusing to report it as {wanted}"
+            f"onnxruntime did not start {wanted}: the session runs {', '.join(running) or 'nothing'} "
+            "(onnxruntime falls back silently when a provider fails to load; its warning above says why); "
+            f"refusing to report it as {wanted}"
         )
 
 
@@ -503,8 +527,9 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     """n, p50/p95/p99, mean, min, max of ``seconds``, in milliseconds (linear-interpolated percentiles)."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"n": int(ms.size), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3),
-            "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3), "max_ms": round(float(ms.max()), 3)}  # fmt: skip
+    return {"n": int(ms.size), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
+            "p99_ms": round(float(p99), 3), "mean_ms": round(float(ms.mean()), 3),
+            "min_ms": round(float(ms.min()), 3), "max_ms": round(float(ms.max()), 3)}  # fmt: skip
 
 
 def library_versions() -> dict[str, str | None]:
@@ -520,7 +545,8 @@ def library_versions() -> dict[str, str | None]:
 
 __all__ = [
     "BACKENDS", "Backend", "BackendOptionError", "BackendSpec", "BackendUnavailable", "OnnxRuntimeBackend",
-    "TensorRTBackend", "TorchBackend", "available_backend_specs", "check_session_provider", "cpu_name", "create_backend",
-    "device_name", "keep_norms_fp32", "latency_stats", "library_versions", "one_line", "onnxruntime_providers",
+    "TensorRTBackend", "TorchBackend", "available_backend_specs", "check_session_provider", "cpu_name",
+    "create_backend", "device_name", "keep_norms_fp32", "latency_stats", "library_versions", "one_line",
+    "onnxruntime_providers",
     "onnxruntime_trt_cache", "time_calls",
 ]  # fmt: skip

@@ -98,7 +98,8 @@ class BenchResult:
                 continue
             full = entry.get("model_only_full_shape", {}).get("p50_ms")
             lines.append(f"{entry['backend']:34} {entry['model_only']['p50_ms']:13.1f} "
-                         f"{'-' if full is None else f'{full:.1f}':>16} {entry['end_to_end']['total']['p50_ms']:11.1f}")  # fmt: skip
+                         f"{'-' if full is None else f'{full:.1f}':>16} "
+                         f"{entry['end_to_end']['total']['p50_ms']:11.1f}")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -126,7 +127,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
                     "size_bytes": package.size_bytes()},  # fmt: skip
         "case": {"id": case.case_id, "source": "synthetic 1 mm phantom" if config.input_dir is None else "input folder",
                  "shape": list(case.shape), "spacing_mm": [round(s, 4) for s in case.spacing]},  # fmt: skip
-        "settings": {"runs": config.runs, "warmup": config.warmup, "e2e_runs": config.e2e_runs, "threads": config.threads,
+        "settings": {"runs": config.runs, "warmup": config.warmup, "e2e_runs": config.e2e_runs,
+                     "threads": config.threads,
                      "full_shape": list(config.full_shape) if config.full_shape else None},  # fmt: skip
         "host": host_description(),
         "versions": library_versions(),
@@ -162,13 +164,19 @@ def bench_each(specs: Iterable[BackendSpec], bench: Callable[[BackendSpec], dict
     return results
 
 
-def _bench_backend(package: ModelPackage, spec: BackendSpec, files: CaseFiles, case, config: BenchConfig, out_dir: Path) -> dict[str, Any]:
+def _bench_backend(
+    package: ModelPackage, spec: BackendSpec, files: CaseFiles, case, config: BenchConfig, out_dir: Path
+) -> dict[str, Any]:
     predictor = Predictor(package, create_backend(package, spec))
     predictor.warm_up()
     backend = predictor.backend
     prepared = predictor.prepare(case.images, case.affine)
     tile = predictor.tile_for(prepared.images.shape[1:])
-    entry: dict[str, Any] = {**backend.describe(), "preprocessed_shape": list(prepared.images.shape[1:]), "tiled": tile is not None}
+    entry: dict[str, Any] = {
+        **backend.describe(),
+        "preprocessed_shape": list(prepared.images.shape[1:]),
+        "tiled": tile is not None,
+    }
     model_call = _model_call(predictor, prepared.images, tile)
     entry["model_only"] = latency_stats(time_calls(model_call, config.runs, config.warmup, backend.synchronize))
     if config.full_shape is not None:
@@ -176,7 +184,8 @@ def _bench_backend(package: ModelPackage, spec: BackendSpec, files: CaseFiles, c
         full_tile = predictor.tile_for(full.shape[1:])
         entry["full_shape"] = list(full.shape[1:])
         entry["model_only_full_shape"] = latency_stats(
-            time_calls(_model_call(predictor, full, full_tile), config.runs, config.warmup, backend.synchronize))  # fmt: skip
+            time_calls(_model_call(predictor, full, full_tile), config.runs, config.warmup,
+                       backend.synchronize))  # fmt: skip
     entry["end_to_end"] = _end_to_end(predictor, files, config.e2e_runs, out_dir)
     return entry
 

@@ -17,7 +17,9 @@ import numpy as np
 from distill.package import INPUT_NAME, OUTPUT_NAME
 
 
-def onnxruntime_session(data: bytes | str | Path, threads: int | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",)):
+def onnxruntime_session(
+    data: bytes | str | Path, threads: int | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",)
+):
     """An onnxruntime session with all graph optimisations and ``threads`` intra-op threads."""
     import onnxruntime as ort
 

@@ -60,8 +60,8 @@ class PredictResult:
 
     def __str__(self) -> str:
         per_case = f", {self.seconds / len(self.written):.2f} s/case" if self.written else ""
-        return (f"{self.output_dir}: {len(self.written)} case(s) segmented with {self.backend} ({self.convention} labels)"
-                f"{per_case}; {len(self.skipped)} already present")  # fmt: skip
+        return (f"{self.output_dir}: {len(self.written)} case(s) segmented with {self.backend} "
+                f"({self.convention} labels){per_case}; {len(self.skipped)} already present")  # fmt: skip
 
 
 def predict_folder(config: PredictConfig) -> PredictResult:
@@ -84,15 +84,21 @@ def predict_folder(config: PredictConfig) -> PredictResult:
         result = predictor.segment(case.images, case.affine, label_convention=convention,
                                    return_probabilities=keep_maps, return_uncertainty=keep_maps)  # fmt: skip
         if config.save_probabilities:
-            _write_probabilities(output_dir / f"{files.case_id}_probabilities.npz", result.probabilities, result.uncertainty)
+            _write_probabilities(
+                output_dir / f"{files.case_id}_probabilities.npz", result.probabilities, result.uncertainty
+            )
         write_nifti(target, result.labels, case.affine)  # last: its presence marks the case done
         written.append(files.case_id)
-    return PredictResult(output_dir, tuple(written), tuple(skipped), config.backend.label, convention, time.perf_counter() - start)
+    return PredictResult(
+        output_dir, tuple(written), tuple(skipped), config.backend.label, convention, time.perf_counter() - start
+    )
 
 
 def _write_probabilities(path: Path, probabilities: np.ndarray, uncertainty: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, probabilities=probabilities.astype(np.float16), uncertainty=uncertainty.astype(np.float16))
+        np.savez_compressed(
+            fh, probabilities=probabilities.astype(np.float16), uncertainty=uncertainty.astype(np.float16)
+        )
 
 
 __all__ = ["PredictConfig", "PredictResult", "predict_folder"]

@@ -108,7 +108,11 @@ class Predictor:
             PackageError, BackendUnavailable, BackendOptionError.
         """
         package = ModelPackage.open(path, verify=verify)
-        changes = {k: v for k, v in {"device": device, "precision": precision, "threads": threads, **options}.items() if v is not None}
+        changes = {
+            k: v
+            for k, v in {"device": device, "precision": precision, "threads": threads, **options}.items()
+            if v is not None
+        }
         spec = BackendSpec.parse(backend, **changes) if isinstance(backend, str) else replace(backend, **changes)
         predictor = cls(package, create_backend(package, spec), postprocess)
         if warm_up:
@@ -168,7 +172,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ the stages
 
-    def prepare(self, images: np.ndarray, affine: np.ndarray, modalities: Sequence[str] | None = None) -> PreprocessedCase:
+    def prepare(
+        self, images: np.ndarray, affine: np.ndarray, modalities: Sequence[str] | None = None
+    ) -> PreprocessedCase:
         """Channel check and preprocessing: ``(C, X, Y, Z)`` raw -> the package's grid."""
         images = self.check_channels(np.asarray(images), modalities)
         return preprocess(images.astype(np.float32, copy=False), np.asarray(affine, dtype=np.float64),
@@ -189,8 +195,8 @@ class Predictor:
         probabilities = torch.sigmoid(logits[0].float()).cpu().numpy()
         return probabilities, tile is not None
 
-    def finish(self, prepared: PreprocessedCase, probabilities: np.ndarray, affine: np.ndarray, convention: LabelConvention,
-               return_probabilities: bool, return_uncertainty: bool) -> Segmentation:
+    def finish(self, prepared: PreprocessedCase, probabilities: np.ndarray, affine: np.ndarray,
+               convention: LabelConvention, return_probabilities: bool, return_uncertainty: bool) -> Segmentation:
         """Back to the input grid, thresholds, post-processing, labels in ``convention``."""
         record = prepared.record
         thresholds = np.asarray(self.package.thresholds, dtype=np.float32)
@@ -201,7 +207,9 @@ class Predictor:
             # post-processing there is exact.
             above, box = restore_thresholded(probabilities, record, thresholds)
             regions = postprocess_regions(above, self.postprocess, spacing=spacing) if above.size else above
-            return Segmentation(labels=place(convention.from_regions(regions), box, record.original_shape), convention=convention.name)
+            return Segmentation(
+                labels=place(convention.from_regions(regions), box, record.original_shape), convention=convention.name
+            )
         # Thresholds, post-processing and labels work inside the brain's bounding box: outside it
         # every region is empty, and the full 1 mm grid is ~3x more voxels to touch.
         restored = restore_probabilities_in_crop(probabilities, record)

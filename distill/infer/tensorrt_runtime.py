@@ -75,9 +75,13 @@ def require_tensorrt():
         version = getattr(trt, "__version__", "?")
         raise TensorRTUnavailable(f"the installed tensorrt {version} has no builder (a lean runtime); {INSTALL_HINT}")
     if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} predates strongly typed networks; install TensorRT 10 or later")
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} predates strongly typed networks; install TensorRT 10 or later"
+        )
     if not torch.cuda.is_available():
-        raise TensorRTUnavailable(f"TensorRT needs a CUDA GPU and a CUDA build of torch; none is visible here; {INSTALL_HINT}")
+        raise TensorRTUnavailable(
+            f"TensorRT needs a CUDA GPU and a CUDA build of torch; none is visible here; {INSTALL_HINT}"
+        )
     return trt
 
 
@@ -122,7 +126,10 @@ class EngineKey:
 
     @property
     def _stem(self) -> str:
-        return f"model.sm{self.compute_capability.replace('.', '')}.trt{self.tensorrt_version}.{self.precision}.{self.fingerprint}"
+        return (
+            f"model.sm{self.compute_capability.replace('.', '')}.trt{self.tensorrt_version}"
+            f".{self.precision}.{self.fingerprint}"
+        )
 
     @property
     def file_name(self) -> str:
@@ -135,10 +142,15 @@ class EngineKey:
         name = PurePosixPath(name).name
         if name == self.file_name:
             return True
-        return self.calibration_sha256 is None and re.fullmatch(re.escape(self._stem) + r"\.cal[0-9a-f]{12}\.engine", name) is not None
+        return (
+            self.calibration_sha256 is None
+            and re.fullmatch(re.escape(self._stem) + r"\.cal[0-9a-f]{12}\.engine", name) is not None
+        )
 
     def matches(self, entry: EngineEntry) -> bool:
-        return self.matches_file(entry.file) and (entry.precision, entry.onnx_sha256) == (self.precision, self.onnx_sha256)
+        return self.matches_file(entry.file) and (
+            (entry.precision, entry.onnx_sha256) == (self.precision, self.onnx_sha256)
+        )
 
     def describe(self) -> str:
         low, _, high = ("x".join(map(str, s[2:])) for s in self.profile)
@@ -146,13 +158,15 @@ class EngineKey:
                 f"{self.tensorrt_version}, profile {low}..{high}, rewrite v{self.rewrite_version}")  # fmt: skip
 
 
-def current_engine_key(package: ModelPackage, precision: str, calibration_sha256: str | None = None, device: int = 0) -> EngineKey:
+def current_engine_key(
+    package: ModelPackage, precision: str, calibration_sha256: str | None = None, device: int = 0
+) -> EngineKey:
     """The key of a ``precision`` engine for ``package`` on this GPU with this TensorRT."""
     trt = require_tensorrt()
     settings = package.inference
     profile = (tuple(settings.profile_min), tuple(settings.profile_opt), tuple(settings.profile_max))
-    return EngineKey(precision, package.onnx_sha256, profile, torch.cuda.get_device_name(device), compute_capability(device),
-                     trt.__version__, calibration_sha256=calibration_sha256)  # fmt: skip
+    return EngineKey(precision, package.onnx_sha256, profile, torch.cuda.get_device_name(device),
+                     compute_capability(device), trt.__version__, calibration_sha256=calibration_sha256)  # fmt: skip
 
 
 class EngineCache:
@@ -168,12 +182,18 @@ class EngineCache:
     def store(self, key: EngineKey, data: bytes, entry: EngineEntry) -> Path:
         path = self.root / key.file_name
         atomic_write_bytes(path, data)
-        atomic_write_json(path.with_name(f"{path.name}.json"), {"sha256": sha256_bytes(data), "key": asdict(key), **entry.to_dict()})
+        atomic_write_json(
+            path.with_name(f"{path.name}.json"), {"sha256": sha256_bytes(data), "key": asdict(key), **entry.to_dict()}
+        )
         return path
 
     def find(self, key: EngineKey) -> Path | None:
         """The newest engine file for ``key`` that has a sidecar, or ``None``."""
-        found = [p for p in self.root.glob("*.engine") if key.matches_file(p.name) and p.with_name(f"{p.name}.json").is_file()]
+        found = [
+            p
+            for p in self.root.glob("*.engine")
+            if key.matches_file(p.name) and p.with_name(f"{p.name}.json").is_file()
+        ]
         return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
     def load(self, key: EngineKey) -> bytes | None:
@@ -182,7 +202,9 @@ class EngineCache:
             return None
         data = path.read_bytes()
         if sha256_bytes(data) != json.loads(path.with_name(f"{path.name}.json").read_text()).get("sha256"):
-            raise EngineError(f"{path}: sha256 differs from its sidecar; delete it and build it again with `distill export-engine`")
+            raise EngineError(
+                f"{path}: sha256 differs from its sidecar; delete it and build it again with `distill export-engine`"
+            )
         return data
 
 
@@ -196,7 +218,10 @@ def find_engine(package: ModelPackage, key: EngineKey, cache: EngineCache | None
 
 def describe_engines(entries: Iterable[EngineEntry]) -> list[str]:
     """Short names for error messages: which engines a package holds."""
-    return [f"{e.precision} sm{e.compute_capability} TRT {e.tensorrt_version} ({PurePosixPath(e.file).name})" for e in entries]
+    return [
+        f"{e.precision} sm{e.compute_capability} TRT {e.tensorrt_version} ({PurePosixPath(e.file).name})"
+        for e in entries
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +263,8 @@ class TensorRTRunner:
         if self.engine is None:
             raise EngineError(
                 f"the engine does not load with TensorRT {trt.__version__} on a compute capability "
-                f"{compute_capability(device)} GPU: engines are tied to both; rebuild it with `distill export-engine` on this machine"
+                f"{compute_capability(device)} GPU: engines are tied to both; "
+                "rebuild it with `distill export-engine` on this machine"
             )
         self.context = self.engine.create_execution_context()
         if self.context is None:
@@ -252,7 +278,9 @@ class TensorRTRunner:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not self.fits(images.shape):
-            raise EngineError(f"input {tuple(images.shape)} lies outside the engine profile {self.profile[0]}..{self.profile[2]}")
+            raise EngineError(
+                f"input {tuple(images.shape)} lies outside the engine profile {self.profile[0]}..{self.profile[2]}"
+            )
         caller = torch.cuda.current_stream(self.device)
         images = images.to(self.device, torch.float32).contiguous()
         # Waits before the output is allocated too: the caching allocator may hand out memory
@@ -290,7 +318,7 @@ class TensorRTRunner:
 
 
 __all__ = [
-    "INSTALL_HINT", "REWRITE_VERSION", "EngineCache", "EngineError", "EngineKey", "TensorRTRunner", "TensorRTUnavailable",
-    "compute_capability", "current_engine_key", "describe_engines", "find_engine", "require_tensorrt",
-    "tensorrt_available", "trt_logger",
+    "INSTALL_HINT", "REWRITE_VERSION", "EngineCache", "EngineError", "EngineKey", "TensorRTRunner",
+    "TensorRTUnavailable", "compute_capability", "current_engine_key", "describe_engines", "find_engine",
+    "require_tensorrt", "tensorrt_available", "trt_logger",
 ]  # fmt: skip
