@@ -148,15 +148,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
         student = train_student(TrainConfig(cache=cached.cache_dir, out=out / "student", params=config.student_params,
                                             steps=config.steps, patch_size=(config.patch,) * 3, seed=config.seed,
                                             progress=config.progress))  # fmt: skip
-    write_phantoms(test_dir, n_cases=config.n_test, seed=config.seed + 1000, config=PhantomConfig(shape=config.phantom_shape),
-                   progress=False)  # fmt: skip
+    write_phantoms(test_dir, n_cases=config.n_test, seed=config.seed + 1000,
+                   config=PhantomConfig(shape=config.phantom_shape), progress=False)  # fmt: skip
     package = out / "package"
     with _timed(steps, "4. export: ONNX package with parity gate"):
         export_package(ExportConfig(run_dir=out / "student", out=package, held_out=test_dir, overwrite=True))
 
     predictions = out / "predictions"
     with _timed(steps, "5. predict (onnxruntime), teacher and threshold baseline on test phantoms"):
-        predicted = predict_folder(PredictConfig(package=package, input_dir=test_dir, output_dir=predictions / "student",
+        predicted = predict_folder(PredictConfig(package=package, input_dir=test_dir,
+                                                 output_dir=predictions / "student",
                                                  backend=BackendSpec.parse("onnxruntime"), label_convention=LABELS,
                                                  progress=config.progress))  # fmt: skip
         ensemble = NnUNetTeacher(NnUNetTeacherConfig(model_dir=teacher.model_dir))

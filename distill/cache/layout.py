@@ -100,4 +100,6 @@ def data_folder_present(layout: Layout, entry: CaseEntry) -> bool:
 def read_expected(layout: Layout) -> list[str] | None:
     if not layout.expected.is_file():
         return None
-    return [str(c) for c in read_json_object(layout.expected, "expected case list", error=CacheError).get("case_ids", [])]
+    return [
+        str(c) for c in read_json_object(layout.expected, "expected case list", error=CacheError).get("case_ids", [])
+    ]

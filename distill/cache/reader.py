@@ -90,7 +90,10 @@ class TeacherCache:
         folder = self._layout.data(entry.data)
         if array is not None:
             return sum(f.stat().st_size for f in (folder / array).rglob("*") if f.is_file())
-        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) + self._layout.entry(case_id).stat().st_size
+        return (
+            sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            + self._layout.entry(case_id).stat().st_size
+        )
 
     def shape(self, case_id: str) -> tuple[int, int, int]:
         """Spatial shape ``(X, Y, Z)`` of the case's preprocessed grid."""

@@ -45,8 +45,8 @@ def teacher_identity_hash(teacher: Mapping[str, Any]) -> str:
             f"teacher description is incomplete (missing {', '.join(missing)}); expected TeacherInfo.to_dict()"
         )
     identity = teacher.get("identity", {})
-    return canonical_hash({"output_kind": teacher["output_kind"], "channels": teacher["channels"], "tta": teacher["tta"],
-                           **identity})  # fmt: skip
+    return canonical_hash({"output_kind": teacher["output_kind"], "channels": teacher["channels"],
+                           "tta": teacher["tta"], **identity})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ class CacheSpec:
             self.quantiser(name)  # fail early on an unknown scheme
 
     @classmethod
-    def for_teacher(cls, info: TeacherDescription, mode: str, preprocessing: Mapping[str, Any], **kwargs: Any) -> CacheSpec:
+    def for_teacher(
+        cls, info: TeacherDescription, mode: str, preprocessing: Mapping[str, Any], **kwargs: Any
+    ) -> CacheSpec:
         """The spec of a cache of the teacher described by ``info`` (a ``TeacherInfo``)."""
         return cls(teacher=info.to_dict(), mode=mode, preprocessing=dict(preprocessing), **kwargs)
 

@@ -108,7 +108,10 @@ class CacheWriter:
     def stored_bytes(self, entry: CaseEntry) -> int:
         """Bytes on disk of one committed case (its data folder and entry)."""
         folder = self._layout.data(entry.data)
-        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) + self._layout.entry(entry.case_id).stat().st_size
+        return (
+            sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            + self._layout.entry(entry.case_id).stat().st_size
+        )
 
     def completed(self) -> dict[str, str]:
         """case id -> key of every committed case."""

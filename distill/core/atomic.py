@@ -27,7 +27,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX + "".join(target.suffixes), dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX + "".join(target.suffixes), dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -165,7 +165,9 @@ def get_convention(name: str) -> LabelConvention:
     return CONVENTIONS[key]
 
 
-def detect_convention(label_values: Iterable[int], layout: str | None = None, source: str = "labels") -> LabelConvention:
+def detect_convention(
+    label_values: Iterable[int], layout: str | None = None, source: str = "labels"
+) -> LabelConvention:
     """Tell the convention from the label values present and, where known, the file layout.
 
     Rules (``U`` = label values present, ``layout`` = naming of the files they came from):
@@ -208,7 +210,9 @@ def detect_convention(label_values: Iterable[int], layout: str | None = None, so
     return chosen
 
 
-def resolve_convention(name: str | None, label_values: Iterable[int], layout: str | None, source: str) -> LabelConvention:
+def resolve_convention(
+    name: str | None, label_values: Iterable[int], layout: str | None, source: str
+) -> LabelConvention:
     """``--label-convention`` semantics: an explicit name wins, ``auto``/``None`` detects."""
     if name is None or name.strip().lower() == AUTO:
         return detect_convention(label_values, layout, source)

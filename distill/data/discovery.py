@@ -99,7 +99,9 @@ def find_cases(root: str | Path, require_labels: bool = False) -> list[CaseFiles
     if require_labels:
         missing = [c.case_id for c in cases if c.label is None]
         if missing:
-            raise DataError(f"{root}: no label map (segmentation) for cases {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+            raise DataError(
+                f"{root}: no label map (segmentation) for cases {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+            )
     return cases
 
 

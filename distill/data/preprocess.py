@@ -198,7 +198,9 @@ def resample(array: np.ndarray, shape: tuple[int, int, int], order: int = 1) -> 
     factors = [n / o for n, o in zip(shape, array.shape[-3:])]
     out = np.empty((flat.shape[0], *shape), dtype=np.float32)
     for i, channel in enumerate(flat):
-        result = ndimage.zoom(channel.astype(np.float32), factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+        result = ndimage.zoom(
+            channel.astype(np.float32), factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1
+        )
         if result.shape != tuple(shape):  # zoom rounds its output shape; guard the rare off-by-one
             raise AssertionError(f"resample produced {result.shape}, wanted {shape}")
         out[i] = result
@@ -212,7 +214,9 @@ def _resample_linear(flat: np.ndarray, shape: tuple[int, int, int]) -> np.ndarra
     per-case time (``benchmarks/latency/preprocessing_change.md``)."""
     volume = torch.from_numpy(np.asarray(flat, dtype=np.float32))[None]  # strided views are fine
     with torch.no_grad():
-        resampled = torch.nn.functional.interpolate(volume, size=tuple(int(n) for n in shape), mode="trilinear", align_corners=False)
+        resampled = torch.nn.functional.interpolate(
+            volume, size=tuple(int(n) for n in shape), mode="trilinear", align_corners=False
+        )
     return resampled[0].numpy()
 
 
@@ -376,7 +380,9 @@ def _resample_linear_box(coarse: np.ndarray, sources: list, box: Bbox) -> np.nda
     return out
 
 
-def restore_thresholded(probabilities: np.ndarray, record: PreprocessRecord, thresholds: np.ndarray) -> tuple[np.ndarray, Bbox]:
+def restore_thresholded(
+    probabilities: np.ndarray, record: PreprocessRecord, thresholds: np.ndarray
+) -> tuple[np.ndarray, Bbox]:
     """``restore_probabilities(probabilities, record) > thresholds`` without resampling voxels that
     cannot cross a threshold.
 

@@ -45,7 +45,8 @@ class PairedDifference:
 
     def to_dict(self) -> dict[str, float | int | str]:
         return {"mean": round(self.mean, 4), "low": round(self.low, 4), "high": round(self.high, 4),
-                "n_cases": self.n_cases, "n_seeds": self.n_seeds, "level": self.level, "verdict": self.verdict}  # fmt: skip
+                "n_cases": self.n_cases, "n_seeds": self.n_seeds, "level": self.level,
+                "verdict": self.verdict}  # fmt: skip
 
 
 def _as_cases_by_seeds(scores: np.ndarray) -> np.ndarray:

@@ -66,7 +66,9 @@ REQUIRED_FILES = (ONNX_NAME, WEIGHTS_NAME)
 # Sections built from Distill's own settings
 
 
-def preprocessing_section(config: PreprocessConfig, normalisation: str = "zscore_in_brain_mask") -> PreprocessingSection:
+def preprocessing_section(
+    config: PreprocessConfig, normalisation: str = "zscore_in_brain_mask"
+) -> PreprocessingSection:
     """The manifest's ``preprocessing``: what :func:`distill.data.preprocess.preprocess` does, spelled out."""
     return PreprocessingSection(
         crop="bounding box of voxels non-zero in any channel (the brain)", normalisation=normalisation,
@@ -117,7 +119,10 @@ def safe_relative_path(root: Path, name: str) -> Path:
     """``root / name`` for a manifest entry, refusing absolute paths and ``..`` (no escaping the folder)."""
     pure = PurePosixPath(name)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts or "\\" in name:
-        raise PackageError(f"{root / MANIFEST_NAME}: file entry {name!r} points outside the package; refusing it (re-export the package)")
+        raise PackageError(
+            f"{root / MANIFEST_NAME}: file entry {name!r} points outside the package; "
+            "refusing it (re-export the package)"
+        )
     return root.joinpath(*pure.parts)
 
 
@@ -155,11 +160,15 @@ class ModelPackage:
         files = self.manifest.files
         missing_required = [name for name in REQUIRED_FILES if name not in files]
         if missing_required:
-            raise PackageError(f"{self.root}: manifest does not list {missing_required}; the package is damaged, re-export it")
+            raise PackageError(
+                f"{self.root}: manifest does not list {missing_required}; the package is damaged, re-export it"
+            )
         for name, entry in files.items():
             path = safe_relative_path(self.root, name)
             if not path.is_file():
-                raise PackageError(f"{path}: missing from the package (listed in model.json); copy the whole folder or re-export it")
+                raise PackageError(
+                    f"{path}: missing from the package (listed in model.json); copy the whole folder or re-export it"
+                )
             actual = file_sha256(path)
             if actual != entry.sha256:
                 raise PackageError(
@@ -233,7 +242,9 @@ class ModelPackage:
     @property
     def preprocess_config(self) -> PreprocessConfig:
         section = self.manifest.preprocessing
-        return PreprocessConfig(target_spacing=section.target_spacing, divisor=section.divisor, image_order=section.image_order)
+        return PreprocessConfig(
+            target_spacing=section.target_spacing, divisor=section.divisor, image_order=section.image_order
+        )
 
     @property
     def postprocess_config(self) -> PostprocessConfig:
@@ -267,20 +278,25 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise PackageError(f"{root}: not a folder; a model package is a folder made by `distill export`")
     if not (root / MANIFEST_NAME).is_file():
-        raise PackageError(f"{root}: no {MANIFEST_NAME}; this is not a Distill model package (make one with `distill export`)")
+        raise PackageError(
+            f"{root}: no {MANIFEST_NAME}; this is not a Distill model package (make one with `distill export`)"
+        )
     return read_json_object(root / MANIFEST_NAME, "manifest", "the package is damaged, re-export it", PackageError)
 def check_format(manifest: Mapping[str, Any], root: Path) -> None:
     """Refuse another format and any format version this Distill does not read."""
     path = root / MANIFEST_NAME
     if manifest.get("format") != PACKAGE_FORMAT:
-        raise PackageError(f"{path}: format {manifest.get('format')!r} is not {PACKAGE_FORMAT!r}; not a Distill model package")
+        raise PackageError(
+            f"{path}: format {manifest.get('format')!r} is not {PACKAGE_FORMAT!r}; not a Distill model package"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise PackageError(f"{path}: invalid format_version {version!r}; the package is damaged, re-export it")
     if version > FORMAT_VERSION:
         raise PackageError(
             f"{path}: package format {version} was written by a newer Distill{_version_note(manifest)}; "
-            f"this Distill {__version__} reads format {FORMAT_VERSION}: upgrade Distill, or re-export the student with this version"
+            f"this Distill {__version__} reads format {FORMAT_VERSION}: upgrade Distill, "
+            "or re-export the student with this version"
         )
 
 
@@ -300,7 +316,8 @@ def check_single_file_onnx(path: Path) -> None:
         raise PackageError(f"{path}: not a readable ONNX model ({exc}); re-export the package") from exc
     if external:
         raise PackageError(
-            f"{path}: {len(external)} tensors refer to external data files (e.g. {external[0]!r}); Distill packages hold "
+            f"{path}: {len(external)} tensors refer to external data files (e.g. {external[0]!r}); "
+            "Distill packages hold "
             "single-file ONNX models only: re-export the package"
         )
 

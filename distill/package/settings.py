@@ -83,7 +83,11 @@ class InferenceSettings:
             "whole_volume_max_voxels": self.whole_volume_max_voxels,
             "tile": list(self.tile),
             "overlap": self.overlap,
-            "tensorrt_profile": {"min": list(self.profile_min), "opt": list(self.profile_opt), "max": list(self.profile_max)},
+            "tensorrt_profile": {
+                "min": list(self.profile_min),
+                "opt": list(self.profile_opt),
+                "max": list(self.profile_max),
+            },
         }
 
     @classmethod
@@ -99,7 +103,9 @@ class InferenceSettings:
         )
 
 
-def default_inference_settings(in_channels: int, divisor: int, max_edge: int = 256, tile_edge: int = 128) -> InferenceSettings:
+def default_inference_settings(
+    in_channels: int, divisor: int, max_edge: int = 256, tile_edge: int = 128
+) -> InferenceSettings:
     """Whole volumes up to ``max_edge``³ voxels, ``tile_edge``³ tiles, and a profile from 2 divisors to ``max_edge``.
 
     The profile's opt shape is a padded, brain-cropped 1 mm BraTS volume (~160x192x160 after

@@ -44,10 +44,17 @@ class TeacherInfo:
     @property
     def identity_hash(self) -> str:
         """Stable hash of everything that changes the predictions."""
-        return canonical_hash({"output_kind": self.output_kind, "channels": self.channels, "tta": self.tta, **self.identity})
+        return canonical_hash(
+            {"output_kind": self.output_kind, "channels": self.channels, "tta": self.tta, **self.identity}
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "channels": list(self.channels), "members": list(self.members), "identity_hash": self.identity_hash}
+        return {
+            **asdict(self),
+            "channels": list(self.channels),
+            "members": list(self.members),
+            "identity_hash": self.identity_hash,
+        }
 
 
 @dataclass

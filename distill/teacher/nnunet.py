@@ -121,7 +121,9 @@ class NnUNetTeacher:
         for name in ("plans.json", "dataset.json"):
             path = self.model_dir / name
             if not path.is_file():
-                raise TeacherError(f"{path}: missing; an nnU-Net model folder holds plans.json, dataset.json and fold_*/")
+                raise TeacherError(
+                    f"{path}: missing; an nnU-Net model folder holds plans.json, dataset.json and fold_*/"
+                )
             try:
                 json.loads(path.read_text())
             except json.JSONDecodeError as exc:
@@ -167,7 +169,9 @@ class NnUNetTeacher:
                 f"{self.model_dir}: a checkpoint does not fit the network that plans.json/dataset.json describe ({exc})"
             ) from exc
         except Exception as exc:
-            raise TeacherError(f"{self.model_dir}: nnU-Net could not load this model folder ({type(exc).__name__}: {exc})") from exc
+            raise TeacherError(
+                f"{self.model_dir}: nnU-Net could not load this model folder ({type(exc).__name__}: {exc})"
+            ) from exc
         return predictor
 
     def _check_every_fold_fits(self) -> None:
@@ -176,12 +180,16 @@ class NnUNetTeacher:
                 self.predictor.network.load_state_dict(weights)
             except RuntimeError as exc:
                 path = self.model_dir / fold / self.config.checkpoint
-                raise TeacherError(f"{path}: weights do not fit the network of plans.json/dataset.json ({str(exc)[:500]})") from exc
+                raise TeacherError(
+                    f"{path}: weights do not fit the network of plans.json/dataset.json ({str(exc)[:500]})"
+                ) from exc
 
     def _check_reader(self) -> None:
         reader = self.plans_manager.image_reader_writer_class.__name__
         if reader not in _TRANSPOSED_READERS | _PLAIN_READERS:
-            raise TeacherError(f"{self.model_dir / 'plans.json'}: image reader {reader} is not supported (SimpleITKIO, NibabelIO)")
+            raise TeacherError(
+                f"{self.model_dir / 'plans.json'}: image reader {reader} is not supported (SimpleITKIO, NibabelIO)"
+            )
 
     # ------------------------------------------------------------------ description
 
@@ -205,7 +213,11 @@ class NnUNetTeacher:
 
         network = self.predictor.network
         plans_name = self.plans_manager.plans_name
-        config_name = self.configuration_manager.configuration_name if hasattr(self.configuration_manager, "configuration_name") else None
+        config_name = (
+            self.configuration_manager.configuration_name
+            if hasattr(self.configuration_manager, "configuration_name")
+            else None
+        )
         identity = {
             "kind": "nnunet",
             "plans_sha256": file_sha256(self.model_dir / "plans.json"),
@@ -369,7 +381,9 @@ def _spread_recording_predictor_class():
             if self._nonlin is None:
                 return super().predict_sliding_window_return_logits(input_image)
             # nnU-Net pads small images up to the patch; the per-pass maps live on that padded grid.
-            _, unpad = pad_nd_image(input_image, self.configuration_manager.patch_size, "constant", {"value": 0}, True, None)
+            _, unpad = pad_nd_image(
+                input_image, self.configuration_manager.patch_size, "constant", {"value": 0}, True, None
+            )
             logits = super().predict_sliding_window_return_logits(input_image)
             weight = self._pass_weight[(slice(None), *unpad[1:])]
             for pass_map in self._pass_maps:  # one whole-volume map per flip of this member
@@ -383,7 +397,8 @@ def _spread_recording_predictor_class():
                 self._slicers, self._tile_index, self._pass_maps = list(slicers), 0, None
                 self._pass_weight = torch.zeros((1, *image_size), dtype=torch.float32)
                 self._gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1.0 / 8,
-                                                  value_scaling_factor=10, device=torch.device("cpu")).float()  # fmt: skip
+                                                  value_scaling_factor=10,
+                                                  device=torch.device("cpu")).float()  # fmt: skip
             return slicers
 
         @torch.inference_mode()

@@ -119,7 +119,10 @@ def nnunet_environment(work_dir: Path) -> dict[str, str]:
 
 def model_dir_for(config: CompactTeacherConfig) -> Path:
     return (
-        Path(config.work_dir) / "nnUNet_results" / config.dataset_folder_name / f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}"
+        Path(config.work_dir)
+        / "nnUNet_results"
+        / config.dataset_folder_name
+        / f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}"
     )
 
 
@@ -142,7 +145,9 @@ def build_compact_nnunet(config: CompactTeacherConfig, log_path: Path | None = N
         write_phantoms(raw_dir, n_cases=config.n_cases, seed=config.seed,
                        config=PhantomConfig(shape=config.phantom_shape), layout="nnunet", progress=False)  # fmt: skip
         seconds["phantoms"] = time.perf_counter() - start
-    check_existing_compact_plan(work / "nnUNet_preprocessed" / config.dataset_folder_name / f"{COMPACT_PLANS}.json", config)
+    check_existing_compact_plan(
+        work / "nnUNet_preprocessed" / config.dataset_folder_name / f"{COMPACT_PLANS}.json", config
+    )
     start = time.perf_counter()
     payload = json.dumps({**asdict(config), "work_dir": str(work), "raw_dataset": None})
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -171,7 +176,9 @@ def build_compact_nnunet(config: CompactTeacherConfig, log_path: Path | None = N
 # --------------------------------------------------------------------------- child process
 
 
-def compact_plans(plans: dict, base_features: int, max_features: int, patch_size: tuple[int, ...] | None = None) -> dict:
+def compact_plans(
+    plans: dict, base_features: int, max_features: int, patch_size: tuple[int, ...] | None = None
+) -> dict:
     """nnU-Net's plans with narrower 3d_fullres stages and optionally a smaller patch (see the module docstring)."""
     plans = json.loads(json.dumps(plans))
     plans["plans_name"] = COMPACT_PLANS
@@ -204,7 +211,8 @@ def check_existing_compact_plan(compact_file: Path, config: CompactTeacherConfig
     wanted_patch = list(config.patch_size) if config.patch_size else (patch or {}).get("default")
     if not recorded.get("rule", "").startswith(wanted_rule) or (patch and patch["compact"] != wanted_patch):
         raise DistillError(f"{compact_file}: written for features {recorded.get('rule')!r} and patch "
-                           f"{(patch or {}).get('compact')}, not {wanted_rule} and {wanted_patch}; use a new work folder")  # fmt: skip
+                           f"{(patch or {}).get('compact')}, not {wanted_rule} and {wanted_patch}; "
+                           "use a new work folder")  # fmt: skip
 
 
 def check_fold_schedule(fold_dir: Path, iterations: int) -> None:
@@ -263,7 +271,11 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
     compact_file = pre_dir / f"{COMPACT_PLANS}.json"
     if not compact_file.is_file():
         plans = json.loads((pre_dir / "nnUNetPlans.json").read_text())
-        compact_file.write_text(json.dumps(compact_plans(plans, config["base_features"], config["max_features"], config["patch_size"]), indent=2))
+        compact_file.write_text(
+            json.dumps(
+                compact_plans(plans, config["base_features"], config["max_features"], config["patch_size"]), indent=2
+            )
+        )
     plans = json.loads(compact_file.read_text())
     data_dir = pre_dir / plans["configurations"][CONFIGURATION]["data_identifier"]
     if not data_dir.is_dir():
@@ -322,7 +334,9 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
     out = Path(os.environ["nnUNet_results"]) / f"Dataset{dataset_id:03d}_{config['dataset_name']}"
     summary = {"parameters_per_member": parameters, "seconds": seconds, "iterations": config["iterations"],
                "epochs_x_iterations": list(epoch_schedule(config["iterations"])) if config["iterations"] else [0, 0]}
-    (out / f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}" / "distill_build.json").write_text(json.dumps(summary, indent=2))
+    (out / f"{TRAINER}__{COMPACT_PLANS}__{CONFIGURATION}" / "distill_build.json").write_text(
+        json.dumps(summary, indent=2)
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

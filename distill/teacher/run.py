@@ -127,7 +127,11 @@ def shard_of(case_id: str, count: int) -> int:
 
 def read_splits(config: TeacherCacheConfig) -> list[dict]:
     """nnU-Net's cross-validation splits (list of {"train": [...], "val": [...]} per fold)."""
-    candidates = [config.splits] if config.splits else [config.model_dir / "splits_final.json", config.model_dir.parent / "splits_final.json"]
+    candidates = (
+        [config.splits]
+        if config.splits
+        else [config.model_dir / "splits_final.json", config.model_dir.parent / "splits_final.json"]
+    )
     for path in candidates:
         if path is not None and Path(path).is_file():
             try:
@@ -157,7 +161,8 @@ def oof_members(case_id: str, folds: Sequence[str], splits: list[dict]) -> tuple
 def build_teacher(config: TeacherCacheConfig):
     """The nnU-Net ensemble, or a weighted ensemble of it with extra members."""
     return build_ensemble(config.model_dir, config.members, config.member_weights, folds=config.folds,
-                          checkpoint=config.checkpoint, tta=config.tta, tile_step=config.tile_step, device=config.device)  # fmt: skip
+                          checkpoint=config.checkpoint, tta=config.tta, tile_step=config.tile_step,
+                          device=config.device)  # fmt: skip
 
 
 def build_ensemble(model_dir, members=(), member_weights=None, **nnunet_options):
@@ -196,7 +201,9 @@ def run_teacher_weights(job: TeacherWeightsJob):
 
     if not job.members:
         raise DistillError("teacher-weights needs at least one --member besides the nnU-Net folds")
-    nnunet = NnUNetTeacher(NnUNetTeacherConfig(model_dir=job.model_dir, folds=job.folds, tta=job.tta, device=job.device))
+    nnunet = NnUNetTeacher(
+        NnUNetTeacherConfig(model_dir=job.model_dir, folds=job.folds, tta=job.tta, device=job.device)
+    )
     teachers = [nnunet, *(TorchMemberTeacher(path, device=job.device) for path in job.members)]
     cases = [load_case(files) for files in find_cases(job.cases, require_labels=True)]
     return fit_teacher_weights(TeacherWeightsConfig(members=teachers, cases=cases, output=job.output,
@@ -234,7 +241,11 @@ def _cache_case(case_files, label_path, teacher, writer, spec, config, members, 
         uncertainty=to_preprocessed_grid(prediction.uncertainty, prepared.record),
         regions=regions,
         record=prepared.record.to_dict(),
-        source={"case_id": case.case_id, "layout": case_files.layout, "members": list(members or spec.teacher["members"])},
+        source={
+            "case_id": case.case_id,
+            "layout": case_files.layout,
+            "members": list(members or spec.teacher["members"]),
+        },
         n_passes=prediction.n_passes,
         seconds=teacher_seconds,
     )
