@@ -58,7 +58,9 @@ def phantom_dir(workdir) -> Path:
 @pytest.fixture(scope="module")
 def package_dir(workdir, student_run) -> Path:
     """The package, its parity gate run on one synthetic phantom (no held-out folder given)."""
-    return export_package(ExportConfig(run_dir=student_run, out=workdir / "pkg", n_phantoms=1, phantom_spacing=4.0)).package_dir
+    return export_package(
+        ExportConfig(run_dir=student_run, out=workdir / "pkg", n_phantoms=1, phantom_spacing=4.0)
+    ).package_dir
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +139,12 @@ def test_an_existing_target_is_refused_without_overwrite(package_dir, student_ru
 
 def test_export_with_held_out_folder_and_simplify_overwrites(workdir, student_run, phantom_dir):
     out = workdir / "pkg_simplified"
-    first = export_package(ExportConfig(run_dir=student_run, out=out, held_out=phantom_dir, max_held_out=1, simplify=True))
-    second = export_package(ExportConfig(run_dir=student_run, out=out, held_out=phantom_dir, max_held_out=1, overwrite=True))
+    first = export_package(
+        ExportConfig(run_dir=student_run, out=out, held_out=phantom_dir, max_held_out=1, simplify=True)
+    )
+    second = export_package(
+        ExportConfig(run_dir=student_run, out=out, held_out=phantom_dir, max_held_out=1, overwrite=True)
+    )
     assert first.package_dir == second.package_dir == out
     package = ModelPackage.open(out)
     assert package.manifest.parity["onnxruntime"]["cases"][0]["case_id"] == "Phantom_00000"
@@ -176,12 +182,14 @@ def test_predict_folder_with_both_backends_writes_labels_on_each_input_grid(work
 
 def test_predict_writes_the_requested_convention_and_probabilities(workdir, package_dir, phantom_dir):
     out = workdir / "pred_2023"
-    predict_folder(PredictConfig(package=package_dir, input_dir=phantom_dir, output_dir=out, label_convention="brats2023",
-                                 save_probabilities=True, progress=False))  # fmt: skip
+    predict_folder(PredictConfig(package=package_dir, input_dir=phantom_dir, output_dir=out,
+                                 label_convention="brats2023", save_probabilities=True, progress=False))  # fmt: skip
     labels_2023 = read_nifti(out / "Phantom_00000.nii.gz").data
     labels_2017 = read_nifti(workdir / "pred_torch" / "Phantom_00000.nii.gz").data
     assert set(np.unique(labels_2023)) <= {0, 1, 2, 3}
-    np.testing.assert_array_equal(labels_2023, get_convention("brats2017").convert_to(labels_2017, get_convention("brats2023")))
+    np.testing.assert_array_equal(
+        labels_2023, get_convention("brats2017").convert_to(labels_2017, get_convention("brats2023"))
+    )
     with np.load(out / "Phantom_00000_probabilities.npz") as saved:
         assert saved["probabilities"].shape == (3, *labels_2023.shape) and saved["uncertainty"].dtype == np.float16
 
@@ -189,7 +197,9 @@ def test_predict_writes_the_requested_convention_and_probabilities(workdir, pack
 def test_segment_returns_maps_on_an_oblique_input_grid(predictors, write_brats_dataset, tmp_path):
     """Tiny anisotropic, rotated, flipped cases: output grid = input grid, maps in range."""
     case = load_case(find_cases(write_brats_dataset(tmp_path / "oblique", n=1))[0], with_labels=False)
-    result = predictors["onnxruntime"].segment(case.images, case.affine, return_probabilities=True, return_uncertainty=True)
+    result = predictors["onnxruntime"].segment(
+        case.images, case.affine, return_probabilities=True, return_uncertainty=True
+    )
     assert result.labels.shape == case.shape and result.labels.dtype == np.uint8
     assert result.probabilities.shape == result.uncertainty.shape == (3, *case.shape)
     assert 0.0 <= result.probabilities.min() and result.probabilities.max() <= 1.0
@@ -267,8 +277,12 @@ def test_torch_bf16_keeps_norms_in_fp32_and_agrees_with_fp32(package_dir, phanto
 @pytest.mark.slow
 def test_torch_compile_on_the_cpu_matches_eager(package_dir, phantom_dir):
     case = load_case(find_cases(phantom_dir)[0], with_labels=False)
-    eager = Predictor.from_package(package_dir, "torch", threads=2).segment(case.images, case.affine, return_probabilities=True)
-    compiled = Predictor.from_package(package_dir, "torch:compile", threads=2).segment(case.images, case.affine, return_probabilities=True)
+    eager = Predictor.from_package(package_dir, "torch", threads=2).segment(
+        case.images, case.affine, return_probabilities=True
+    )
+    compiled = Predictor.from_package(package_dir, "torch:compile", threads=2).segment(
+        case.images, case.affine, return_probabilities=True
+    )
     assert np.abs(compiled.probabilities - eager.probabilities).max() < 1e-4
 
 

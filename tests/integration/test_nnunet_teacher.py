@@ -109,7 +109,9 @@ def test_missing_checkpoint_is_named(nnunet_teacher, tmp_path):
     (model / "fold_2" / "checkpoint_final.pth").unlink()
     with pytest.raises(TeacherError, match=r"fold_2/checkpoint_final\.pth: checkpoint missing"):
         NnUNetTeacher(NnUNetTeacherConfig(model_dir=model, folds=("0", "1", "2")))
-    assert NnUNetTeacher(NnUNetTeacherConfig(model_dir=model, tta="none")).folds == ("fold_0", "fold_1", "fold_3", "fold_4")
+    assert NnUNetTeacher(NnUNetTeacherConfig(model_dir=model, tta="none")).folds == (
+        "fold_0", "fold_1", "fold_3", "fold_4"
+    )  # fmt: skip
 
 
 def test_corrupt_checkpoint_is_named(nnunet_teacher, tmp_path):
@@ -148,7 +150,9 @@ def test_an_untrained_build_still_mirrors_eight_ways(tmp_path):
     inference mirroring axes like a trained checkpoint, or "mirror8" runs only one pass per fold."""
     from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet
 
-    build = build_compact_nnunet(CompactTeacherConfig(work_dir=tmp_path, iterations=0, n_cases=5), log_path=tmp_path / "build.log")
+    build = build_compact_nnunet(
+        CompactTeacherConfig(work_dir=tmp_path, iterations=0, n_cases=5), log_path=tmp_path / "build.log"
+    )
     teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=build.model_dir, folds=("0",)))
     assert teacher.mirror_axes == (0, 1, 2) and teacher.info.tta == "mirror8"
     assert teacher.predict(_first_case(build)).n_passes == 8
@@ -174,8 +178,10 @@ def test_a_killed_fold_continues_and_its_learning_rate_anneals(nnunet_teacher, t
     work = _copy_without_results(nnunet_teacher, tmp_path / "work")
     config = CompactTeacherConfig(work_dir=work, iterations=20, folds=(0,))
     fold_dir = model_dir_for(config) / "fold_0"
-    script = ("from pathlib import Path; from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet; "
-              f"build_compact_nnunet(CompactTeacherConfig(work_dir=Path({str(work)!r}), iterations=20, folds=(0,)))")  # fmt: skip
+    script = ("from pathlib import Path; "
+              "from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet; "
+              f"build_compact_nnunet(CompactTeacherConfig(work_dir=Path({str(work)!r}), iterations=20, "
+              "folds=(0,)))")  # fmt: skip
     first = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:
@@ -188,7 +194,9 @@ def test_a_killed_fold_continues_and_its_learning_rate_anneals(nnunet_teacher, t
     first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL, "the first build was expected to be killed mid-training"
     assert (fold_dir / "checkpoint_latest.pth").is_file() and not (fold_dir / "checkpoint_final.pth").exists()
-    resumed_from = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    resumed_from = torch.load(
+        fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False
+    )["current_epoch"]
     assert resumed_from >= 3
 
     time.sleep(1.1)  # nnU-Net names its training logs by the second

@@ -89,7 +89,9 @@ def test_a_different_teacher_cannot_write_into_the_cache(nnunet_teacher, tmp_pat
 
 def test_ray_engine_fills_the_cache(nnunet_teacher, tmp_path):
     pytest.importorskip("ray")
-    result = run_teacher_cache(_config(nnunet_teacher, tmp_path / "cache", tta="none", folds=("0",), engine="ray", workers=2))
+    result = run_teacher_cache(
+        _config(nnunet_teacher, tmp_path / "cache", tta="none", folds=("0",), engine="ray", workers=2)
+    )
     assert result.complete and len(result.done) == 6
     assert verify_cache(tmp_path / "cache").ok
 
@@ -137,7 +139,8 @@ def _monai_member(tmp_path):
     torch.manual_seed(0)
     kwargs = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 8}
     return save_member(tmp_path / "member", "SegResNet", kwargs, SegResNet(**kwargs).state_dict(),
-                       channels=["TC", "WT", "ET"], tta="none", preprocessing={"normalisation": "zscore_nonzero", "divisor": 8})  # fmt: skip
+                       channels=["TC", "WT", "ET"], tta="none",
+                       preprocessing={"normalisation": "zscore_nonzero", "divisor": 8})  # fmt: skip
 
 
 def test_cross_architecture_ensemble_cache_and_fitted_weights(nnunet_teacher, tmp_path):
@@ -145,8 +148,9 @@ def test_cross_architecture_ensemble_cache_and_fitted_weights(nnunet_teacher, tm
     member = _monai_member(tmp_path)
     weights = tmp_path / "weights.json"
     fitted = subprocess.run([sys.executable, "-m", "distill", "teacher-weights", "-m", str(nnunet_teacher.model_dir),
-                             "--member", str(member), "--cases", str(nnunet_teacher.raw_dataset_dir), "--out", str(weights),
-                             "--folds", "0", "--tta", "none", "--step", "0.25"], capture_output=True, text=True)  # fmt: skip
+                             "--member", str(member), "--cases", str(nnunet_teacher.raw_dataset_dir),
+                             "--out", str(weights), "--folds", "0", "--tta", "none", "--step", "0.25"],
+                            capture_output=True, text=True)  # fmt: skip
     assert fitted.returncode == 0, fitted.stderr[-2000:]
     assert "uniform" in fitted.stdout and weights.is_file()
     result = run_teacher_cache(_config(nnunet_teacher, tmp_path / "cache", folds=("0",), tta="none",

@@ -151,7 +151,9 @@ def trt_package(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trt")
     save_untrained_student(root / "run", 20_000)
-    return export_package(ExportConfig(run_dir=root / "run", out=root / "pkg", n_phantoms=1, tensorrt=("fp32", "fp16"))).package_dir
+    return export_package(
+        ExportConfig(run_dir=root / "run", out=root / "pkg", n_phantoms=1, tensorrt=("fp32", "fp16"))
+    ).package_dir
 
 
 @pytest.mark.tensorrt
@@ -197,7 +199,8 @@ def test_int8_engine_is_built_gated_and_served_from_an_engine_cache(trt_package,
     # Random weights put many voxels near p = 0.5, where INT8 flips labels: loose marks here.
     built = build_gated_engine(package, "int8", cases, tiles, thresholds=ParityThresholds(0.5, 0.9))
     EngineCache(tmp_path).store(built.key, built.data, built.entry)
-    predictor = Predictor.from_package(trt_package, "tensorrt:int8", engine_cache=tmp_path)  # looked up without the calibration hash
+    # looked up without the calibration hash
+    predictor = Predictor.from_package(trt_package, "tensorrt:int8", engine_cache=tmp_path)
     assert predictor.ready and built.key.file_name.endswith(".engine") and ".int8." in built.key.file_name
     assert built.entry.calibration_sha256 == built.key.calibration_sha256 is not None
 
@@ -210,8 +213,8 @@ def test_export_engine_leaves_a_stored_engine_alone_and_builds_into_a_cache(trt_
     before = ModelPackage.open(trt_package).manifest.files
     present = export_engines(EngineExportConfig(package=trt_package, precisions=("fp16",), n_phantoms=1))
     assert [r.built for r in present.engines] == [False]
-    cached = export_engines(EngineExportConfig(package=trt_package, precisions=("fp32",), engine_cache=tmp_path, n_phantoms=1,
-                                               rebuild=True))  # fmt: skip
+    cached = export_engines(EngineExportConfig(package=trt_package, precisions=("fp32",), engine_cache=tmp_path,
+                                               n_phantoms=1, rebuild=True))  # fmt: skip
     assert cached.engines[0].built and cached.engines[0].path.parent == tmp_path
     assert ModelPackage.open(trt_package).manifest.files == before  # the cache build left the package alone
 
@@ -221,6 +224,8 @@ def test_a_missing_engine_is_a_one_line_error_naming_the_command(trt_package, tm
     from distill.infer.backends import BackendUnavailable
     from distill.infer.predictor import Predictor
 
-    with pytest.raises(BackendUnavailable, match="no TensorRT int8 engine.*distill export-engine .* --precision int8") as caught:
+    with pytest.raises(
+        BackendUnavailable, match="no TensorRT int8 engine.*distill export-engine .* --precision int8"
+    ) as caught:
         Predictor.from_package(trt_package, "tensorrt:int8", engine_cache=tmp_path / "empty")
     assert "\n" not in str(caught.value)

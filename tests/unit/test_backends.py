@@ -167,7 +167,9 @@ def package_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("backends")
     run = write_student_run(root / "run")
-    return export_package(ExportConfig(run_dir=run, out=root / "pkg", held_out=write_tiny_cases(root / "held_out"))).package_dir
+    return export_package(
+        ExportConfig(run_dir=run, out=root / "pkg", held_out=write_tiny_cases(root / "held_out"))
+    ).package_dir
 
 
 @pytest.fixture
@@ -176,7 +178,11 @@ def package_copy(package_dir, tmp_path) -> Path:
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def an_entry(key: EngineKey) -> EngineEntry:
@@ -210,14 +216,18 @@ def test_int8_engines_are_named_by_calibration_and_found_without_knowing_it():
     assert calibrated.file_name.startswith("model.sm90.trt10.9.0.34.int8.") and ".cal121212" in calibrated.file_name
     assert lookup.matches_file(calibrated.file_name)
     assert not replace(calibrated, calibration_sha256="34" * 32).matches_file(calibrated.file_name)
-    assert trt_build.calibration_sha256([torch.zeros(4, 8, 8, 8).numpy()]) != trt_build.calibration_sha256([torch.ones(4, 8, 8, 8).numpy()])
+    assert trt_build.calibration_sha256([torch.zeros(4, 8, 8, 8).numpy()]) != trt_build.calibration_sha256(
+        [torch.ones(4, 8, 8, 8).numpy()]
+    )
 
 
 def test_engine_entries_record_the_whole_key_only_when_known():
     old = an_entry(BASE_KEY)  # as packages written before these fields hold it
     assert {"gpu_name", "rewrite_version", "calibration_sha256"}.isdisjoint(old.to_dict())
     assert EngineEntry(**old.to_dict()) == old
-    full = replace(old, gpu_name=BASE_KEY.gpu_name, rewrite_version=BASE_KEY.rewrite_version, calibration_sha256="12" * 32)
+    full = replace(
+        old, gpu_name=BASE_KEY.gpu_name, rewrite_version=BASE_KEY.rewrite_version, calibration_sha256="12" * 32
+    )
     assert full.to_dict()["gpu_name"] == "NVIDIA H200" and EngineEntry(**full.to_dict()) == full
 
 
@@ -242,7 +252,10 @@ def test_without_a_matching_engine_the_backend_names_the_command_and_writes_noth
     with pytest.raises(BackendUnavailable) as caught:
         TensorRTBackend(package, BackendSpec("tensorrt", precision="fp16", engine_cache=tmp_path / "engines"))
     message = str(caught.value)
-    assert "\n" not in message and "no TensorRT fp16 engine for Fake GPU (compute capability 9.0), TensorRT 10.9.0.34" in message
+    assert (
+        "\n" not in message
+        and "no TensorRT fp16 engine for Fake GPU (compute capability 9.0), TensorRT 10.9.0.34" in message
+    )
     assert f"`distill export-engine {package_copy} --precision fp16 --engine-cache {tmp_path / 'engines'}`" in message
     assert file_hashes(package_copy) == before
     assert not (tmp_path / "engines").exists()
@@ -291,7 +304,9 @@ def test_every_refused_tensorrt_call_is_an_error(fake_gpu, call, message):
 # Building lives in distill.export
 
 
-def fake_built(package: ModelPackage, precision: str, cases, calibration=None, thresholds=None, threads=None) -> BuiltEngine:
+def fake_built(
+    package: ModelPackage, precision: str, cases, calibration=None, thresholds=None, threads=None
+) -> BuiltEngine:
     key = trt_runtime.current_engine_key(package, precision)
     return BuiltEngine(key=key, data=f"{precision}-engine".encode(), entry=an_entry(key), parity={"passed": True})
 
@@ -315,7 +330,9 @@ def test_build_engines_into_an_engine_folder_leaves_the_package_alone(package_co
     before = file_hashes(package_copy)
     records = trt_build.build_engines(ModelPackage.open(package_copy), ["fp32"], [], cache=EngineCache(tmp_path))
     assert records[0].path.parent == tmp_path and file_hashes(package_copy) == before
-    backend = TensorRTBackend(ModelPackage.open(package_copy), BackendSpec("tensorrt", precision="fp32", engine_cache=tmp_path))
+    backend = TensorRTBackend(
+        ModelPackage.open(package_copy), BackendSpec("tensorrt", precision="fp32", engine_cache=tmp_path)
+    )
     assert backend.runner.engine.data == b"fp32-engine"
 
 
@@ -328,13 +345,18 @@ def test_onnxruntime_tensorrt_gets_a_real_engine_cache_outside_the_package(packa
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(onnxruntime, "get_available_providers",
-                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                 "CPUExecutionProvider"])  # fmt: skip
     package = ModelPackage.open(package_dir)
     providers = onnxruntime_providers(BackendSpec("onnxruntime", "tensorrt", "fp16"), package)
     name, options = providers[0]
     folder = Path(options["trt_engine_cache_path"])
     assert name == "TensorrtExecutionProvider" and options["trt_engine_cache_enable"] and options["trt_fp16_enable"]
-    assert folder.is_dir() and (tmp_path / "cache") in folder.parents and package_dir.resolve() not in folder.resolve().parents
+    assert (
+        folder.is_dir()
+        and (tmp_path / "cache") in folder.parents
+        and package_dir.resolve() not in folder.resolve().parents
+    )
     assert folder.name == f"{package.onnx_sha256[:16]}-fp16"
     chosen = onnxruntime_providers(BackendSpec("onnxruntime", "tensorrt", engine_cache=tmp_path / "mine"), package)
     assert chosen[0][1]["trt_engine_cache_path"] == str(tmp_path / "mine") and (tmp_path / "mine").is_dir()
@@ -349,9 +371,15 @@ class FakeSession:
 
 
 def test_a_session_that_fell_back_to_another_provider_is_refused():
-    check_session_provider(FakeSession(["TensorrtExecutionProvider", "CUDAExecutionProvider"]), "TensorrtExecutionProvider")
-    with pytest.raises(BackendUnavailable, match="did not start TensorrtExecutionProvider: the session runs CUDAExecutionProvider"):
-        check_session_provider(FakeSession(["CUDAExecutionProvider", "CPUExecutionProvider"]), "TensorrtExecutionProvider")
+    check_session_provider(
+        FakeSession(["TensorrtExecutionProvider", "CUDAExecutionProvider"]), "TensorrtExecutionProvider"
+    )
+    with pytest.raises(
+        BackendUnavailable, match="did not start TensorrtExecutionProvider: the session runs CUDAExecutionProvider"
+    ):
+        check_session_provider(
+            FakeSession(["CUDAExecutionProvider", "CPUExecutionProvider"]), "TensorrtExecutionProvider"
+        )
 
 
 def test_the_onnxruntime_backend_checks_the_created_session(package_dir, monkeypatch):
@@ -360,13 +388,18 @@ def test_the_onnxruntime_backend_checks_the_created_session(package_dir, monkeyp
     from distill.infer import backends
     from distill.infer import onnxruntime_session as ort_session
 
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     monkeypatch.setattr(backends, "_require_cuda", lambda spec: torch.device("cpu"))
     monkeypatch.setattr(ort_session, "onnxruntime_session", lambda *a, **k: FakeSession(["CPUExecutionProvider"]))
     with pytest.raises(BackendUnavailable, match="did not start CUDAExecutionProvider"):
         OnnxRuntimeBackend(ModelPackage.open(package_dir), BackendSpec("onnxruntime", "cuda"))
     monkeypatch.undo()
-    assert OnnxRuntimeBackend(ModelPackage.open(package_dir), BackendSpec("onnxruntime")).session.get_providers()[0] == "CPUExecutionProvider"
+    assert (
+        OnnxRuntimeBackend(ModelPackage.open(package_dir), BackendSpec("onnxruntime")).session.get_providers()[0]
+        == "CPUExecutionProvider"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +416,10 @@ def test_one_failing_backend_is_a_row_and_the_others_still_run():
 
     rows = bench_each(specs, bench)
     assert [r["backend"] for r in rows] == ["torch-cpu-fp32", "onnxruntime-cpu-fp32", "torch-cpu-bf16"]
-    assert rows[1] == {"backend": "onnxruntime-cpu-fp32", "failed": "RuntimeError: CUDA error: an illegal memory access"}
+    assert rows[1] == {
+        "backend": "onnxruntime-cpu-fp32",
+        "failed": "RuntimeError: CUDA error: an illegal memory access",
+    }
     table = BenchResult({"results": rows}, None).table()
     assert "onnxruntime-cpu-fp32" in table and "failed: RuntimeError: CUDA error" in table and table.count("\n") == 3
 

@@ -37,7 +37,9 @@ def write_tiny_cases(root: Path, n: int = 1, shape=(40, 36, 30)) -> Path:
     for i in range(n):
         images, _ = synthetic_case(i, shape)
         for channel, suffix in enumerate(MODALITY_SUFFIXES):
-            write_nifti(root / f"Tiny_{i:03d}" / f"Tiny_{i:03d}_{suffix}.nii.gz", images[channel], np.diag([1.5, 1.5, 2.0, 1.0]))
+            write_nifti(
+                root / f"Tiny_{i:03d}" / f"Tiny_{i:03d}_{suffix}.nii.gz", images[channel], np.diag([1.5, 1.5, 2.0, 1.0])
+            )
     return root
 
 
@@ -83,10 +85,17 @@ def test_manifest_carries_preprocessing_channels_labels_and_provenance(package_d
     assert manifest["format"] == "distill-model-package" and manifest["format_version"] == FORMAT_VERSION
     assert [c["modality"] for c in manifest["inputs"]] == ["t1", "t1ce", "t2", "flair"]
     assert "t1c" in manifest["inputs"][1]["aliases"] and "t2f" in manifest["inputs"][3]["aliases"]
-    assert manifest["output"] == {"kind": "sigmoid", "regions": ["WT", "TC", "ET"], "thresholds": {"WT": 0.5, "TC": 0.5, "ET": 0.5}}
+    assert manifest["output"] == {
+        "kind": "sigmoid",
+        "regions": ["WT", "TC", "ET"],
+        "thresholds": {"WT": 0.5, "TC": 0.5, "ET": 0.5},
+    }
     assert manifest["labels"]["convention"] == "brats2017" and manifest["labels"]["legend"]["4"] == "enhancing tumour"
     assert manifest["preprocessing"]["divisor"] == 16 and manifest["preprocessing"]["target_spacing"] is None
-    assert manifest["model"]["opset"] == 17 and manifest["model"]["parameters"] == manifest["source"]["student_card"]["parameters"]
+    assert (
+        manifest["model"]["opset"] == 17
+        and manifest["model"]["parameters"] == manifest["source"]["student_card"]["parameters"]
+    )
     assert manifest["source"]["teacher_identity_hash"] == "0" * 64
     gate = manifest["parity"]["onnxruntime"]
     assert gate["passed"] and gate["max_abs_probability"] <= 1e-4 and gate["label_agreement"] >= 0.9999
@@ -169,7 +178,8 @@ def test_an_onnx_with_external_data_is_refused(package_copy):
     model = onnx.load(str(package_copy / "model.onnx"))
     onnx.save_model(model, str(package_copy / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)  # fmt: skip
-    write_manifest(package_copy, ModelPackage.open(package_copy, verify=False).manifest)  # hashes match: only the external-data check can refuse it
+    # hashes match: only the external-data check can refuse it
+    write_manifest(package_copy, ModelPackage.open(package_copy, verify=False).manifest)
     assert "weights.bin" in list_package_files(package_copy)
     with pytest.raises(PackageError, match="external data"):
         ModelPackage.open(package_copy)
@@ -182,7 +192,9 @@ def test_an_onnx_with_external_data_is_refused(package_copy):
 def test_latency_stats_percentiles_by_hand():
     stats = latency_stats([0.001, 0.002, 0.003, 0.004])
     # linear interpolation: p50 at rank 1.5 -> 2.5 ms; p95 at rank 2.85 -> 3.85 ms; p99 at 2.97 -> 3.97 ms
-    assert stats == {"n": 4, "p50_ms": 2.5, "p95_ms": 3.85, "p99_ms": 3.97, "mean_ms": 2.5, "min_ms": 1.0, "max_ms": 4.0}
+    assert stats == {
+        "n": 4, "p50_ms": 2.5, "p95_ms": 3.85, "p99_ms": 3.97, "mean_ms": 2.5, "min_ms": 1.0, "max_ms": 4.0
+    }  # fmt: skip
 
 
 def test_binary_entropy_by_hand():
@@ -193,8 +205,9 @@ def test_binary_entropy_by_hand():
 
 @pytest.mark.parametrize(
     ("text", "label"),
-    [("torch", "torch-cpu-fp32"), ("torch:cuda:fp16:graphs", "torch-cuda-fp16+graphs"), ("onnxruntime:cuda", "onnxruntime-cuda-fp32"),
-     ("tensorrt:int8", "tensorrt-cuda-int8"), ("torch:compile:bf16", "torch-cpu-bf16+compile"), ("onnxruntime:tensorrt:fp16", "onnxruntime-tensorrt-fp16")],
+    [("torch", "torch-cpu-fp32"), ("torch:cuda:fp16:graphs", "torch-cuda-fp16+graphs"),
+     ("onnxruntime:cuda", "onnxruntime-cuda-fp32"), ("tensorrt:int8", "tensorrt-cuda-int8"),
+     ("torch:compile:bf16", "torch-cpu-bf16+compile"), ("onnxruntime:tensorrt:fp16", "onnxruntime-tensorrt-fp16")],
 )  # fmt: skip
 def test_backend_spec_parses_its_text_form(text, label):
     assert BackendSpec.parse(text).label == label
@@ -203,7 +216,8 @@ def test_backend_spec_parses_its_text_form(text, label):
 @pytest.mark.parametrize(
     ("text", "message"),
     [("caffe", "unknown backend"), ("torch:cpu:graphs", "CUDA graphs"), ("tensorrt:bf16", "supports precisions"),
-     ("onnxruntime:compile", "torch.compile"), ("onnxruntime:fp16", "TensorRT provider"), ("torch:turbo", "unknown backend option")],
+     ("onnxruntime:compile", "torch.compile"), ("onnxruntime:fp16", "TensorRT provider"),
+     ("torch:turbo", "unknown backend option")],
 )  # fmt: skip
 def test_backend_spec_refuses_impossible_combinations(text, message):
     with pytest.raises(BackendOptionError, match=message):
