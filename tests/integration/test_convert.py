@@ -12,7 +12,9 @@ from distill.errors import DataError, LabelConventionError
 
 
 def _convert(source, out, **kw):
-    return convert_to_nnunet(ConvertConfig(source=source, out_root=out, dataset_id=7, dataset_name="Test", progress=False, **kw))
+    return convert_to_nnunet(
+        ConvertConfig(source=source, out_root=out, dataset_id=7, dataset_name="Test", progress=False, **kw)
+    )
 
 
 @pytest.mark.parametrize("naming", ["brats2017", "brats2023"])
@@ -38,7 +40,12 @@ def test_dataset_json_is_region_based(tmp_path, write_brats_dataset):
     result = _convert(tmp_path / "src", tmp_path / "raw")
     dataset = json.loads((result.dataset_dir / "dataset.json").read_text())
     assert dataset["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"}
-    assert dataset["labels"] == {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+    assert dataset["labels"] == {
+        "background": 0,
+        "whole tumor": [1, 2, 3],
+        "tumor core": [2, 3],
+        "enhancing tumor": [3],
+    }
     assert dataset["regions_class_order"] == [1, 2, 3]
     assert dataset["numTraining"] == 1 and dataset["file_ending"] == ".nii.gz"
 

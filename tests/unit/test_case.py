@@ -20,7 +20,9 @@ def test_load_case_stacks_modalities_in_order(tmp_path, write_brats_dataset, obl
 def test_shape_mismatch_names_both_files(tmp_path, write_brats_dataset, oblique_affine):
     write_brats_dataset(tmp_path, n=1, shape=(12, 10, 8))
     write_nifti(tmp_path / "Case_000" / "Case_000_t2.nii.gz", np.ones((12, 10, 9), np.int16), oblique_affine)
-    with pytest.raises(DataError, match=r"Case_000_t2\.nii\.gz: shape \(12, 10, 9\) differs from .*Case_000_t1\.nii\.gz"):
+    with pytest.raises(
+        DataError, match=r"Case_000_t2\.nii\.gz: shape \(12, 10, 9\) differs from .*Case_000_t1\.nii\.gz"
+    ):
         load_case(find_cases(tmp_path)[0])
 
 
@@ -29,7 +31,9 @@ def test_affine_mismatch_names_both_files(tmp_path, write_brats_dataset, oblique
     shifted = oblique_affine.copy()
     shifted[0, 3] += 1.5
     write_nifti(tmp_path / "Case_000" / "Case_000_seg.nii.gz", np.zeros((12, 10, 8), np.uint8), shifted)
-    with pytest.raises(DataError, match=r"Case_000_seg\.nii\.gz: affine differs from .*Case_000_t1\.nii\.gz by up to 1\.5"):
+    with pytest.raises(
+        DataError, match=r"Case_000_seg\.nii\.gz: affine differs from .*Case_000_t1\.nii\.gz by up to 1\.5"
+    ):
         load_case(find_cases(tmp_path)[0])
 
 

@@ -70,7 +70,9 @@ def test_input_plans_are_not_modified():
 
 def test_a_build_resumed_with_other_options_is_refused(tmp_path):
     plan_file = tmp_path / "plans.json"
-    plan_file.write_text(json.dumps(compact_plans(nnunet_like_plans(), base_features=8, max_features=64, patch_size=(64, 64, 64))))
+    plan_file.write_text(
+        json.dumps(compact_plans(nnunet_like_plans(), base_features=8, max_features=64, patch_size=(64, 64, 64)))
+    )
     same = CompactTeacherConfig(work_dir=tmp_path, base_features=8, max_features=64, patch_size=(64, 64, 64))
     check_existing_compact_plan(plan_file, same)
     check_existing_compact_plan(tmp_path / "absent.json", same)

@@ -59,7 +59,9 @@ def test_wrong_extension(tmp_path):
 
 
 def test_truncated_gzip_names_the_file(tmp_path, oblique_affine):
-    path = write_nifti(tmp_path / "t.nii.gz", np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), oblique_affine)
+    path = write_nifti(
+        tmp_path / "t.nii.gz", np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), oblique_affine
+    )
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match=r"t\.nii\.gz: truncated or corrupt"):

@@ -36,7 +36,11 @@ def test_the_interval_is_reproducible_by_seed():
 
 @pytest.mark.parametrize(
     "a, b, message",
-    [([[1.0, 2.0]], [[1.0]], "same cases and seeds"), ([np.nan], [1.0], "finite"), (np.ones((2, 2, 2)), np.ones((2, 2, 2)), "shape")],
+    [
+        ([[1.0, 2.0]], [[1.0]], "same cases and seeds"),
+        ([np.nan], [1.0], "finite"),
+        (np.ones((2, 2, 2)), np.ones((2, 2, 2)), "shape"),
+    ],
 )
 def test_bad_inputs_are_refused(a, b, message):
     with pytest.raises(ValueError, match=message):

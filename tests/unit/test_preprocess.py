@@ -83,7 +83,9 @@ def test_box_resampling_matches_a_float64_evaluation_more_closely_than_torch():
     coarse = np.random.default_rng(5).random((3, *source), dtype=np.float32)
     sources = [linear_sources(n_out, n_in) for n_out, n_in in zip(target, source)]
     whole = tuple((0, n) for n in target)
-    exact = _resample_linear_box(coarse.astype(np.float64), [(lo, hi, w.astype(np.float64)) for lo, hi, w in sources], whole)
+    exact = _resample_linear_box(
+        coarse.astype(np.float64), [(lo, hi, w.astype(np.float64)) for lo, hi, w in sources], whole
+    )
     ours = np.abs(_resample_linear_box(coarse, sources, whole) - exact).max()
     torch_path = np.abs(resample(coarse, target, order=1) - exact).max()
     assert ours < 5e-7 and ours <= torch_path
@@ -130,7 +132,9 @@ def test_linear_resampling_matches_scipy_zoom(source, target):
 
     volume = np.random.default_rng(1).normal(size=(2, *source)).astype(np.float32)
     factors = [n / o for n, o in zip(target, source)]
-    expected = np.stack([ndimage.zoom(c, factors, order=1, mode="nearest", grid_mode=True, prefilter=False) for c in volume])
+    expected = np.stack(
+        [ndimage.zoom(c, factors, order=1, mode="nearest", grid_mode=True, prefilter=False) for c in volume]
+    )
     np.testing.assert_allclose(resample(volume, target, order=1), expected, atol=1e-5)
 
 
