@@ -3,6 +3,10 @@
 * :mod:`~distill.losses.dice_bce`: supervised soft Dice + BCE (regions) / Dice + CE (labels).
 * :mod:`~distill.losses.kd_sigmoid`: KD for sigmoid regions from cached teacher probabilities.
 * :mod:`~distill.losses.kd_softmax`: KD for softmax labels.
+* :mod:`~distill.losses.kd_correction`: the teacher corrected where it contradicts the labels
+  (knowledge adjustment, Wen et al., Neurocomputing 2021) or masked there.
+* :mod:`~distill.losses.kd_balanced` and :mod:`~distill.losses.kd_dice`: region-balanced KD
+  (extent-normalised KL; soft Dice between student and teacher maps).
 * :mod:`~distill.losses.kd_teachers`: the mean KD over several teachers (TAKD, Mirzadeh et al.,
   AAAI 2020; DGKD, Son et al., ICCV 2021).
 * :mod:`~distill.losses.graph_flow`: 3D graph-flow distillation (Zou et al., IEEE TMI 2022),
@@ -45,9 +49,12 @@ from distill.losses.graph_flow import (
     variation_graph,
     vertex_loss,
 )
+from distill.losses.kd_balanced import kd_sigmoid_region_balanced, region_extent
+from distill.losses.kd_correction import CORRECTIONS, correct_teacher, kd_sigmoid_corrected, label_contradictions
+from distill.losses.kd_dice import kd_soft_dice
 from distill.losses.kd_sigmoid import kd_sigmoid, tempered_teacher_logits, uncertainty_weight
 from distill.losses.kd_softmax import kd_softmax
-from distill.losses.kd_teachers import kd_sigmoid_teachers, kd_softmax_teachers
+from distill.losses.kd_teachers import BALANCES, kd_sigmoid_teachers, kd_softmax_teachers
 from distill.losses.paraphraser import (
     Paraphraser,
     mean_reconstruction_loss,
@@ -64,6 +71,8 @@ from distill.losses.region_affinity import (
 from distill.losses.registry import LOSSES, UnknownLossError, build_loss
 
 __all__ = [
+    "BALANCES",
+    "CORRECTIONS",
     "LOSSES",
     "CompositeLoss",
     "GraphFlowLoss",
@@ -76,13 +85,18 @@ __all__ = [
     "boundary_loss_from_regions",
     "build_loss",
     "constant",
+    "correct_teacher",
     "edge_loss",
     "importance_map",
     "importance_map_loss",
     "kd_sigmoid",
+    "kd_sigmoid_corrected",
+    "kd_sigmoid_region_balanced",
     "kd_sigmoid_teachers",
     "kd_softmax",
     "kd_softmax_teachers",
+    "kd_soft_dice",
+    "label_contradictions",
     "label_dice_ce_loss",
     "mean_reconstruction_loss",
     "pool_to_nodes",
@@ -94,6 +108,7 @@ __all__ = [
     "region_bce_loss",
     "region_dice_bce_loss",
     "region_dice_loss",
+    "region_extent",
     "region_prototypes",
     "signed_distance_map",
     "signed_distance_maps",

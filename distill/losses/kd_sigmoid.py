@@ -110,7 +110,7 @@ def kd_sigmoid(
         return scaled
     if reduction != "mean":
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    voxel_weight = _combined_weight(weight, teacher_uncertainty, max_uncertainty, scaled)
+    voxel_weight = combined_voxel_weight(weight, teacher_uncertainty, max_uncertainty, scaled)
     return weighted_voxel_mean(scaled, voxel_weight)
 
 
@@ -151,13 +151,14 @@ def _tempered_binary_kl(
     return q * (log_q - log_s) + (1.0 - q) * (log_not_q - log_not_s)
 
 
-def _combined_weight(
+def combined_voxel_weight(
     weight: torch.Tensor | None,
     teacher_uncertainty: torch.Tensor | None,
     max_uncertainty: float,
     values: torch.Tensor,
 ) -> torch.Tensor | None:
-    """Product of the voxel weight and the uncertainty weight, either of which may be absent."""
+    """Product of the voxel weight and the uncertainty weight, either of which may be absent;
+    checked against ``values (B, K, *S)`` and detached (``None`` when both are absent)."""
     checked = voxel_weight_like(weight, values, "weight")
     if teacher_uncertainty is None:
         return checked

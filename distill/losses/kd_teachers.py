@@ -17,6 +17,13 @@ the list for a batch (cache, live assistants, the DGKD drop) is the trainer's ch
 Shapes: ``student_logits`` ``(B, K, *S)``; ``teachers`` a non-empty sequence of teacher
 probabilities, each ``(B, K, *S)``; ``uncertainties`` one entry per teacher, a
 ``(B, K, *S)`` standard deviation or ``None`` (a live teacher has none). Returns a scalar.
+
+For sigmoid regions, two options change each teacher's term (both off by default, which is
+the plain voxel-mean KL): ``correction`` corrects every teacher's map against the expert
+labels ``regions`` ``(B, K, *S)`` first (:mod:`distill.losses.kd_correction`, Wen et al.,
+Neurocomputing 2021), and ``balance`` picks the term: ``"voxel"`` the voxel-mean KL,
+``"region"`` the extent-normalised KL (:mod:`distill.losses.kd_balanced`), ``"dice"`` a soft
+Dice between student and teacher maps (:mod:`distill.losses.kd_dice`; no temperature).
 """
 
 from __future__ import annotations
@@ -25,24 +32,52 @@ from collections.abc import Sequence
 
 import torch
 
+from distill.losses.kd_balanced import kd_sigmoid_region_balanced
+from distill.losses.kd_correction import CORRECTIONS, correct_teacher
+from distill.losses.kd_dice import kd_soft_dice
 from distill.losses.kd_sigmoid import kd_sigmoid
 from distill.losses.kd_softmax import kd_softmax
+
+#: Values of ``balance`` (``TrainConfig.kd_balance``).
+BALANCES = ("voxel", "region", "dice")
 
 
 def kd_sigmoid_teachers(
     student_logits: torch.Tensor,
     teachers: Sequence[torch.Tensor],
     uncertainties: Sequence[torch.Tensor | None],
+    regions: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
     use_uncertainty: bool = False,
+    correction: str = "none",
+    balance: str = "voxel",
 ) -> torch.Tensor:
     """Mean :func:`kd_sigmoid` over ``teachers``; with ``use_uncertainty`` each teacher that has
-    an uncertainty map is down-weighted by it (:func:`~distill.losses.kd_sigmoid.uncertainty_weight`)."""
+    an uncertainty map is down-weighted by it (:func:`~distill.losses.kd_sigmoid.uncertainty_weight`).
+
+    ``correction`` (``"none"``, ``"mask"``, ``"adjust"``; needs ``regions``) and ``balance``
+    (``"voxel"``, ``"region"``, ``"dice"``): see the module docstring.
+    """
+    if correction not in CORRECTIONS or balance not in BALANCES:
+        raise ValueError(f"correction must be one of {CORRECTIONS} and balance one of {BALANCES}; "
+                         f"got {correction!r}, {balance!r}")  # fmt: skip
     losses = []
     for probs, uncertainty in zip(teachers, uncertainties):
         weight_args = {"teacher_uncertainty": uncertainty} if (use_uncertainty and uncertainty is not None) else {}
-        losses.append(kd_sigmoid(student_logits, probs, temperature=temperature, **weight_args))
+        if correction == "none" and balance == "voxel":
+            losses.append(kd_sigmoid(student_logits, probs, temperature=temperature, **weight_args))
+            continue
+        target, mask = correct_teacher(probs, regions, correction)
+        if mask is not None:
+            weight_args["weight"] = mask
+        if balance == "voxel":
+            losses.append(kd_sigmoid(student_logits, target, temperature=temperature, **weight_args))
+        elif balance == "region":
+            losses.append(kd_sigmoid_region_balanced(student_logits, target, regions, temperature=temperature,
+                                                     **weight_args))  # fmt: skip
+        else:
+            losses.append(kd_soft_dice(student_logits, target, **weight_args))
     return torch.stack(losses).mean()
 
 

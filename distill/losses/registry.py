@@ -33,6 +33,9 @@ from distill.losses.dice_bce import (
     soft_dice_loss,
 )
 from distill.losses.graph_flow import GraphFlowLoss
+from distill.losses.kd_balanced import kd_sigmoid_region_balanced
+from distill.losses.kd_correction import kd_sigmoid_corrected
+from distill.losses.kd_dice import kd_soft_dice
 from distill.losses.kd_sigmoid import kd_sigmoid
 from distill.losses.kd_softmax import kd_softmax
 from distill.losses.kd_teachers import kd_sigmoid_teachers, kd_softmax_teachers
@@ -91,6 +94,10 @@ LOSSES: dict[str, Callable[..., LossTerm]] = {
     "kd_softmax": functools.partial(loss_term, kd_softmax),
     "kd_sigmoid_teachers": functools.partial(loss_term, kd_sigmoid_teachers),
     "kd_softmax_teachers": functools.partial(loss_term, kd_softmax_teachers),
+    # region KD that respects the expert labels: teacher-label correction, region balance
+    "kd_sigmoid_corrected": functools.partial(loss_term, kd_sigmoid_corrected),
+    "kd_sigmoid_region_balanced": functools.partial(loss_term, kd_sigmoid_region_balanced),
+    "kd_soft_dice": functools.partial(loss_term, kd_soft_dice),
     # feature distillation
     "graph_flow": functools.partial(loss_term, GraphFlowLoss, construct=True),
     "region_affinity": functools.partial(loss_term, region_affinity_loss),

@@ -124,6 +124,29 @@ CASES = {
                  "teachers": [halves(2), torch.cat([torch.full(SHAPE, 0.75), torch.full(SHAPE, 0.25)], 1)]},  # fmt: skip
         KL_HALF_VS_THREE_QUARTERS / 2,
     ),
+    # Teacher 0.75 everywhere, label G: the 6 voxels outside G contradict (0.75 >= 0.5, label 0) and
+    # are swapped to 0.25; against student 0.75: KL(.25 || .75) = .25 ln(1/3) + .75 ln 3 = .5 ln 3 on
+    # 6 of 8 voxels, 0 on G: mean .375 ln 3.
+    "kd_sigmoid_corrected": (
+        {"correction": "adjust", "temperature": 1.0},
+        lambda: {"student_logits": grad(torch.full(SHAPE, math.log(3.0))), "teacher_probs": torch.full(SHAPE, 0.75),
+                 "regions": region_g()},  # fmt: skip
+        0.375 * math.log(3.0),
+    ),
+    # Teacher 0.25 everywhere vs student 0.75: KL .5 ln 3 on every voxel, so both the inside (G)
+    # and the outside mean are .5 ln 3, and so is their average.
+    "kd_sigmoid_region_balanced": (
+        {"temperature": 1.0},
+        lambda: {"student_logits": grad(torch.full(SHAPE, math.log(3.0))), "teacher_probs": torch.full(SHAPE, 0.25),
+                 "regions": region_g()},  # fmt: skip
+        0.5 * math.log(3.0),
+    ),
+    # Student 0.5 vs teacher map G: sum(s q) = 1, sum(s) = 4, sum(q) = 2: Dice 2/6, loss 2/3.
+    "kd_soft_dice": (
+        {"smooth": 0.0},
+        lambda: {"student_logits": logits_zero(), "teacher_probs": region_g().float()},
+        2 / 3,
+    ),
     "region_affinity": ({}, region_affinity_case, 1.0),
     "importance_map": ({}, importance_map_case, 2 - 2 / math.sqrt(8)),
     "graph_flow": (
