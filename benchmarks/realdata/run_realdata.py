@@ -144,7 +144,8 @@ def teacher_config(p: Pipeline, folds=(0, 1, 2, 3, 4)):
                                 base_features=a.teacher_base_features, max_features=a.teacher_max_features,
                                 iterations=a.teacher_iterations,
                                 patch_size=tuple(a.teacher_patch) if a.teacher_patch else None,
-                                export_validation_probabilities=True, seed=a.seeds[0], folds=tuple(folds))  # fmt: skip
+                                export_validation_probabilities=True, seed=a.seeds[0], folds=tuple(folds),
+                                augmentation_workers=a.teacher_augmentation_workers)  # fmt: skip
 
 
 def stage_teacher(p: Pipeline) -> dict:
@@ -186,10 +187,11 @@ def train_teacher_fold(p: Pipeline, fold: int) -> dict:
     from distill.teacher.nnunet_build import build_compact_nnunet
 
     model_dir = teacher_model_dir(p)
-    restored = teacher_assets.restore(model_dir)
+    assets = teacher_assets.assets_for(p.args.teacher_iterations)
+    restored = teacher_assets.restore(model_dir, assets)
     if restored:
         print(f"[teacher] restored from the committed assets: {', '.join(restored)}", flush=True)
-    record_path = teacher_assets.ASSETS / f"fold_{fold}" / "record.json"
+    record_path = assets / f"fold_{fold}" / "record.json"
     if record_path.is_file() and (model_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():
         return json.loads(record_path.read_text())
     print(f"[teacher] fold {fold}: training ({p.args.teacher_iterations} iterations)", flush=True)
@@ -199,7 +201,7 @@ def train_teacher_fold(p: Pipeline, fold: int) -> dict:
               "seconds_this_run": round(time.perf_counter() - start, 1), "build_seconds": built.seconds,
               "cross_validation": cross_validation_dice(built.model_dir, (fold,)).get(f"fold_{fold}"),
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}  # fmt: skip
-    teacher_assets.save_fold(built.model_dir, fold)
+    teacher_assets.save_fold(built.model_dir, fold, assets)
     tmp = record_path.with_name(".record.json.partial")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, record_path)
@@ -378,7 +380,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="BraTS 2018 folder holding the 14 cases")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="Working folder (resumed; not committed)")
-    parser.add_argument("--teacher-iterations", type=int, default=120, help="nnUNetTrainer iterations per fold")
+    parser.add_argument("--teacher-iterations", type=int, default=2000,
+                        help="nnUNetTrainer iterations per fold (epochs of 50 under nnU-Net's poly schedule)")
     parser.add_argument("--save-teacher-progress", action="store_true",
                         help="Copy the checkpoint_latest.pth of unfinished teacher folds into teacher/ (to commit "
                              "before a session ends) and stop")
@@ -387,6 +390,8 @@ def parse_args() -> argparse.Namespace:
                              "other four; the full run later reuses the finished fold)")
     parser.add_argument("--teacher-patch", type=int, nargs=3, default=None,
                         help="Training patch of the compact plan (default: nnU-Net's own, which covers the 2 mm brain)")
+    parser.add_argument("--teacher-augmentation-workers", type=int, default=1,
+                        help="nnU-Net augmentation processes beside training (0: in-process, reproducible batches)")
     parser.add_argument("--teacher-base-features", type=int, default=8)
     parser.add_argument("--teacher-max-features", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1000, help="Student optimiser steps per link")
@@ -425,7 +430,8 @@ def main() -> None:
     if args.save_teacher_progress:
         import teacher_assets
 
-        print("saved unfinished folds:", teacher_assets.save_progress(teacher_model_dir(p)) or "none")
+        saved = teacher_assets.save_progress(teacher_model_dir(p), teacher_assets.assets_for(args.teacher_iterations))
+        print("saved unfinished folds:", saved or "none")
         return
     if args.teacher_pilot_fold is not None:
         for stage, function in steps[0][1] + steps[1][1]:

@@ -7,7 +7,7 @@ and a run on a fresh clone first restores them into its working folder, where nn
 trainer and predictor find them. A fold still training can be saved too
 (``checkpoint_latest.pth``), so a lost session costs at most the epochs since that save.
 
-Layout of ``teacher/`` (mirrors nnU-Net's model folder)::
+Layout of ``teacher/iterations_N/`` (mirrors nnU-Net's model folder)::
 
     plans.json  dataset.json  dataset_fingerprint.json  SHA256SUMS.json
     fold_K/checkpoint_final.pth   fold_K/distill_schedule.json   fold_K/validation/summary.json
@@ -22,7 +22,15 @@ import os
 import shutil
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent / "teacher"
+ASSETS_ROOT = Path(__file__).resolve().parent / "teacher"
+
+
+def assets_for(iterations: int) -> Path:
+    """One asset folder per training budget: a fold of another budget is another teacher."""
+    return ASSETS_ROOT / f"iterations_{iterations}"
+
+
+ASSETS = assets_for(2000)
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 FOLD_FILES = ("checkpoint_final.pth", "distill_schedule.json", "validation/summary.json")
 SUMS = "SHA256SUMS.json"

@@ -59,6 +59,9 @@ class CompactTeacherConfig:
         raw_dataset: use this existing nnU-Net raw dataset folder instead of phantoms.
         patch_size: training patch of the compact plan (``None`` keeps nnU-Net's); each axis
             must be divisible by the product of that axis's pooling strides.
+        augmentation_workers: nnU-Net's ``nnUNet_n_proc_DA``: 0 augments in the training process
+            (deterministic given the seed; what tests use), N > 0 in N background processes that
+            overlap with the network's step (faster on 2 cores, batch order not reproducible).
     """
 
     work_dir: Path
@@ -74,6 +77,7 @@ class CompactTeacherConfig:
     export_validation_probabilities: bool = False
     raw_dataset: Path | None = None
     patch_size: tuple[int, int, int] | None = None
+    augmentation_workers: int = 0
 
     @property
     def dataset_folder_name(self) -> str:
@@ -282,9 +286,9 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
         preprocess([dataset_id], COMPACT_PLANS, configurations=(CONFIGURATION,), num_processes=(1,), verbose=False)
     seconds["plan_and_preprocess"] = time.perf_counter() - start
 
-    # Single-threaded augmentation for training: deterministic and light on 2 cores. Set only
-    # now because nnU-Net's planner passes the same number to torch.set_num_threads.
-    os.environ["nnUNet_n_proc_DA"] = "0"
+    # Augmentation workers for training (0: in-process and deterministic). Set only now because
+    # nnU-Net's planner passes the same number to torch.set_num_threads.
+    os.environ["nnUNet_n_proc_DA"] = str(int(config.get("augmentation_workers", 0)))
     dataset_json = json.loads((pre_dir / "dataset.json").read_text())
     parameters = 0
     for fold in config["folds"]:
