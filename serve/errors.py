@@ -35,6 +35,7 @@ ERROR_CODES = {
     "bad_dimensions": "zero, 2D, 5D or otherwise unusable dimensions",
     "unsupported_dtype": "a voxel data type the service does not read",
     "non_finite": "NaN or Inf voxels",
+    "out_of_range": "intensities no scanner writes (beyond +-1e9)",
     "geometry_mismatch": "modalities differ in shape or affine",
     "invalid_input": "the volume cannot be segmented (e.g. every voxel is zero)",
     "invalid_npy": "the /segment/raw body is not an .npy array",

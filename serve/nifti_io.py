@@ -41,6 +41,8 @@ MAX_EXTENSION_BYTES = 1024 * 1024
 #: Voxel edge lengths outside this range (mm) are refused as corrupt.
 SPACING_RANGE = (1e-3, 100.0)
 _INPUT_SLICE = 1024 * 1024
+#: Larger magnitudes are not MRI intensities, and their squares overflow float32 statistics.
+MAX_INTENSITY = 1e9
 #: bgzip writes one member per 64 KiB; far more than a 256 MiB part needs.
 MAX_GZIP_MEMBERS = 8192
 
@@ -229,10 +231,21 @@ def decode_nifti(raw: bytes, field: str, limits: DecodeLimits) -> DecodedVolume:
         data = np.moveaxis(data, 3, 0)  # (X, Y, Z, C) -> (C, X, Y, Z)
     with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become Inf, refused below
         data = data.astype(np.float32, copy=False)
-    bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad:
-        raise ServeError(422, "non_finite", f"field {field!r}: {bad} voxels are NaN or Inf")
+    check_intensities(data, f"field {field!r}")
     return DecodedVolume(data=data, affine=np.asarray(image.affine, dtype=np.float64))
+
+
+def check_intensities(data: np.ndarray, where: str) -> None:
+    """Refuse NaN/Inf (with a count) and magnitudes no scanner writes, which overflow the z-score's sums."""
+    if not data.size:
+        return
+    low, high = float(data.min()), float(data.max())  # NaN propagates through min and max
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise ServeError(422, "non_finite", f"{where}: {bad} voxels are NaN or Inf")
+    if max(abs(low), abs(high)) > MAX_INTENSITY:
+        raise ServeError(422, "out_of_range", f"{where}: intensities reach {max(abs(low), abs(high)):.3g}, beyond "
+                                              f"+-{MAX_INTENSITY:.0e}; not an MRI volume")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from serve.errors import ServeError
+from serve.nifti_io import check_intensities
 
 ACCEPTED_DTYPES = (np.dtype("float16"), np.dtype("float32"))
 
@@ -53,9 +54,7 @@ def decode_npy(raw: bytes, channels: int, divisor: int, max_voxels: int) -> np.n
     array = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=offset)
     array = array.reshape(shape, order="F" if fortran_order else "C")
     images = np.ascontiguousarray(array, dtype=np.float32)
-    bad = int(np.count_nonzero(~np.isfinite(images)))
-    if bad:
-        raise ServeError(422, "non_finite", f"{bad} values are NaN or Inf")
+    check_intensities(images, "the array")
     return images
 
 

@@ -64,6 +64,7 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level.upper())
+    logging.getLogger("nibabel").setLevel(logging.ERROR)  # its header fix-up notes quote header fields
 
 
 def uvicorn_config(app: Any, settings: ServeSettings) -> uvicorn.Config:

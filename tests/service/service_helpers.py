@@ -81,12 +81,14 @@ class FakeBackend:
 class FakePredictor:
     """The committed package's manifest, labels from thresholds on the images; counts concurrent calls."""
 
-    def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
+    def __init__(self, delay: float = 0.0, error: Exception | None = None, hold: threading.Event | None = None) -> None:
         self.package = ModelPackage.open(PACKAGE, verify=False)
         self.postprocess = self.package.postprocess_config
         self.backend = FakeBackend()
         self.delay = delay
         self.error = error
+        self.hold = hold  # when set: each call waits for it (and `entered` tells a call is running)
+        self.entered = threading.Event()
         self.calls = 0
         self.active = 0
         self.max_active = 0
@@ -101,6 +103,9 @@ class FakePredictor:
             self.calls += 1
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+        self.entered.set()
+        if self.hold is not None:
+            self.hold.wait(30)
         if self.delay:
             time.sleep(self.delay)
 
@@ -194,3 +199,100 @@ def gzip_bomb(prefix: bytes, zero_mib: int) -> bytes:
         crc = zlib.crc32(zeros, crc)
     size = (len(prefix) + zero_mib * len(zeros)) & 0xFFFFFFFF
     return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + head + block * zero_mib + tail + struct.pack("<II", crc, size)
+
+
+class ServerProcess:
+    """A real ``uvicorn`` in a subprocess on a free loopback port (chosen by the OS: ``--port 0``).
+
+    ``args`` is the command after the interpreter (default ``-m distill serve PACKAGE``). The
+    port is read from the service's ``{"event": "listening", ...}`` line; ``stop()`` sends
+    SIGTERM and waits a bounded time, then kills.
+    """
+
+    def __init__(self, args: list[str], env: dict | None = None, ready_timeout: float = 180.0) -> None:
+        import os
+        import queue
+        import subprocess
+        import sys
+
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self.process = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True, cwd=REPO_ROOT, env={**os.environ, **(env or {})})  # fmt: skip
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.port = self._wait_for_port(ready_timeout)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_timeout = ready_timeout
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+            self._queue.put(line)
+
+    def _wait_for_port(self, timeout: float) -> int:
+        import json
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            if line.startswith('{"event": "listening"'):
+                return int(json.loads(line)["port"])
+        self.kill()
+        raise AssertionError("the server did not start:\n" + "".join(self.lines[-40:]))
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        import httpx
+
+        deadline = time.monotonic() + (timeout or self.ready_timeout)
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError("the server did not get ready:\n" + "".join(self.lines[-40:]))
+
+    def rss(self) -> int:
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    def stop(self, timeout: float = 30.0) -> int:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def multipart_body(files: dict) -> tuple[bytes, str]:
+    """A multipart body and its Content-Type, built once (load tests send the same bytes many times)."""
+    import httpx
+
+    request = httpx.Request("POST", "http://t/segment", files=files)
+    return request.read(), request.headers["content-type"]

@@ -348,32 +348,37 @@ def test_token_protects_everything_but_the_probes(fake, tmp_path):
 
 
 def test_beyond_concurrency_and_queue_requests_get_503_with_retry_after():
-    slow = FakePredictor(delay=0.6)
+    hold = threading.Event()
+    hold.set()  # the warm-up passes
+    slow = FakePredictor(hold=hold)
     client = make_client(slow, max_concurrency=1, max_queue=1)
+    gate = client.app.state.service.gate
     results = []
     try:
-        slow.calls = 0
-
-        def post():
-            results.append(client.post("/segment", files=case_files()))
-
-        threads = [threading.Thread(target=post) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.05)
-        for thread in threads:
-            thread.join(30)
-        statuses = sorted(r.status_code for r in results)
-        assert statuses == [200, 200, 503, 503], statuses
-        busy = [r for r in results if r.status_code == 503]
+        hold.clear()
+        slow.entered.clear()
+        threads = [threading.Thread(target=lambda: results.append(client.post("/segment", files=case_files())))
+                   for _ in range(2)]  # fmt: skip
+        threads[0].start()
+        assert slow.entered.wait(10)  # one request runs the model
+        threads[1].start()
+        deadline = time.monotonic() + 10
+        while gate.admitted < 2 and time.monotonic() < deadline:  # the second one waits in the queue
+            time.sleep(0.01)
+        busy = [client.post("/segment", files=case_files()) for _ in range(2)]
         for response in busy:
             assert_error(response, 503, "busy")
             assert response.headers["retry-after"] == "1"
+        hold.set()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(r.status_code for r in results) == [200, 200]
         assert slow.max_active == 1
         metrics = client.get("/metrics").text
         assert 'distill_serve_rejected_busy_total{route="/segment"} 2.0' in metrics
         good(client)
     finally:
+        hold.set()
         client.__exit__(None, None, None)
 
 

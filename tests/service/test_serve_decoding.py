@@ -140,6 +140,7 @@ def test_nan_and_inf_voxels_are_refused_with_a_count():
     assert "2 voxels" in refused(nifti_bytes_of(data, dtype=np.float32), 422, "non_finite")
     big = nifti_bytes_of(np.full((4, 4, 4), 1e300), dtype=np.float64)  # overflows float32 as read_nifti casts
     refused(big, 422, "non_finite")
+    refused(nifti_bytes_of(np.full((4, 4, 4), 1e20), dtype=np.float32), 422, "out_of_range")  # finite, not MRI
 
 
 def test_truncated_and_lying_parts_are_refused():
