@@ -14,11 +14,11 @@ BraTS conversion uses), so channel ``i`` means the same thing everywhere downstr
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.core.jsonfile import read_json_object
 from distill.data.conventions import LAYOUT_BRATS2017, LAYOUT_BRATS2023, LAYOUT_NNUNET
 from distill.data.nifti import is_nifti_path, strip_nifti_suffix
 from distill.errors import DataError
@@ -203,11 +203,7 @@ def _make_case(case_id: str, files: dict[str, Path], layout: str) -> CaseFiles:
 
 
 def read_dataset_json(root: Path) -> dict:
-    path = root / "dataset.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable dataset.json ({exc})") from exc
+    return read_json_object(root / "dataset.json", "nnU-Net dataset.json", error=DataError)
 
 
 def nnunet_channel_order(dataset: dict, source: Path) -> list[str]:

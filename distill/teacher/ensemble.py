@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.core.jsonfile import read_json_object
 from distill.data.case import Case
 from distill.data.conventions import REGIONS, LabelConvention, resolve_convention
 from distill.errors import DistillError
@@ -481,13 +482,8 @@ def save_weights(
 
 
 def _read_weights_document(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DistillError(f"{path}: ensemble weights file not found")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DistillError(f"{path}: cannot read ensemble weights as JSON ({exc})") from exc
-    if not isinstance(document, dict) or document.get("format") != WEIGHTS_FORMAT:
+    document = read_json_object(path, "ensemble weights file", "write it with `distill teacher-weights`")
+    if document.get("format") != WEIGHTS_FORMAT:
         raise DistillError(f"{path}: not a Distill ensemble weights file (format {WEIGHTS_FORMAT!r} expected)")
     if document.get("version") != WEIGHTS_VERSION:
         raise DistillError(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.core.jsonfile import read_json_object
 from distill.data.case import Case
 from distill.data.discovery import MODALITIES, nnunet_channel_order
 from distill.errors import DistillError
@@ -124,10 +124,7 @@ class NnUNetTeacher:
                 raise TeacherError(
                     f"{path}: missing; an nnU-Net model folder holds plans.json, dataset.json and fold_*/"
                 )
-            try:
-                json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise TeacherError(f"{path}: not valid JSON ({exc})") from exc
+            read_json_object(path, name, "the nnU-Net model folder is damaged", TeacherError)
 
     def _resolve_folds(self) -> tuple[str, ...]:
         present = available_folds(self.model_dir, self.config.checkpoint)

@@ -49,6 +49,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.networks import nets
 
+from distill.core.jsonfile import read_json_object
 from distill.data.case import Case
 from distill.data.conventions import REGIONS
 from distill.data.discovery import MODALITIES, MODALITY_ALIASES
@@ -267,12 +268,7 @@ def parse_member_config(raw: Any, source: Path) -> MemberConfig:
 def read_member_config(path: Path) -> MemberConfig:
     """Read and validate a member config file."""
     path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"{path}: member config not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DistillError(f"{path}: cannot read member config as JSON ({exc})") from exc
+    raw = read_json_object(path, "member config", "a member config is a JSON object (see the README)")
     return parse_member_config(raw, path)
 
 

@@ -10,11 +10,12 @@ import torch
 
 pytest.importorskip("monai")
 
+from conftest import synthetic_case  # noqa: E402
+
 from distill.data.case import Case  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.teacher.base import file_sha256  # noqa: E402
 from distill.teacher.torch_member import TorchMemberTeacher, build_network, network_input, save_member  # noqa: E402
-from conftest import synthetic_case  # noqa: E402
 
 SHAPE = (21, 19, 15)  # brain crop 17 x 15 x 11: padded to 24 x 16 x 16 for a divisor of 8
 SEGRESNET = {
@@ -190,7 +191,7 @@ def test_bad_config_named(tmp_path, change, problem):
 
 def test_unreadable_config_named(tmp_path):
     (tmp_path / "member.json").write_text("{")
-    with pytest.raises(DistillError, match=r"member\.json: cannot read member config"):
+    with pytest.raises(DistillError, match=r"member\.json: unreadable member config"):
         TorchMemberTeacher(tmp_path / "member.json")
 
 
