@@ -1,4 +1,4 @@
-"""The ``export``, ``export-engine``, ``predict``, ``bench`` and ``serve`` commands; :func:`register` adds them to the main app.
+"""``export``, ``export-engine``, ``predict``, ``bench`` and ``serve``; :func:`register` adds them to the main app.
 
 Same style as :mod:`distill.cli`: each command turns its options into a config, calls one
 library function and prints the small result it returns. Input errors are
@@ -150,18 +150,21 @@ def export_engine_command(
     console.print(str(export_engines(config)), highlight=False, soft_wrap=True)
 
 
+TOKEN_HELP = "File holding the bearer token, one line (or set DISTILL_SERVE_TOKEN); never the token itself."
+
+
 def serve_command(
     package: Annotated[Path, typer.Argument(help="Model package folder (from distill export).")],
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: a free one, printed at start-up).")] = 8000,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "onnxruntime",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads of the backend.")] = None,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token (or set DISTILL_SERVE_TOKEN).")] = None,
-    max_concurrency: Annotated[Optional[int], typer.Option(min=1, help="Requests processed at once (default 1).")] = None,
-    max_queue: Annotated[Optional[int], typer.Option(min=0, help="Requests waiting beyond those; more get 503 (default 2).")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help=TOKEN_HELP)] = None,
+    max_concurrency: Annotated[Optional[int], typer.Option(min=1, help="Requests handled at once (default 1).")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(min=0, help="Requests waiting beyond those (default 2).")] = None,
     max_body_mb: Annotated[Optional[float], typer.Option(help="Request body limit in MiB (default 64).")] = None,
     request_timeout: Annotated[Optional[float], typer.Option(help="Seconds per request (default 120).")] = None,
-    drain: Annotated[Optional[float], typer.Option(help="Seconds readiness is 503 after SIGTERM before the socket closes.")] = None,
+    drain: Annotated[Optional[float], typer.Option(help="Seconds of 503 readiness after SIGTERM (default 0).")] = None,
 ) -> None:
     """Serve a model package over HTTP: POST /segment (NIfTI), /segment/raw (.npy); /healthz, /readyz, /metrics."""
     from serve.server import run
@@ -184,7 +187,8 @@ def _serve_settings(options: dict):
     try:
         return ServeSettings(**options)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                             for e in exc.errors())  # fmt: skip
         raise DistillError(f"distill serve: {problems}") from None
 
 
@@ -197,4 +201,5 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
 
-__all__ = ["bench_command", "export_command", "export_engine_command", "predict_command", "register", "serve_command"]
+__all__ = ["bench_command", "export_command", "export_engine_command", "predict_command", "register",
+           "serve_command"]  # fmt: skip

@@ -116,7 +116,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "bad_request")
         request.state.error_code = code
-        message = {404: "no such route", 405: "this route does not take that method"}.get(exc.status_code, str(exc.detail))
+        messages = {404: "no such route", 405: "this route does not take that method"}
+        message = messages.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)

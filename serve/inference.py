@@ -75,11 +75,11 @@ class FieldPlan:
         else:
             raise ServeError(422, "unknown_field", f"unknown field {name[:40]!r}; this package takes {self.accepted()}")
         if target in self.seen:
-            raise ServeError(422, "duplicate_modality", f"fields {self.seen[target]!r} and {name!r} both give "
-                                                        f"{'the 4D image' if target == IMAGE_FIELD else target}")  # fmt: skip
+            what = "the 4D image" if target == IMAGE_FIELD else target
+            raise ServeError(422, "duplicate_modality", f"fields {self.seen[target]!r} and {name!r} both give {what}")
         if (target == IMAGE_FIELD and self.seen) or (target != IMAGE_FIELD and IMAGE_FIELD in self.seen):
-            raise ServeError(422, "mixed_inputs", f"send either {IMAGE_FIELD!r} (one 4D NIfTI) or one file per modality, "
-                                                  "not both")  # fmt: skip
+            raise ServeError(422, "mixed_inputs", f"send either {IMAGE_FIELD!r} (one 4D NIfTI) or one file per "
+                                                  "modality, not both")  # fmt: skip
         self.seen[target] = name
 
     def check_complete(self) -> None:
@@ -87,7 +87,8 @@ class FieldPlan:
             return
         missing = [m for m in self.modalities if m not in self.seen]
         if missing:
-            raise ServeError(422, "missing_modality", f"missing {', '.join(missing)}; this package takes {self.accepted()}")
+            raise ServeError(422, "missing_modality",
+                             f"missing {', '.join(missing)}; this package takes {self.accepted()}")  # fmt: skip
 
     def modality_of(self, name: str) -> str:
         key = name.strip().lower()
@@ -102,7 +103,8 @@ def parse_outputs(text: str) -> frozenset[str]:
     return chosen
 
 
-def _check_resampled_size(shape: Sequence[int], affine: np.ndarray, target: Sequence[float] | None, max_voxels: int) -> None:
+def _check_resampled_size(shape: Sequence[int], affine: np.ndarray, target: Sequence[float] | None,
+                          max_voxels: int) -> None:  # fmt: skip
     """The grid the package resamples to must respect the voxel limit too (large spacing x small file)."""
     if not target:
         return
@@ -113,21 +115,23 @@ def _check_resampled_size(shape: Sequence[int], affine: np.ndarray, target: Sequ
                                                   f"{resampled} voxels, more than the limit {max_voxels}")  # fmt: skip
 
 
-def decode_case(parts: Sequence[Part], plan: FieldPlan, limits: Limits, target_spacing) -> tuple[np.ndarray, np.ndarray]:
+def decode_case(parts: Sequence[Part], plan: FieldPlan, limits: Limits,
+                target_spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Multipart parts -> ``(C, X, Y, Z)`` float32 in the package's channel order, and the affine."""
     plan.check_complete()
     channels = len(plan.modalities)
     if plan.modality_of(parts[0].name) == IMAGE_FIELD:
-        volume = decode_nifti(parts[0].data, parts[0].name, DecodeLimits(limits.max_part_bytes, limits.max_voxels, channels))
+        four_d = DecodeLimits(limits.max_part_bytes, limits.max_voxels, channels)
+        volume = decode_nifti(parts[0].data, parts[0].name, four_d)
         if volume.data.ndim != 4:
             raise ServeError(422, "bad_dimensions", f"field {IMAGE_FIELD!r} must be 4D with {channels} volumes in the "
                                                     f"package's order ({', '.join(plan.modalities)})")  # fmt: skip
         images, affine = volume.data, volume.affine
     else:
         decoded = {}
+        single = DecodeLimits(limits.max_part_bytes, limits.max_voxels)
         for part in parts:
-            decoded[plan.modality_of(part.name)] = (part.name, decode_nifti(part.data, part.name,
-                                                    DecodeLimits(limits.max_part_bytes, limits.max_voxels)))  # fmt: skip
+            decoded[plan.modality_of(part.name)] = (part.name, decode_nifti(part.data, part.name, single))
             part.chunks.clear()  # the compressed bytes are no longer needed
         ordered = [decoded[m] for m in plan.modalities]
         check_same_grid(ordered, AFFINE_ATOL)

@@ -161,7 +161,8 @@ class Ticket:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.remaining())
         except TimeoutError:
             future.cancel()  # only succeeds while it still waits for a worker
-            raise ServeError(504, "deadline_exceeded", f"the request did not finish within {self.timeout_s:g} s") from None
+            message = f"the request did not finish within {self.timeout_s:g} s"
+            raise ServeError(504, "deadline_exceeded", message) from None
 
 
 __all__ = ["AdmissionGate", "BodyLimitMiddleware", "BodyTooLarge", "Ticket"]

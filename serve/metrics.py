@@ -30,8 +30,8 @@ class ServiceMetrics:
                                        buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
         self.response_bytes = Histogram("distill_serve_response_body_bytes", "Response body sizes.", ("route",),
                                         buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
-        self.in_flight = Gauge("distill_serve_in_flight_requests", "Segmentation requests admitted (running or queued).",
-                               registry=r)  # fmt: skip
+        self.in_flight = Gauge("distill_serve_in_flight_requests",
+                               "Segmentation requests admitted (running or queued).", registry=r)  # fmt: skip
         self.rejected_busy = Counter("distill_serve_rejected_busy", "Requests refused with 503 because every slot "
                                      "and the queue were taken.", ("route",), registry=r)  # fmt: skip
         self.ready = Gauge("distill_serve_ready", "1 once the model is loaded and warmed up, 0 before and while "

@@ -106,7 +106,8 @@ class _BoundedStream:
                     raise ServeError(400, "bad_gzip", f"field {self.field!r}: bytes after the end of the gzip stream")
                 self._members += 1
                 if self._members > MAX_GZIP_MEMBERS:
-                    raise ServeError(400, "bad_gzip", f"field {self.field!r}: more than {MAX_GZIP_MEMBERS} gzip members")
+                    message = f"field {self.field!r}: more than {MAX_GZIP_MEMBERS} gzip members"
+                    raise ServeError(400, "bad_gzip", message)
                 self._d, self._input = zlib.decompressobj(wbits=31), leftover
             if not self._input:
                 self._input = self._next_raw()
@@ -151,7 +152,8 @@ def _check_header_fields(header: nib.Nifti1Header, field: str, limits: DecodeLim
     spatial = shape[:3]
     n_voxels = math.prod(spatial)
     if n_voxels > limits.max_voxels:
-        raise fail(413, "volume_too_large", f"{n_voxels} voxels per volume {spatial}, more than the limit {limits.max_voxels}")
+        raise fail(413, "volume_too_large",
+                   f"{n_voxels} voxels per volume {spatial}, more than the limit {limits.max_voxels}")  # fmt: skip
     try:
         dtype = header.get_data_dtype()
     except Exception:
@@ -163,7 +165,8 @@ def _check_header_fields(header: nib.Nifti1Header, field: str, limits: DecodeLim
         raise fail(422, "bad_header", f"voxel spacing (pixdim) {pixdim.tolist()} is not finite and positive")
     vox_offset = float(header["vox_offset"])
     header_size = int(header["sizeof_hdr"])
-    if not math.isfinite(vox_offset) or vox_offset < header_size + 4 or vox_offset > header_size + 4 + MAX_EXTENSION_BYTES \
+    first_voxel = header_size + 4  # the 4-byte extension flag follows the header
+    if not math.isfinite(vox_offset) or not first_voxel <= vox_offset <= first_voxel + MAX_EXTENSION_BYTES \
             or vox_offset != int(vox_offset):
         raise fail(400, "bad_header", f"vox_offset {vox_offset} is not a byte offset after the header")
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
@@ -178,7 +181,8 @@ def _check_header_fields(header: nib.Nifti1Header, field: str, limits: DecodeLim
     spacing = voxel_spacing(affine)
     low, high = SPACING_RANGE
     if not all(low <= s <= high for s in spacing):
-        raise fail(422, "bad_header", f"voxel spacing {tuple(round(s, 6) for s in spacing)} mm lies outside {low}-{high} mm")
+        shown = tuple(round(s, 6) for s in spacing)
+        raise fail(422, "bad_header", f"voxel spacing {shown} mm lies outside {low}-{high} mm")
     total = int(vox_offset) + math.prod(shape) * dtype.itemsize
     if total > limits.max_part_bytes:
         raise fail(413, "part_too_large", f"its header declares {total} bytes, more than the per-part limit "
@@ -196,7 +200,8 @@ def read_header(stream: _BoundedStream, field: str) -> tuple[nib.Nifti1Header, b
         raise ServeError(400, "not_nifti", f"field {field!r}: not a NIfTI-1/2 file (sizeof_hdr is neither 348 nor 540)")
     rest = stream.read(size - 4)
     if len(rest) < size - 4:
-        raise ServeError(400, "truncated", f"field {field!r}: the NIfTI header is cut off ({4 + len(rest)} of {size} bytes)")
+        message = f"field {field!r}: the NIfTI header is cut off ({4 + len(rest)} of {size} bytes)"
+        raise ServeError(400, "truncated", message)
     raw = first + rest
     try:
         header = HEADER_SIZES[size].from_fileobj(io.BytesIO(raw), check=False)

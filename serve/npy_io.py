@@ -32,7 +32,8 @@ def decode_npy(raw: bytes, channels: int, divisor: int, max_voxels: int) -> np.n
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except Exception as exc:
-        raise ServeError(400, "invalid_npy", f"the body is not an .npy array ({type(exc).__name__}: {str(exc)[:120]})") from None
+        message = f"the body is not an .npy array ({type(exc).__name__}: {str(exc)[:120]})"
+        raise ServeError(400, "invalid_npy", message) from None
     if dtype.hasobject:
         raise ServeError(422, "pickled_array", "object arrays need unpickling, which this service never does; send "
                                                "float16 or float32")  # fmt: skip
@@ -42,10 +43,11 @@ def decode_npy(raw: bytes, channels: int, divisor: int, max_voxels: int) -> np.n
         raise ServeError(422, "wrong_shape", f"shape {tuple(shape)}; expected ({channels}, X, Y, Z)")
     spatial = tuple(int(s) for s in shape[1:])
     if min(spatial) < divisor or any(s % divisor for s in spatial):
-        raise ServeError(422, "wrong_shape", f"spatial shape {spatial}: each size must be a positive multiple of the "
-                                             f"package's divisor {divisor} (the package's preprocessing pads to it)")  # fmt: skip
+        raise ServeError(422, "wrong_shape", f"spatial shape {spatial}: each size must be a positive multiple of "
+                                             f"the package's divisor {divisor} (its preprocessing pads so)")
     if math.prod(spatial) > max_voxels:
-        raise ServeError(413, "volume_too_large", f"{math.prod(spatial)} voxels per channel, more than the limit {max_voxels}")
+        message = f"{math.prod(spatial)} voxels per channel, more than the limit {max_voxels}"
+        raise ServeError(413, "volume_too_large", message)
     offset = stream.tell()
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) - offset != expected:

@@ -51,7 +51,8 @@ class DrainingServer(uvicorn.Server):
                 self.bound_port = sock.getsockname()[1]
         if self.bound_port is not None:
             host = self.config.host
-            print(json.dumps({"event": "listening", "host": host, "port": self.bound_port}), file=sys.stderr, flush=True)
+            line = json.dumps({"event": "listening", "host": host, "port": self.bound_port})
+            print(line, file=sys.stderr, flush=True)
 
 
 def configure_logging(level: str) -> None:

@@ -49,12 +49,14 @@ def warm_up_case(n_channels: int, shape: tuple[int, int, int] = (48, 48, 40)) ->
 class Service:
     """See the module docstring; ``app.state.service`` holds the one instance of an app."""
 
-    def __init__(self, settings: ServeSettings, predictor_factory: Callable[[ServeSettings], Any] = open_predictor) -> None:
+    def __init__(self, settings: ServeSettings,
+                 predictor_factory: Callable[[ServeSettings], Any] = open_predictor) -> None:  # fmt: skip
         self.settings = settings
         self.predictor_factory = predictor_factory
         self.metrics = ServiceMetrics()
         self.token_check = TokenCheck(settings.bearer_token())
-        self.gate = AdmissionGate(settings.admission_capacity, settings.retry_after_s, on_change=self.metrics.in_flight.set)
+        self.gate = AdmissionGate(settings.admission_capacity, settings.retry_after_s,
+                                  on_change=self.metrics.in_flight.set)  # fmt: skip
         self.model_lock = threading.Lock()
         self.executor: ThreadPoolExecutor | None = None
         self.predictor: Any = None
@@ -67,7 +69,7 @@ class Service:
 
     def start(self) -> None:
         """Begin loading in the background (probes answer meanwhile)."""
-        self.executor = ThreadPoolExecutor(max_workers=self.settings.max_concurrency, thread_name_prefix="distill-serve")
+        self.executor = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="distill-serve")
         self._loader = threading.Thread(target=self._load, name="distill-serve-load", daemon=True)
         self._loader.start()
 
@@ -97,7 +99,8 @@ class Service:
         if self.state == STARTING:
             self.state = READY
             self.metrics.ready.set(1)
-        log.info("ready: package loaded and warmed up in %.2f s (%s)", time.perf_counter() - start, self.settings.backend)
+        seconds = time.perf_counter() - start
+        log.info("ready: package loaded and warmed up in %.2f s (%s)", seconds, self.settings.backend)
 
     def begin_drain(self) -> None:
         """SIGTERM: readiness 503 now; new segmentation requests are refused."""

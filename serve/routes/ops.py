@@ -55,8 +55,10 @@ def without_local_paths(value: Any) -> Any:
 
 
 def _is_local_path(value: Any) -> bool:
-    return isinstance(value, str) and (value.startswith(("/", "~", "\\")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))
-                                       or PurePath(value).is_absolute())  # fmt: skip
+    if not isinstance(value, str):
+        return False
+    drive = len(value) > 2 and value[1:3] in (":\\", ":/")
+    return value.startswith(("/", "~", "\\")) or drive or PurePath(value).is_absolute()
 
 
 class ModelInfo(BaseModel):

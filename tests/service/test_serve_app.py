@@ -65,7 +65,8 @@ def test_segment_returns_labels_on_the_input_grid_with_stage_timings(client, fak
     response = good(client)
     assert response.headers["content-type"] == "application/gzip"
     timing = response.headers["server-timing"]
-    assert [part.split(";")[0] for part in timing.split(", ")] == ["decode", "preprocess", "model", "postprocess", "encode"]
+    stages = [part.split(";")[0] for part in timing.split(", ")]
+    assert stages == ["decode", "preprocess", "model", "postprocess", "encode"]
     assert response.headers["x-request-id"]
     image = read_nifti_response(response.content)
     assert image.shape == SHAPE and image.get_data_dtype() == np.uint8
@@ -194,7 +195,8 @@ def bad_inputs():
         "duplicate modality (alias)": ({**files, "t1n": files["t1"]}, 422, "duplicate_modality"),
         "unknown field": ({**files, "dwi": files["t1"]}, 422, "unknown_field"),
         "4D image and modalities": ({**without(files, "flair"), "image": files["flair"]}, 422, "mixed_inputs"),
-        "mismatched shapes": (replace("t2", nifti_bytes_of(case_images(shape=(20, 18, 15))[2])), 422, "geometry_mismatch"),
+        "mismatched shapes": (replace("t2", nifti_bytes_of(case_images(shape=(20, 18, 15))[2])), 422,
+                              "geometry_mismatch"),
         "mismatched affines": (replace("t2", nifti_bytes_of(case_images()[2], affine=moved)), 422, "geometry_mismatch"),
         "not NIfTI": (replace("t1", b"\x89PNG\r\n\x1a\n" + b"\x00" * 500), 400, "not_nifti"),
         "truncated gzip": (replace("t1", compressed[: len(compressed) // 2]), 400, "truncated"),
@@ -213,7 +215,8 @@ def bad_inputs():
 def test_every_bad_input_gets_a_4xx_in_the_error_schema_and_the_next_request_succeeds(client, case):
     files, status, code = bad_inputs()[case]
     if files == {"t1": None}:
-        response = client.post("/segment", content=b"--b--\r\n", headers={"content-type": "multipart/form-data; boundary=b"})
+        headers = {"content-type": "multipart/form-data; boundary=b"}
+        response = client.post("/segment", content=b"--b--\r\n", headers=headers)
     else:
         response = client.post("/segment", files=files)
     assert_error(response, status, code)
@@ -224,14 +227,16 @@ def test_every_bad_input_gets_a_4xx_in_the_error_schema_and_the_next_request_suc
 def test_too_large_wrong_content_type_and_malformed_multipart(client):
     assert_error(client.post("/segment", json={"t1": "x"}), 415, "unsupported_media_type")
     assert_error(client.post("/segment", content=b"abc"), 415, "unsupported_media_type")
-    assert_error(client.post("/segment", content=b"abc", headers={"content-type": "multipart/form-data"}), 400, "bad_multipart")
+    no_boundary = {"content-type": "multipart/form-data"}
+    assert_error(client.post("/segment", content=b"abc", headers=no_boundary), 400, "bad_multipart")
     cut = b'--b\r\nContent-Disposition: form-data; name="t1"\r\n\r\nabc'
     assert_error(client.post("/segment", content=cut, headers={"content-type": "multipart/form-data; boundary=b"}),
                  400, "bad_multipart")  # fmt: skip
     files = case_files()
     many = {**files, **{f"extra{i}": files["t1"] for i in range(3)}}
     assert_error(client.post("/segment", files=many), 422, "unknown_field")
-    assert_error(client.post("/segment/raw", content=b"x", headers={"content-type": "image/png"}), 415, "unsupported_media_type")
+    png = {"content-type": "image/png"}
+    assert_error(client.post("/segment/raw", content=b"x", headers=png), 415, "unsupported_media_type")
     bomb = gzip_bomb(nifti_bytes_of(np.zeros((8, 8, 8)), gz=False, dtype=np.uint8), 1024)
     assert_error(client.post("/segment", files={**files, "t1": ("t1.nii.gz", bomb, "application/gzip")}), 400,
                  "trailing_data")  # fmt: skip
@@ -284,7 +289,8 @@ def padded_request(total: int) -> tuple[bytes, str]:
     def build(pad: int) -> tuple[bytes, str]:
         t1 = files["t1"][1]
         padded = t1[:3] + bytes([t1[3] | 0x10]) + t1[4:10] + b"c" * pad + b"\x00" + t1[10:]
-        request = httpx.Request("POST", "http://t/segment", files={**files, "t1": ("t1.nii.gz", padded, "application/gzip")})
+        sent = {**files, "t1": ("t1.nii.gz", padded, "application/gzip")}
+        request = httpx.Request("POST", "http://t/segment", files=sent)
         return request.read(), request.headers["content-type"]
 
     body, _ = build(0)

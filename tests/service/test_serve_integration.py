@@ -53,8 +53,8 @@ def test_segment_over_http_equals_distill_predict_voxel_for_voxel(brats18_dir, t
     assert labels.shape == (240, 240, 155) and (labels > 0).sum() > 1000
 
 
-FORBIDDEN = ("distill.train", "distill.teacher", "distill.cache", "distill.export", "distill.losses", "nnunetv2", "monai",
-             "zarr", "ray", "onnx", "torchvision")  # fmt: skip
+FORBIDDEN = ("distill.train", "distill.teacher", "distill.cache", "distill.export", "distill.losses", "nnunetv2",
+             "monai", "zarr", "ray", "onnx", "torchvision")  # fmt: skip
 
 
 def test_a_real_request_imports_no_training_code_at_run_time():

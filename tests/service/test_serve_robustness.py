@@ -39,7 +39,8 @@ def load(url: str, body: bytes, content_type: str, clients: int, seconds: float,
                     if len(statuses) >= max_requests:
                         return
                 start = time.perf_counter()
-                status = session.post(url + "/segment", content=body, headers={"content-type": content_type}).status_code
+                headers = {"content-type": content_type}
+                status = session.post(url + "/segment", content=body, headers=headers).status_code
                 with lock:
                     latencies.append(time.perf_counter() - start)
                     statuses.append(status)
@@ -74,7 +75,8 @@ def test_resident_memory_grows_less_than_5_percent_over_200_requests():
         server.wait_ready()
         with httpx.Client(timeout=60) as session:
             def post() -> None:
-                assert session.post(server.url + "/segment", content=body, headers={"content-type": content_type}).status_code == 200
+                headers = {"content-type": content_type}
+                assert session.post(server.url + "/segment", content=body, headers=headers).status_code == 200
 
             for _ in range(30):
                 post()
