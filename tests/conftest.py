@@ -105,7 +105,8 @@ def phantom_cache(nnunet_teacher, tmp_path_factory):
     from distill.teacher.run import TeacherCacheConfig, run_teacher_cache
 
     out = tmp_path_factory.mktemp("phantom_cache") / "cache"
-    result = run_teacher_cache(TeacherCacheConfig(model_dir=nnunet_teacher.model_dir, images=nnunet_teacher.raw_dataset_dir,
+    result = run_teacher_cache(TeacherCacheConfig(model_dir=nnunet_teacher.model_dir,
+                                                  images=nnunet_teacher.raw_dataset_dir,
                                                   out=out, folds=("0",), tta="none", progress=False))  # fmt: skip
     assert result.complete
     return out
@@ -117,7 +118,9 @@ STUB_SHAPE = (32, 32, 24)
 STUB_CASES = 5
 STUB_TEACHER_PARAMETERS = 100_000
 # Per modality (t1, t1ce, t2, flair): mean of brain, oedema, necrosis, enhancing tumour.
-STUB_CONTRAST = np.array([[100, 85, 60, 95], [100, 90, 60, 170], [100, 160, 180, 130], [100, 170, 120, 140]], np.float32)
+STUB_CONTRAST = np.array(
+    [[100, 85, 60, 95], [100, 90, 60, 170], [100, 160, 180, 130], [100, 170, 120, 140]], np.float32
+)
 
 
 def stub_case(seed: int, shape=STUB_SHAPE) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +164,8 @@ class StubTeacher:
 
         self._info = TeacherInfo(name="stub:smoothed-labels", output_kind="sigmoid", channels=("WT", "TC", "ET"),
                                  parameters_per_member=STUB_TEACHER_PARAMETERS, members=tuple(members), tta="none",
-                                 identity={"stub": "smoothed labels + seeded noise", "sigma": 0.7, "noise": 0.05})  # fmt: skip
+                                 identity={"stub": "smoothed labels + seeded noise", "sigma": 0.7,
+                                           "noise": 0.05})  # fmt: skip
 
     @property
     def info(self):
@@ -197,7 +201,9 @@ def stub_cache(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stub_cache")
     for seed in range(STUB_CASES):
         images, labels = stub_case(seed)
-        affine = make_oblique_affine(degrees=4.0 + 3.0 * seed, spacing=(-1.0, -1.1, 1.5), offset=(90.0 - seed, -20.0, 10.0 + seed))
+        affine = make_oblique_affine(
+            degrees=4.0 + 3.0 * seed, spacing=(-1.0, -1.1, 1.5), offset=(90.0 - seed, -20.0, 10.0 + seed)
+        )
         write_brats_case(root / "images", f"Stub_{seed:03d}", images, labels, affine)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run, "build_teacher", lambda config: StubTeacher())

@@ -204,7 +204,9 @@ def _labels_without_channel(labels: torch.Tensor, logits: torch.Tensor) -> torch
     if labels.dim() == logits.dim() and labels.shape[1] == 1:
         labels = labels[:, 0]
     if tuple(labels.shape) != expected:
-        raise ValueError(f"labels must have shape {expected} or {(expected[0], 1, *expected[1:])}, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape {expected} or {(expected[0], 1, *expected[1:])}, got {tuple(labels.shape)}"
+        )
     return labels.long()
 
 

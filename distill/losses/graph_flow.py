@@ -71,8 +71,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from distill.losses._tensors import compute_dtype
 from distill.losses.paraphraser import Paraphraser
@@ -228,7 +228,8 @@ def _check_stage_widths(network: str, stages: tuple[torch.Tensor, torch.Tensor],
     for stage, features, expected in zip(("shallow", "deep"), stages, channels):
         if features.dim() != 5 or features.shape[1] != expected:
             raise ValueError(
-                f"{network} {stage} features must be (B, {expected}, D, H, W) as configured, got {tuple(features.shape)}"
+                f"{network} {stage} features must be (B, {expected}, D, H, W) as configured, "
+                f"got {tuple(features.shape)}"
             )
 
 

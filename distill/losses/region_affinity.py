@@ -144,7 +144,9 @@ def _masks_on_grid(region_masks: torch.Tensor, features: torch.Tensor) -> torch.
     masks = region_masks.float()
     grid = tuple(features.shape[2:])
     if masks.dim() != features.dim():
-        raise ValueError(f"region masks {tuple(masks.shape)} and features {tuple(features.shape)} need the same number of axes")
+        raise ValueError(
+            f"region masks {tuple(masks.shape)} and features {tuple(features.shape)} need the same number of axes"
+        )
     if any(m < s for m, s in zip(masks.shape[2:], grid)):
         raise ValueError(f"region masks grid {tuple(masks.shape[2:])} is coarser than the feature grid {grid}")
     return _pool_to(masks, grid)

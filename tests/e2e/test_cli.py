@@ -11,7 +11,9 @@ from distill.data.nifti import read_nifti, write_nifti
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "distill", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_help_lists_the_commands():
@@ -39,7 +41,9 @@ def test_phantoms_convert_and_evaluate_across_conventions(tmp_path):
     for seg in sorted((tmp_path / "ph").glob("*/*_seg.nii.gz")):
         volume = read_nifti(seg)
         write_nifti(tmp_path / "pred" / seg.name.replace("_seg", ""), volume.data, volume.affine)
-    result = run_cli("evaluate", tmp_path / "pred", dataset, "--out", tmp_path / "eval", "--pred-convention", "brats2017")
+    result = run_cli(
+        "evaluate", tmp_path / "pred", dataset, "--out", tmp_path / "eval", "--pred-convention", "brats2017"
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["n_cases"] == 2
@@ -71,8 +75,12 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
         assert model in result.stdout
     demo = tmp_path / "demo"
     assert (demo / "package" / "model.onnx").is_file() and (demo / "cache" / "manifest.json").is_file()
-    summaries = {m: json.loads((demo / "evaluation" / m / "summary.json").read_text()) for m in ("teacher", "student", "threshold")}
+    summaries = {
+        m: json.loads((demo / "evaluation" / m / "summary.json").read_text())
+        for m in ("teacher", "student", "threshold")
+    }
     assert all(s["n_cases"] == 1 for s in summaries.values())
     again = run_cli(*args)  # every stage resumes: nothing retrained, same scores
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((demo / "evaluation" / "student" / "summary.json").read_text())["per_region"] == summaries["student"]["per_region"]
+    student_again = json.loads((demo / "evaluation" / "student" / "summary.json").read_text())
+    assert student_again["per_region"] == summaries["student"]["per_region"]

@@ -580,7 +580,9 @@ def test_the_stub_teacher_cache_verifies_cleanly(stub_cache):
     for case_id in cache.case_ids:
         case = cache.read_case(case_id)
         affines.append(np.array(case.record.original_affine))
-        assert not np.allclose(affines[-1], np.eye(4)) and not np.allclose(affines[-1][:3, :3], np.diag(np.diag(affines[-1][:3, :3])))
+        assert not np.allclose(affines[-1], np.eye(4)) and not np.allclose(
+            affines[-1][:3, :3], np.diag(np.diag(affines[-1][:3, :3]))
+        )
         assert case.regions is not None and all(region.any() for region in case.regions)
         assert 0 <= case.uncertainty.min() and case.uncertainty.max() <= 0.5
         teacher = case.probabilities > 0.5

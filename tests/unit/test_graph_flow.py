@@ -169,9 +169,15 @@ def test_rejected_configurations():
         pool_to_nodes(torch.zeros(1, 4, 2, 8, 8), (4, 4, 4))
     loss = identity_loss()
     with pytest.raises(ValueError, match=r"teacher deep features must be \(B, 4, D, H, W\)"):
-        loss(torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 3, 2, 2, 2))
+        loss(
+            torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 4, 2, 2, 2),
+            torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 3, 2, 2, 2),
+        )
     with pytest.raises(ValueError, match="differs from the teacher"):
-        loss(torch.zeros(2, 4, 4, 4, 4), torch.zeros(2, 4, 2, 2, 2), torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 4, 2, 2, 2))
+        loss(
+            torch.zeros(2, 4, 4, 4, 4), torch.zeros(2, 4, 2, 2, 2),
+            torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 4, 2, 2, 2),
+        )
 
 
 def test_pool_to_nodes_orders_cells_like_the_grid():
@@ -189,7 +195,9 @@ def toy_teacher_features(gen, batches=4):
     mixing = torch.randn(8, 3, generator=gen)
     out = []
     for _ in range(batches):
-        fields = torch.nn.functional.interpolate(torch.randn(2, 3, 2, 2, 2, generator=gen), size=(4, 4, 4), mode="trilinear")
+        fields = torch.nn.functional.interpolate(
+            torch.randn(2, 3, 2, 2, 2, generator=gen), size=(4, 4, 4), mode="trilinear"
+        )
         out.append(torch.einsum("cf,bfxyz->bcxyz", mixing, fields))
     return out
 

@@ -60,7 +60,9 @@ def imports_of(path: Path, package: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names.add(base)
     return names
 
@@ -200,4 +202,6 @@ def test_the_readme_layout_lists_every_source_folder_and_nothing_else():
     folders |= {"distill/cli.py", "tests/unit", "tests/integration", "tests/e2e", "benchmarks"}
     listed = readme_layout_entries()
     assert folders - listed == set(), f"folders missing from the README's layout: {sorted(folders - listed)}"
-    assert listed - folders - {"distill"} == set(), f"README lists folders that do not exist: {sorted(listed - folders)}"
+    assert listed - folders - {"distill"} == set(), (
+        f"README lists folders that do not exist: {sorted(listed - folders)}"
+    )

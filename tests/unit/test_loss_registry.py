@@ -121,7 +121,8 @@ CASES = {
     "kd_softmax_teachers": (
         {"temperature": 1.0},
         lambda: {"student_logits": two_class_logits(),
-                 "teachers": [halves(2), torch.cat([torch.full(SHAPE, 0.75), torch.full(SHAPE, 0.25)], 1)]},  # fmt: skip
+                 "teachers": [halves(2),
+                              torch.cat([torch.full(SHAPE, 0.75), torch.full(SHAPE, 0.25)], 1)]},  # fmt: skip
         KL_HALF_VS_THREE_QUARTERS / 2,
     ),
     # Teacher 0.75 everywhere, label G: the 6 voxels outside G contradict (0.75 >= 0.5, label 0) and
@@ -183,7 +184,9 @@ def test_registered_loss_runs_with_finite_value_and_gradient(name):
 
 
 def test_options_are_bound_and_named_terms_keep_their_settings():
-    term = build_loss("kd_sigmoid", term_name="kd", weight=0.7, temperature=2.0, inputs=["student_logits", "teacher_probs"])
+    term = build_loss(
+        "kd_sigmoid", term_name="kd", weight=0.7, temperature=2.0, inputs=["student_logits", "teacher_probs"]
+    )
     assert (term.name, term.weight, term.fn.keywords) == ("kd", 0.7, {"temperature": 2.0})
 
 

@@ -21,10 +21,13 @@ from distill.students.card import (
 def small_card(model) -> StudentCard:
     config = config_for_params("unet", 30_000)
     return StudentCard(
-        student=config, parameters=sum(p.numel() for p in model.parameters()), macs_128=123, channels=("WT", "TC", "ET"),
-        ratio_to_teacher=0.03, chain=(LinkRecord("link0_student_29179", 29_179, 10, 1.5, 6.67, 80.0, {"dice_mean": 0.4}),),
-        data=TrainingData(teacher="t", teacher_identity_hash="a" * 64, preprocessing={"divisor": 1, "target_spacing": None},
-                          cache="cache/", cache_spec_hash="b" * 64, mode="oof", train_cases=("A", "B"), val_cases=("C",)),
+        student=config, parameters=sum(p.numel() for p in model.parameters()), macs_128=123,
+        channels=("WT", "TC", "ET"), ratio_to_teacher=0.03,
+        chain=(LinkRecord("link0_student_29179", 29_179, 10, 1.5, 6.67, 80.0, {"dice_mean": 0.4}),),
+        data=TrainingData(teacher="t", teacher_identity_hash="a" * 64,
+                          preprocessing={"divisor": 1, "target_spacing": None},
+                          cache="cache/", cache_spec_hash="b" * 64, mode="oof",
+                          train_cases=("A", "B"), val_cases=("C",)),
     )  # fmt: skip
 
 
