@@ -29,8 +29,8 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 NEGATIVE_SLOPE = 0.1
 

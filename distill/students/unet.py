@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.errors import DistillError
 from distill.core.outputs import OUTPUT_KINDS, SIGMOID, SOFTMAX  # a student's output kind is its teacher's
+from distill.errors import DistillError
 
 CONV_TYPES = ("plain", "separable")
 NORMS = ("instance", "batch", "group", "none")

@@ -17,6 +17,7 @@ from distill.core.hashing import canonical_hash, file_sha256  # noqa: F401 (re-e
 from distill.core.outputs import OUTPUT_KINDS, SIGMOID, SOFTMAX  # noqa: F401
 from distill.data.case import Case
 
+
 @dataclass(frozen=True)
 class TeacherInfo:
     """What a teacher is, enough to tell two teachers apart and to size a student from it.

@@ -16,8 +16,8 @@ from distill.data.case import load_case
 from distill.data.conventions import get_convention
 from distill.data.discovery import MODALITIES, find_cases
 from distill.eval.dice import dice
-from distill.package import ModelPackage
 from distill.infer.predictor import Predictor
+from distill.package import ModelPackage
 
 REALDATA = Path(__file__).resolve().parents[2] / "benchmarks" / "realdata"
 RESULTS = json.loads((REALDATA / "results.json").read_text())

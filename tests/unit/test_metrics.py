@@ -12,7 +12,7 @@ from distill.eval.dice import dice
 from distill.eval.hausdorff import directed_surface_distances, hd95, surface_voxels
 from distill.eval.policy import BRATS_MAX_HD95_MM, EMPTY_MASK_POLICY, EmptyCell, empty_cell, policy_value
 from distill.eval.region_metrics import case_region_metrics
-from distill.eval.volume import voxel_volume_ml, volume_ml
+from distill.eval.volume import volume_ml, voxel_volume_ml
 
 SPACING = (1.2, 0.9, 2.5)  # voxel volume 2.7 mm^3
 

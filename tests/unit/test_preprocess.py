@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_case
+
 from distill.data.preprocess import (
     PreprocessConfig,
     PreprocessRecord,
@@ -12,8 +12,8 @@ from distill.data.preprocess import (
     crop,
     linear_sources,
     masked_mean_std,
-    place,
     padding_for,
+    place,
     preprocess,
     resample,
     restore_labels,
