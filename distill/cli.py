@@ -209,8 +209,24 @@ RATIO_HELP = (
 )
 
 
+RECIPE_HELP = ("Named preset of training options (distill.train.recipes: brats-100k, brats-30k; provisional); "
+               "flags given explicitly and --set override it.")
+SET_HELP = ("Any other training option as key=value, type-checked against TrainConfig (repeatable), e.g. "
+            "--set kd_balance=region --set kd_correction=adjust --set calibrate_thresholds=true.")
+# train-student flags whose TrainConfig field has another name or form
+_FLAG_FIELDS = {"graph_flow": "graph_flow_weight", "boundary": "boundary_weight"}
+
+
+def _explicit_flags(ctx: typer.Context, flags: dict) -> dict:
+    """The flags the command line (or the environment) gave, not their defaults."""
+    # compared by name: typer may bring its own copy of click and of its ParameterSource enum
+    given = {"COMMANDLINE", "ENVIRONMENT"}
+    return {k: v for k, v in flags.items() if getattr(ctx.get_parameter_source(k), "name", None) in given}
+
+
 @app.command("train-student")
 def train_student_command(
+    ctx: typer.Context,
     cache: Annotated[Path, typer.Option(help="Teacher cache from distill teacher-cache.")],
     out: Annotated[Path, typer.Option(help="Run folder (resumed if it exists).")],
     params: Annotated[Optional[int], typer.Option(help="Final student's parameter budget (hit within 5%).")] = None,
@@ -232,18 +248,29 @@ def train_student_command(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP)] = None,
+    set_options: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
     """Train a 3D student (through an optional teacher-assistant chain) from a teacher cache."""
-    from distill.train import TrainConfig, train_student
+    from distill.train import train_student
+    from distill.train.config import parse_set_options
+    from distill.train.recipes import build_config
 
-    config = TrainConfig(
-        cache=cache, out=out, family=family, params=params, ratio=ratio, assistants=assistants,
-        dense_guidance=dense_guidance, steps=steps, batch_size=batch_size, patch_size=(patch_size,) * 3, lr=lr,
-        kd_weight=kd_weight, temperature=temperature, graph_flow_weight=graph_flow,
-        graph_flow_stages=tuple(s.strip() for s in graph_flow_stages.split(",")), boundary_weight=boundary,
+    flags = dict(
+        family=family, params=params, ratio=ratio, assistants=assistants, dense_guidance=dense_guidance, steps=steps,
+        batch_size=batch_size, patch_size=patch_size, lr=lr, kd_weight=kd_weight, temperature=temperature,
+        graph_flow=graph_flow, graph_flow_stages=graph_flow_stages, boundary=boundary,
         uncertainty_weighting=uncertainty_weighting, val_cases=val_cases, checkpoint_every=checkpoint_every,
         seed=seed, device=device,
     )  # fmt: skip
+    # without a recipe every flag counts (its default is TrainConfig's); with one, only those given
+    chosen = flags if recipe is None else _explicit_flags(ctx, flags)
+    if "patch_size" in chosen:
+        chosen["patch_size"] = (chosen["patch_size"],) * 3
+    if "graph_flow_stages" in chosen:
+        chosen["graph_flow_stages"] = tuple(s.strip() for s in chosen["graph_flow_stages"].split(","))
+    chosen = {_FLAG_FIELDS.get(k, k): v for k, v in chosen.items()}
+    config = build_config(cache, out, recipe, chosen, parse_set_options(set_options or []))
     result = train_student(config)
     if result.rank != 0:
         return

@@ -46,6 +46,23 @@ def _triple(text: Optional[str], option: str) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
+THRESHOLDS_HELP = ("Probability threshold per region WT,TC,ET, e.g. 0.5,0.4,0.35 (default: the thresholds the "
+                   "student card calibrated on validation cases, else 0.5 each).")
+
+
+def _thresholds(text: Optional[str]) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0.0 < v < 1.0 for v in values):
+        raise typer.BadParameter(f"--thresholds takes three probabilities strictly between 0 and 1 (WT,TC,ET), "
+                                 f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="Student run folder (student.pt + student.json from train-student).")],
     out: Annotated[Path, typer.Argument(help="Package folder to create.")],
@@ -59,6 +76,7 @@ def export_command(
     calibration_cache: Annotated[Optional[Path], typer.Option(help="Teacher cache for INT8 calibration tiles.")] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity gate.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
+    thresholds: Annotated[Optional[str], typer.Option(help=THRESHOLDS_HELP)] = None,
 ) -> None:
     """Export a trained student to a verified model package (ONNX + preprocessing + label mapping)."""
     from distill.export.run import ExportConfig, export_package
@@ -68,7 +86,7 @@ def export_command(
         run_dir=run_dir, out=out, held_out=held_out, max_held_out=max_held_out, n_phantoms=n_phantoms,
         label_convention=label_convention, postprocess=PostprocessConfig(enforce_hierarchy=enforce_hierarchy),
         simplify=simplify, tensorrt=tuple(tensorrt or ()), calibration_cache=calibration_cache, threads=threads,
-        overwrite=overwrite,
+        overwrite=overwrite, thresholds=_thresholds(thresholds),
     )  # fmt: skip
     console.print(str(export_package(config)), highlight=False, soft_wrap=True)
 

@@ -88,7 +88,10 @@ class ExportConfig:
             gate; ``None`` uses ``n_phantoms`` synthetic phantoms at ``phantom_spacing`` mm.
         max_held_out: use at most this many held-out cases (sorted by id).
         label_convention: default output convention written in the manifest.
-        thresholds: probability threshold per region (WT, TC, ET).
+        thresholds: probability threshold per region (WT, TC, ET); ``None`` (default) takes the
+            thresholds calibrated on the validation cases from the student card
+            (``train-student`` with ``calibrate_thresholds``) and 0.5 each when the card has none.
+            The manifest's ``output.threshold_source`` says which it was (absent for 0.5 each).
         postprocess: the package's default post-processing.
         simplify: run onnxruntime's basic offline graph optimisation on the exported graph.
         tensorrt: precisions of TensorRT engines to build now (needs TensorRT and a GPU).
@@ -108,7 +111,7 @@ class ExportConfig:
     n_phantoms: int = 2
     phantom_spacing: float = 4.0
     label_convention: str = "brats2017"
-    thresholds: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    thresholds: tuple[float, float, float] | None = None
     postprocess: PostprocessConfig = field(default_factory=lambda: PostprocessConfig(enforce_hierarchy=True))
     simplify: bool = False
     tensorrt: tuple[str, ...] = ()
@@ -243,12 +246,37 @@ def _parity_case(case_id: str, images: np.ndarray, affine: np.ndarray, preproces
 # ---------------------------------------------------------------------------------------------
 # The manifest
 
+DEFAULT_THRESHOLD = 0.5
+#: ``output.threshold_source`` values: given to export, or calibrated on the card. The 0.5
+#: default writes none, so a package of an uncalibrated student has the manifest it always had.
+THRESHOLD_SOURCES = ("explicit", "student card calibration")
+
+
+def package_thresholds(config: ExportConfig, card: StudentCard) -> tuple[tuple[float, ...], str | None]:
+    """The per-region thresholds a package gets, and where they came from (:data:`THRESHOLD_SOURCES`).
+
+    An explicit ``config.thresholds`` wins; else the card's calibrated thresholds; else 0.5 each
+    (source ``None``).
+    """
+    if config.thresholds is not None:
+        if len(config.thresholds) != len(REGIONS):
+            raise ExportConfigError(f"thresholds take one value per region {list(REGIONS)}, "
+                                    f"got {list(config.thresholds)}")
+        return tuple(float(t) for t in config.thresholds), THRESHOLD_SOURCES[0]
+    if card.calibration is not None:
+        missing = [r for r in REGIONS if r not in card.calibration.thresholds]
+        if missing:
+            raise ExportConfigError(f"the student card's calibration has no threshold for {missing}; pass --thresholds")
+        return tuple(card.calibration.thresholds[r] for r in REGIONS), THRESHOLD_SOURCES[1]
+    return (DEFAULT_THRESHOLD,) * len(REGIONS), None
+
 
 def build_manifest(config: ExportConfig, student: ExportableStudent, preprocessing: PreprocessConfig,
                    parity: dict[str, Any], held_out: str, simplified: bool) -> Manifest:
     """Everything but ``files`` (added by :func:`write_manifest`) and ``engines`` (added per build)."""
     card, model = student.card, student.model
     settings = default_inference_settings(student.config.in_channels, preprocessing.divisor, config.max_edge, config.tile)
+    thresholds, threshold_source = package_thresholds(config, card)
     return Manifest(
         toolkit_version=__version__,
         created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -261,7 +289,8 @@ def build_manifest(config: ExportConfig, student: ExportableStudent, preprocessi
             student=student.config.to_dict(), parameters=count_parameters(model), macs_128=count_macs(model),
         ),
         inputs=inputs_section(MODALITIES),
-        output=OutputSection(kind="sigmoid", regions=REGIONS, thresholds=dict(zip(REGIONS, config.thresholds))),
+        output=OutputSection(kind="sigmoid", regions=REGIONS, thresholds=dict(zip(REGIONS, thresholds)),
+                             threshold_source=threshold_source),
         labels=labels_section(get_convention(config.label_convention)),
         preprocessing=preprocessing_section(preprocessing, card.data.preprocessing.get("normalisation", "zscore_in_brain_mask")),
         inference=settings,
@@ -333,7 +362,8 @@ def _write_package(staging: Path, config: ExportConfig, run: ExportableStudent, 
         onnx_bytes = simplify_onnx(onnx_bytes)
     with torch_threads(config.threads):
         report = measure_parity("onnxruntime", torch_logits_fn(run.model), onnxruntime_logits_fn(onnx_bytes, config.threads),
-                                cases, config.parity, config.thresholds, get_convention(config.label_convention))  # fmt: skip
+                                cases, config.parity, package_thresholds(config, run.card)[0],
+                                get_convention(config.label_convention))  # fmt: skip
     report.raise_if_failed()
     (staging / ONNX_NAME).write_bytes(onnx_bytes)
     torch.save(run.model.state_dict(), staging / WEIGHTS_NAME)
@@ -383,4 +413,5 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
 
 
 __all__ = ["ExportConfig", "ExportConfigError", "ExportResult", "ExportableStudent", "export_package", "held_out_cases",
-           "package_preprocess_config", "phantom_parity_cases", "read_exportable_student"]  # fmt: skip
+           "package_preprocess_config", "package_thresholds", "phantom_parity_cases",
+           "read_exportable_student"]  # fmt: skip

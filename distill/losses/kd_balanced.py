@@ -39,7 +39,9 @@ import torch
 from distill.losses.kd_sigmoid import DEFAULT_EPS, MAX_BERNOULLI_STD, combined_voxel_weight, kd_sigmoid
 
 
-def region_extent(teacher_probs: torch.Tensor, regions: torch.Tensor | None = None, threshold: float = 0.5) -> torch.Tensor:
+def region_extent(
+    teacher_probs: torch.Tensor, regions: torch.Tensor | None = None, threshold: float = 0.5
+) -> torch.Tensor:
     """Bool ``(B, K, *S)``: where the label (if given) or the teacher (``p >= threshold``) marks the region."""
     extent = teacher_probs.detach() >= threshold
     if regions is not None:

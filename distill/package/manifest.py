@@ -110,19 +110,31 @@ class InputChannel:
 
 @dataclass(frozen=True)
 class OutputSection:
-    """What the logits mean: their kind, region names in channel order, and a threshold per region."""
+    """What the logits mean: their kind, region names in channel order, and a threshold per region.
+
+    ``threshold_source`` says where the thresholds came from: ``"explicit"`` (given to export)
+    or ``"student card calibration"`` (calibrated on the validation cases at training);
+    ``None`` (not written) for the 0.5 default and for packages written before the field
+    existed, so their manifests round-trip unchanged.
+    """
 
     kind: str
     regions: tuple[str, ...]
     thresholds: dict[str, float]
+    threshold_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "regions": list(self.regions), "thresholds": dict(self.thresholds)}
+        data = {"kind": self.kind, "regions": list(self.regions), "thresholds": dict(self.thresholds)}
+        if self.threshold_source is not None:
+            data["threshold_source"] = self.threshold_source
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OutputSection:
+        source = data.get("threshold_source")
         return cls(kind=data["kind"], regions=tuple(data["regions"]),
-                   thresholds={str(k): float(v) for k, v in dict(data["thresholds"]).items()})  # fmt: skip
+                   thresholds={str(k): float(v) for k, v in dict(data["thresholds"]).items()},
+                   threshold_source=None if source is None else str(source))  # fmt: skip
 
 
 @dataclass(frozen=True)

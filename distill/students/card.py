@@ -88,6 +88,41 @@ class TrainingData:
 
 
 @dataclass(frozen=True)
+class ThresholdCalibration:
+    """Per-region probability thresholds chosen on the validation cases (never on test cases).
+
+    Attributes:
+        thresholds: region -> the threshold (a voxel is in the region where ``p > threshold``)
+            that maximised the mean Dice over ``cases``.
+        dice_default: region -> mean Dice over ``cases`` at ``default_threshold``.
+        dice_calibrated: region -> mean Dice over ``cases`` at the chosen threshold.
+        grid: the thresholds searched.
+        cases: the validation case ids the search used.
+        default_threshold: the threshold the calibration is compared with (0.5).
+    """
+
+    thresholds: dict[str, float]
+    dice_default: dict[str, float]
+    dice_calibrated: dict[str, float]
+    grid: tuple[float, ...]
+    cases: tuple[str, ...]
+    default_threshold: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": dict(self.thresholds), "dice_default": dict(self.dice_default),
+                "dice_calibrated": dict(self.dice_calibrated), "grid": list(self.grid), "cases": list(self.cases),
+                "default_threshold": self.default_threshold}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ThresholdCalibration:
+        return cls(thresholds={str(k): float(v) for k, v in dict(data["thresholds"]).items()},
+                   dice_default={str(k): float(v) for k, v in dict(data.get("dice_default", {})).items()},
+                   dice_calibrated={str(k): float(v) for k, v in dict(data.get("dice_calibrated", {})).items()},
+                   grid=tuple(float(t) for t in data.get("grid", ())), cases=tuple(data.get("cases", ())),
+                   default_threshold=float(data.get("default_threshold", 0.5)))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class StudentCard:
     """``student.json`` as a typed object; :meth:`to_dict` / :meth:`from_dict` are its JSON form."""
 
@@ -104,6 +139,8 @@ class StudentCard:
     validation: dict[str, float] = field(default_factory=dict)
     total_seconds: float | None = None
     toolkit_version: str = __version__
+    #: thresholds calibrated on the validation cases (``calibrate_thresholds``); cards without it still read
+    calibration: ThresholdCalibration | None = None
 
     @property
     def output_kind(self) -> str:
@@ -116,7 +153,7 @@ class StudentCard:
         """The card fields a model package repeats (cases, losses and timings stay with the run)."""
         full = self.to_dict()
         keys = ("format", "version", "toolkit_version", "family", "parameters", "macs_128", "ratio_to_teacher",
-                "output_kind", "channels", "validation")  # fmt: skip
+                "output_kind", "channels", "validation", "calibration")  # fmt: skip
         return {k: full[k] for k in keys if k in full}
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +174,8 @@ class StudentCard:
         card.update(data=self.data.to_dict(), validation=dict(self.validation))
         if self.total_seconds is not None:
             card["total_seconds"] = self.total_seconds
+        if self.calibration is not None:
+            card["calibration"] = self.calibration.to_dict()
         return card
 
     @classmethod
@@ -174,7 +213,21 @@ class StudentCard:
                                  "val_cases": tuple(data.get("val_cases", ()))}),
             validation=dict(card.get("validation", {})), total_seconds=card.get("total_seconds"),
             toolkit_version=str(card.get("toolkit_version", "unknown")),
+            calibration=_calibration(card, source),
         )  # fmt: skip
+
+
+def _calibration(card: Mapping[str, Any], source: str) -> ThresholdCalibration | None:
+    if card.get("calibration") is None:
+        return None
+    try:
+        calibration = ThresholdCalibration.from_dict(card["calibration"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StudentCardError(f"{source}: unreadable calibration section ({exc})") from exc
+    bad = {k: v for k, v in calibration.thresholds.items() if not 0.0 < v < 1.0}
+    if bad:
+        raise StudentCardError(f"{source}: calibrated thresholds {bad} are not probabilities strictly between 0 and 1")
+    return calibration
 
 
 def read_card(path: str | Path) -> StudentCard:

@@ -80,13 +80,19 @@ def config_parameters(config: StudentConfig) -> int:
 
 def config_for_params(family: str, target_params: int, in_channels: int = 4, out_channels: int = 3,
                       output_kind: str = SIGMOID, tolerance: float = DEFAULT_TOLERANCE,
-                      teacher_params: int | None = None, **overrides) -> StudentConfig:
+                      teacher_params: int | None = None, min_first_width: int = 0, **overrides) -> StudentConfig:
     """The ``family`` config whose parameter count is within ``tolerance`` of ``target_params``.
 
     Searches the width scale at the family's default depth first (bisection on a log scale;
     the count grows monotonically with the scale), then other depths, nearest first, and
     returns the closest count found within tolerance. ``depth=`` in ``overrides`` pins the
     depth; other overrides are config fields (``norm``, ``convs_per_stage``, ...).
+
+    ``min_first_width``: the first stage gets at least this many channels, the other stages
+    keep the family's widths at the scale searched (e.g. 4, so a 30k ``unet`` is ``(4, 7, 13, 27)``
+    rather than ``(3, 7, 13, 27)``: no stage narrower than the four input modalities). The
+    count still grows with the scale, so the search is the same; 0 (default) leaves the
+    family's widths alone, so every budget gives the config it always gave.
 
     Raises:
         StudentSizingError: ``target_params`` below :data:`MIN_STUDENT_PARAMS`, not below
@@ -96,12 +102,14 @@ def config_for_params(family: str, target_params: int, in_channels: int = 4, out
     _check_budget(target_params, teacher_params)
     if "widths" in overrides or "width_scale" in overrides:
         raise StudentSizingError("a parameter budget sets the widths itself; do not pass widths or width_scale with it")
+    if min_first_width < 0:
+        raise StudentSizingError(f"min_first_width must be >= 0, got {min_first_width}")
     pinned_depth = overrides.pop("depth", None)
     fields = {"in_channels": in_channels, "out_channels": out_channels, "output_kind": output_kind, **overrides}
     depths = [pinned_depth] if pinned_depth else _depths_nearest_first(student_config(family, **fields).depth)
     misses: list[tuple[int, int]] = []  # (count, depth) of the nearest counts below and above the target
     for depth in depths:
-        below, above = _bracket_width_scale(family, target_params, depth, fields)
+        below, above = _bracket_width_scale(family, target_params, depth, fields, min_first_width)
         candidates = [c for c in (below, above) if c is not None]
         best = min(candidates, key=lambda c: abs(config_parameters(c) - target_params))
         if abs(config_parameters(best) - target_params) <= tolerance * target_params:
@@ -172,12 +180,15 @@ def _depths_nearest_first(default_depth: int) -> list[int]:
 
 
 def _bracket_width_scale(
-    family: str, target: int, depth: int, fields: dict
+    family: str, target: int, depth: int, fields: dict, min_first_width: int = 0
 ) -> tuple[StudentConfig | None, StudentConfig | None]:
     """The configs just below and just at-or-above ``target`` parameters at ``depth`` (``None`` where out of range)."""
 
     def config(scale: float) -> StudentConfig:
-        return student_config(family, width_scale=scale, depth=depth, **fields)
+        scaled = student_config(family, width_scale=scale, depth=depth, **fields)
+        if scaled.widths[0] >= min_first_width:
+            return scaled
+        return student_config(family, widths=(min_first_width, *scaled.widths[1:]), **fields)
 
     lo, hi = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
     if config_parameters(config(math.exp(lo))) >= target:

@@ -37,10 +37,12 @@ from distill.students.card import (
     TrainingData,
     write_student_run,
 )
+from distill.train.calibrate import calibrate_thresholds
 from distill.train.config import TrainConfig, TrainConfigError, check_resumable, parse_assistants, save_config
 from distill.train.distributed import init_distributed, shutdown
 from distill.train.link import LinkConfig, LinkResult, LiveTeacher, train_link
 from distill.train.sampler import PatchSampler
+from distill.train.validate import validation_probabilities
 
 
 @dataclass
@@ -80,15 +82,34 @@ def plan_chain(config: TrainConfig, teacher_params: int, student_params: int) ->
 
 
 def _final_config(config: TrainConfig, teacher_params: int, out_channels: int, output_kind: str):
+    # the option is passed only when set, so a default run sizes exactly as before it existed
+    width = {"min_first_width": config.min_first_width} if config.min_first_width else {}
     if config.params is not None:
         if config.params >= teacher_params:
             raise TrainConfigError(f"--params {config.params} is not smaller than one teacher member ({teacher_params})")
-        return config_for_params(config.family, config.params, in_channels=4, out_channels=out_channels, output_kind=output_kind)
+        return config_for_params(config.family, config.params, in_channels=4, out_channels=out_channels,
+                                 output_kind=output_kind, **width)  # fmt: skip
     return config_for_ratio(config.family, config.ratio, teacher_params, in_channels=4, out_channels=out_channels,
-                            output_kind=output_kind)  # fmt: skip
+                            output_kind=output_kind, **width)  # fmt: skip
 
 
-def _card(config, cache, final_config, summary, chain_results, links, train_ids, val_ids, world_size) -> StudentCard:
+def _check_label_options(config: TrainConfig, cache: TeacherCache, output_kind: str, val_ids: list[str]) -> None:
+    """Options that need region maps or labelled validation cases fail before any training."""
+    if output_kind != "sigmoid" and (config.et_fraction or config.calibrate_thresholds):
+        raise TrainConfigError("et_fraction and calibrate_thresholds need region (sigmoid) maps; "
+                               "this cache holds softmax labels")
+    if config.calibrate_thresholds:
+        if not val_ids:
+            raise TrainConfigError(f"calibrate_thresholds needs validation cases, and {len(cache.case_ids)} cache "
+                                   f"cases leave none for val_cases={config.val_cases}")  # fmt: skip
+        unlabelled = [c for c in val_ids if not cache.entry(c).has_regions]
+        if unlabelled:
+            raise TrainConfigError(f"calibrate_thresholds needs ground truth on the validation cases; "
+                                   f"{unlabelled[0]} has none")
+
+
+def _card(config, cache, final_config, summary, chain_results, links, train_ids, val_ids, world_size,
+          calibration=None) -> StudentCard:
     spec = cache.spec
     return StudentCard(
         student=final_config, parameters=summary.parameters, macs_128=summary.macs_128, family=config.family,
@@ -100,7 +121,9 @@ def _card(config, cache, final_config, summary, chain_results, links, train_ids,
                     for size, r in zip(chain_results, links)),
         loss={
             "supervised": "Dice + BCE on WT/TC/ET", "supervised_weight": 1 - config.kd_weight,
-            "kd": "per-channel binary KL of tempered sigmoids x T^2", "kd_weight": config.kd_weight,
+            "kd": KD_DESCRIPTIONS[config.kd_balance], "kd_weight": config.kd_weight,
+            "kd_correction": config.kd_correction, "kd_balance": config.kd_balance,
+            "kd_warmup_steps": config.kd_warmup_steps,
             "temperature": config.temperature, "dense_guidance": config.dense_guidance,
             "uncertainty_weighting": config.uncertainty_weighting, "graph_flow_weight": config.graph_flow_weight,
             "graph_flow_stages": list(config.graph_flow_stages), "boundary_weight": config.boundary_weight,
@@ -113,7 +136,15 @@ def _card(config, cache, final_config, summary, chain_results, links, train_ids,
             train_cases=tuple(train_ids), val_cases=tuple(val_ids),
         ),
         validation=links[-1].metrics if links else {},
+        calibration=calibration,
     )  # fmt: skip
+
+
+KD_DESCRIPTIONS = {
+    "voxel": "per-channel binary KL of tempered sigmoids x T^2",
+    "region": "per-channel binary KL of tempered sigmoids x T^2, each region normalised by its extent",
+    "dice": "soft Dice between student and teacher maps per region (no temperature)",
+}
 
 
 def save_untrained_student(folder: Path, params: int, family: str = "unet", seed: int = 0,
@@ -179,11 +210,12 @@ def _train(config: TrainConfig, dist) -> TrainResult:
         )
     student_params = describe_student(build_student(final_config)).parameters
     sizes = [*plan_chain(config, teacher_params, student_params), student_params]
+    train_ids, val_ids = split_cases(cache.case_ids, config.val_cases)
+    _check_label_options(config, cache, output_kind, val_ids)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         check_resumable(out / "run.json", config)
         save_config(out / "run.json", config)
-    train_ids, val_ids = split_cases(cache.case_ids, config.val_cases)
     has_ground_truth = all(cache.entry(c).has_regions for c in train_ids)
 
     links: list[LinkResult] = []
@@ -192,12 +224,14 @@ def _train(config: TrainConfig, dist) -> TrainResult:
     for index, size in enumerate(sizes):
         is_final = index == len(sizes) - 1
         link_config = final_config if is_final else config_for_params(
-            config.family, size, in_channels=4, out_channels=len(channels), output_kind=output_kind)  # fmt: skip
+            config.family, size, in_channels=4, out_channels=len(channels), output_kind=output_kind,
+            **({"min_first_width": config.min_first_width} if config.min_first_width else {}))  # fmt: skip
         torch.manual_seed(config.seed + index)  # same initial weights for the same link in every run
         model = build_student(link_config)
         name = f"link{index}_{'student' if is_final else 'assistant'}_{describe_student(model).parameters}"
         sampler = PatchSampler(cache, train_ids, config.patch_size, config.foreground_fraction,
-                               seed=config.seed + 1000 * index + 7919 * dist.rank)  # fmt: skip
+                               seed=config.seed + 1000 * index + 7919 * dist.rank,
+                               et_fraction=config.et_fraction)  # fmt: skip
         link = LinkConfig(name=name, link_dir=out / "links" / name, train=config, output_kind=output_kind,
                           has_ground_truth=has_ground_truth, val_case_ids=tuple(val_ids))  # fmt: skip
         result = train_link(link, student=model, sampler=sampler, dist=dist, live_teachers=live)
@@ -209,7 +243,12 @@ def _train(config: TrainConfig, dist) -> TrainResult:
     summary = describe_student(final_model)
     weights_path, card_path = out / STUDENT_WEIGHTS, out / STUDENT_CARD
     if dist.is_main:
-        card = _card(config, cache, final_config, summary, sizes, links, train_ids, val_ids, dist.world_size)
+        calibration = None
+        if config.calibrate_thresholds:
+            probabilities, truths = validation_probabilities(final_model, cache, val_ids, dist.device)
+            calibration = calibrate_thresholds(probabilities, truths, val_ids, regions=channels)
+        card = _card(config, cache, final_config, summary, sizes, links, train_ids, val_ids, dist.world_size,
+                     calibration)  # fmt: skip
         write_student_run(out, final_model.state_dict(), card.with_total_seconds(time.perf_counter() - start))
     return TrainResult(
         weights=weights_path, card=card_path, parameters=summary.parameters, macs_128=summary.macs_128,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError
 from distill.core.hashing import canonical_hash
+from distill.errors import DistillError
+from distill.losses.kd_correction import CORRECTIONS
+from distill.losses.kd_teachers import BALANCES
+
+LR_SCHEDULES = ("poly", "constant", "cosine")
 
 
 class TrainConfigError(DistillError):
@@ -31,7 +36,27 @@ class TrainConfig:
             the cached ensemble) guides each later link; one random teacher is dropped per batch.
         steps: optimiser steps per link.
         kd_weight: λ of ``(1-λ)·supervised + λ·KD`` (TAKD, Mirzadeh et al. 2020); 0 = no KD.
-        temperature: KD temperature T (the loss is scaled by T²).
+        temperature: KD temperature T (the loss is scaled by T²); 1 is no tempering.
+        kd_correction: ``"none"``, ``"mask"`` or ``"adjust"``: where the teacher contradicts the
+            expert label, leave it, drop those voxels from KD, or swap ``p -> 1 - p`` (knowledge
+            adjustment, Wen et al., Neurocomputing 2021; :mod:`distill.losses.kd_correction`).
+        kd_balance: ``"voxel"`` (the voxel-mean KL), ``"region"`` (each region's KL normalised by
+            its extent, :mod:`distill.losses.kd_balanced`) or ``"dice"`` (soft Dice between
+            student and teacher maps, :mod:`distill.losses.kd_dice`), so ET can weigh as much as WT.
+        kd_warmup_steps: λ ramps linearly from 0 to ``kd_weight`` over this many steps (the
+            supervised weight from 1 to ``1 - kd_weight``); 0 = no warm-up.
+        lr_schedule: ``"poly"`` (``lr·(1 - t)^0.9``, as nnU-Net, per step), ``"cosine"`` or
+            ``"constant"``, after ``lr_warmup_steps`` of linear warm-up (``t`` counts from the
+            end of the warm-up).
+        et_fraction: share of patches centred on an enhancing-tumour voxel when the case has
+            one (else on a tumour voxel), beside ``foreground_fraction``; the two add up to <= 1.
+        min_first_width: the student's first stage has at least this many channels (4 = no
+            narrower than the four input modalities); 0 = the family's own widths.
+        calibrate_thresholds: after training, choose per region the probability threshold
+            that maximises mean Dice on the validation cases; recorded on the student card,
+            and used by ``distill export`` unless ``--thresholds`` is given.
+        recipe: the name of the preset (:mod:`distill.train.recipes`) the options came from, if
+            any; a label only: the options themselves are what the hash guards.
         graph_flow_weight: weight of 3D graph-flow distillation (links fed by a live teacher);
             ramped in over ``graph_flow_ramp`` steps after ``graph_flow_start``.
         graph_flow_stages: (shallow, deep) feature names used on both student and teacher.
@@ -54,6 +79,11 @@ class TrainConfig:
     weight_decay: float = 1e-5
     kd_weight: float = 0.7
     temperature: float = 2.0
+    kd_correction: str = "none"
+    kd_balance: str = "voxel"
+    kd_warmup_steps: int = 0
+    lr_schedule: str = "poly"
+    lr_warmup_steps: int = 0
     graph_flow_weight: float = 0.0
     graph_flow_start: int = 0
     graph_flow_ramp: int = 50
@@ -62,6 +92,9 @@ class TrainConfig:
     boundary_weight: float = 0.0
     uncertainty_weighting: bool = False
     foreground_fraction: float = 0.33
+    et_fraction: float = 0.0
+    min_first_width: int = 0
+    calibrate_thresholds: bool = False
     val_cases: int = 1
     val_every: int = 0
     checkpoint_every: int = 50
@@ -69,6 +102,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True
     progress: bool = True
+    recipe: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,6 +116,37 @@ class TrainConfig:
             raise TrainConfigError(f"--temperature must be positive, got {self.temperature}")
         if any(p < 8 for p in self.patch_size):
             raise TrainConfigError(f"--patch-size must be at least 8 per axis, got {self.patch_size}")
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """The options beyond the flags: one-line errors naming the ``--set`` key."""
+        choices = {"kd_correction": CORRECTIONS, "kd_balance": BALANCES, "lr_schedule": LR_SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TrainConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("kd_warmup_steps", "lr_warmup_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= self.steps:
+                raise TrainConfigError(f"{name} must be a whole number of steps in [0, steps={self.steps}]; "
+                                       f"got {value!r}")
+        if self.kd_warmup_steps and self.kd_weight == 1.0:
+            raise TrainConfigError("kd_warmup_steps ramps λ up from 0, which leaves no loss at all at the start "
+                                   "with --kd-weight 1")
+        if self.lr_warmup_steps == self.steps and self.lr_warmup_steps > 0:
+            raise TrainConfigError(f"lr_warmup_steps ({self.lr_warmup_steps}) leaves no step after the warm-up; "
+                                   "use fewer")
+        fractions = {"foreground_fraction": self.foreground_fraction, "et_fraction": self.et_fraction}
+        for name, value in fractions.items():
+            if not 0.0 <= value <= 1.0:
+                raise TrainConfigError(f"{name} must lie in [0, 1]; got {value!r}")
+        if self.foreground_fraction + self.et_fraction > 1.0 + 1e-9:
+            raise TrainConfigError(f"foreground_fraction + et_fraction must not exceed 1; got "
+                                   f"{self.foreground_fraction} + {self.et_fraction}")  # fmt: skip
+        width = self.min_first_width
+        if isinstance(width, bool) or not isinstance(width, int) or not 0 <= width <= 64:
+            raise TrainConfigError(f"min_first_width must be a channel count in [0, 64]; got {self.min_first_width!r}")
+        if self.calibrate_thresholds and self.val_cases < 1:
+            raise TrainConfigError("calibrate_thresholds needs validation cases: set val_cases to 1 or more")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,9 +164,25 @@ class TrainConfig:
         return cls(**values)
 
     def training_hash(self) -> str:
-        """Hash of what changes the trained weights (not output paths, progress bars or devices)."""
-        ignored = {"out", "progress", "device", "val_every", "checkpoint_every"}
-        return canonical_hash({k: v for k, v in self.to_dict().items() if k not in ignored})
+        """Hash of what changes the trained weights (not output paths, progress bars or devices).
+
+        Options added after the first release count only when they differ from their default,
+        so a run folder started before they existed resumes with its old hash.
+        """
+        ignored = {"out", "progress", "device", "val_every", "checkpoint_every", "recipe"}
+        defaults = option_defaults()
+        return canonical_hash({k: v for k, v in self.to_dict().items()
+                               if k not in ignored and not (k in LATER_OPTIONS and v == defaults[k])})  # fmt: skip
+
+
+#: Options added after run folders were first written; hashed only when not at their default.
+LATER_OPTIONS = ("kd_correction", "kd_balance", "kd_warmup_steps", "lr_schedule", "lr_warmup_steps", "et_fraction",
+                 "min_first_width", "calibrate_thresholds")  # fmt: skip
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every TrainConfig field with a plain default -> that default."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 def parse_assistants(text: str) -> str | int | tuple[int, ...]:
@@ -132,9 +213,84 @@ def check_resumable(path: Path, config: TrainConfig) -> None:
         return
     stored = json.loads(path.read_text())
     if stored.get("training_hash") != config.training_hash():
-        before, now = stored.get("config", {}), config.to_dict()
-        changed = sorted(k for k in now if k not in {"out", "progress", "device"} and before.get(k) != now[k])
+        before, now, defaults = stored.get("config", {}), config.to_dict(), option_defaults()
+        changed = sorted(k for k in now if k not in {"out", "progress", "device", "recipe"}
+                         and before.get(k, defaults.get(k)) != now[k])  # fmt: skip
         raise TrainConfigError(
             f"{path.parent}: this run folder was started with other options (changed: {', '.join(changed) or 'unknown'}); "
             "use a new --out folder or the original options to resume"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# ``--set key=value``
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+#: Fields ``--set`` does not take: they have their own flags (or are not options at all).
+NOT_SETTABLE = {"cache": "--cache", "out": "--out", "recipe": "--recipe", "extra": None}
+
+
+def parse_set_options(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> TrainConfig values, each parsed and type-checked by its field's type.
+
+    Booleans take true/false (yes/no, on/off, 1/0); ``X | None`` fields take ``none``; tuples
+    take comma-separated values (``patch_size=48`` is a cube); a later item wins over an earlier.
+
+    Raises:
+        TrainConfigError: not ``key=value``, an unknown key (the message lists the known ones),
+            or a value that does not parse as the field's type.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise TrainConfigError(f"--set takes key=value, got {item!r}")
+        if key in NOT_SETTABLE:
+            flag = NOT_SETTABLE[key]
+            raise TrainConfigError(f"--set {key}: not settable here" + (f"; use {flag}" if flag else ""))
+        if key not in hints:
+            known = ", ".join(sorted(k for k in hints if k not in NOT_SETTABLE))
+            raise TrainConfigError(f"--set {key}: unknown option; known: {known}")
+        try:
+            values[key] = _parse_value(hints[key], text.strip(), key)
+        except (TypeError, ValueError) as exc:
+            raise TrainConfigError(f"--set {key}={text.strip()}: {exc}") from None
+    return values
+
+
+def _parse_value(kind: Any, text: str, key: str) -> Any:
+    """``text`` as a value of the type ``kind`` (the field types TrainConfig uses)."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if text.lower() in {"none", "null", ""}:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(kind)
+    if kind is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError("expected true or false")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if kind is str:
+        return text
+    if kind is Path:
+        return Path(text)
+    if typing.get_origin(kind) is tuple:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if len(parts) == 1 and len(args) > 1 and args[0] is int:
+            parts = parts * len(args)
+        if len(parts) != len(args):
+            raise ValueError(f"expected {len(args)} comma-separated values")
+        return tuple(_parse_value(a, p, key) for a, p in zip(args, parts))
+    raise TypeError(f"option {key} of type {kind} cannot be set from text")

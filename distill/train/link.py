@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import resource
 import time
 from collections.abc import Sequence
@@ -97,17 +98,25 @@ def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: boo
     """
     terms = []
     supervised_weight = 1.0 - config.kd_weight
+    # KD warm-up: λ(t) = λ·ramp(t), and the supervised weight 1 - λ(t) with it
+    warmup = {}
+    if config.kd_warmup_steps and config.kd_weight > 0:
+        warmup = {"kd": ramp_in(0, config.kd_warmup_steps),
+                  "supervised": SupervisedDuringKDWarmup(config.kd_weight, config.kd_warmup_steps)}  # fmt: skip
     if supervised_weight > 0:
         if not has_ground_truth:
             raise TrainConfigError("the cache holds no ground truth: train with --kd-weight 1 (KD only)")
         if output_kind != "sigmoid":
             raise TrainConfigError("ground truth is cached as WT/TC/ET regions; a softmax student trains with --kd-weight 1")
         terms.append(build_loss("region_dice_bce", term_name="supervised", weight=supervised_weight,
-                                inputs={"logits": "student_logits", "regions": "regions"}))  # fmt: skip
+                                inputs={"logits": "student_logits", "regions": "regions"},
+                                **_schedule(warmup, "supervised")))  # fmt: skip
     if config.kd_weight > 0:
+        kd_inputs, kd_options = _kd_label_options(config, output_kind, has_ground_truth)
         terms.append(build_loss(KD_OVER_TEACHERS[output_kind], term_name="kd", weight=config.kd_weight,
-                                inputs=["student_logits", "teachers", "uncertainties"],
-                                temperature=config.temperature, use_uncertainty=config.uncertainty_weighting))  # fmt: skip
+                                inputs=kd_inputs,
+                                temperature=config.temperature, use_uncertainty=config.uncertainty_weighting,
+                                **kd_options, **_schedule(warmup, "kd")))  # fmt: skip
     if graph_flow is not None:
         terms.append(build_loss("graph_flow", weight=config.graph_flow_weight,
                                 schedule=ramp_in(config.graph_flow_start, config.graph_flow_ramp),
@@ -122,6 +131,44 @@ def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: boo
     if not terms:
         raise TrainConfigError("every loss term is switched off")
     return CompositeLoss(terms)
+
+
+def _schedule(warmup: dict[str, Any], term: str) -> dict[str, Any]:
+    """``{"schedule": ...}`` for a term the KD warm-up reschedules, else nothing (the term's default)."""
+    return {"schedule": warmup[term]} if term in warmup else {}
+
+
+def _kd_label_options(
+    config: TrainConfig, output_kind: str, has_ground_truth: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """The KD term's inputs and its correction/balance options; no options at the defaults, so
+    the default term is built exactly as before the options existed. The labels are an input
+    whenever the cache has them (correction needs them, the region balance uses them)."""
+    inputs = ["student_logits", "teachers", "uncertainties"]
+    if config.kd_correction == "none" and config.kd_balance == "voxel":
+        return inputs, {}
+    if output_kind != "sigmoid":
+        raise TrainConfigError("kd_correction and kd_balance act on sigmoid regions; "
+                               "a softmax teacher's KD has neither")
+    if config.kd_correction != "none" and not has_ground_truth:
+        raise TrainConfigError(f"kd_correction={config.kd_correction} corrects the teacher against ground truth, "
+                               "which this cache does not hold")  # fmt: skip
+    return inputs + (["regions"] if has_ground_truth else []), {"correction": config.kd_correction,
+                                                                 "balance": config.kd_balance}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SupervisedDuringKDWarmup:
+    """Schedule of the supervised term while λ warms up: ``(1 - λ·r(t)) / (1 - λ)`` times its
+    weight ``1 - λ``, with ``r`` rising linearly from 0 to 1 over ``ramp_steps`` (the KD term's
+    :func:`~distill.losses.ramp_in`); so the two weights add up to 1 at every step."""
+
+    kd_weight: float
+    ramp_steps: int
+
+    def __call__(self, step: int) -> float:
+        ramp = min(max(step / self.ramp_steps, 0.0), 1.0)
+        return (1.0 - self.kd_weight * ramp) / (1.0 - self.kd_weight)
 
 
 def _graph_flow_options(config: TrainConfig, student, teacher: LiveTeacher, sampler: PatchSampler,
@@ -156,8 +203,23 @@ def _graph_flow_options(config: TrainConfig, student, teacher: LiveTeacher, samp
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
-    """Polynomial decay (exponent 0.9), as nnU-Net trains."""
-    return config.lr * (1.0 - step / config.steps) ** 0.9
+    """The learning rate of ``step`` (0-based) under ``config.lr_schedule``.
+
+    ``lr_warmup_steps`` of linear warm-up (``lr·(step + 1)/warmup``), then, with ``t`` the
+    fraction of the remaining steps done: ``"poly"`` ``lr·(1 - t)^0.9`` (nnU-Net's polynomial
+    decay, stepped every iteration), ``"cosine"`` ``lr·(1 + cos πt)/2``, ``"constant"`` ``lr``.
+    """
+    warmup = config.lr_warmup_steps
+    if config.lr_schedule == "poly" and not warmup:
+        return config.lr * (1.0 - step / config.steps) ** 0.9
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    done = (step - warmup) / (config.steps - warmup)
+    if config.lr_schedule == "poly":
+        return config.lr * (1.0 - done) ** 0.9
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+    return config.lr
 
 
 def _teacher_inputs(batch: Batch, live: Sequence[LiveTeacher], config: TrainConfig, rng: np.random.Generator,
@@ -170,7 +232,7 @@ def _teacher_inputs(batch: Batch, live: Sequence[LiveTeacher], config: TrainConf
     if config.dense_guidance and len(sources) > 1:
         sources.pop(int(rng.integers(len(sources))))
     teachers, uncertainties, features = [], [], None
-    for name, teacher in sources:
+    for _name, teacher in sources:
         if teacher is None:
             teachers.append(batch.teacher_probs)
             uncertainties.append(batch.teacher_uncertainty)

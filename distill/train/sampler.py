@@ -2,7 +2,13 @@
 
 Each patch is read with :meth:`TeacherCache.read_patch`, which decodes only the chunks the
 box touches. A fraction of patches is centred on a random tumour voxel (nnU-Net oversamples
-foreground a third of the time), the rest anywhere in the brain crop. Augmentation: random
+foreground a third of the time), the rest anywhere in the brain crop. With ``et_fraction``
+a further share is centred on a random enhancing-tumour voxel (ground-truth ET, else the
+teacher's ET > 0.5) when the case has one, and on a tumour voxel when it has none: ET is
+0.2-5 % of a tumour-centred patch and absent from many, so a small student sees it rarely.
+One uniform draw ``u`` per patch decides: ``u < et_fraction`` ET, then
+``u < et_fraction + foreground_fraction`` tumour, else anywhere (with ``et_fraction = 0``
+the draws are exactly those of the sampler without the option). Augmentation: random
 flips on each axis (applied to inputs, teacher maps and ground truth alike) and a per-channel
 intensity scale and shift on the inputs only.
 """
@@ -18,6 +24,7 @@ from distill.cache import TeacherCache
 
 # Tumour voxels remembered per case for oversampling; a random subset is plenty.
 MAX_FOREGROUND_POINTS = 20000
+WT_CHANNEL, ET_CHANNEL = 0, 2  # region channels WT, TC, ET
 
 
 @dataclass
@@ -37,31 +44,47 @@ class Batch:
 class PatchSampler:
     """Draws augmented patches from the cache cases ``case_ids`` with its own seeded generator."""
 
-    def __init__(self, cache: TeacherCache, case_ids: list[str], patch_size, foreground_fraction: float, seed: int):
+    def __init__(self, cache: TeacherCache, case_ids: list[str], patch_size, foreground_fraction: float, seed: int,
+                 et_fraction: float = 0.0):
         if not case_ids:
             raise ValueError("no training cases to sample from")
         self.cache = cache
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.foreground_fraction = foreground_fraction
+        self.et_fraction = et_fraction
         self.rng = np.random.default_rng(seed)
-        self._foreground: dict[str, np.ndarray] = {}
+        self._points: dict[tuple[str, int], np.ndarray] = {}
 
-    def _foreground_points(self, case_id: str) -> np.ndarray:
-        """Coordinates of tumour voxels (ground truth WT, else teacher WT > 0.5), subsampled."""
-        if case_id not in self._foreground:
+    def _region_points(self, case_id: str, channel: int) -> np.ndarray:
+        """Coordinates of the voxels of region ``channel`` (ground truth, else teacher > 0.5), subsampled."""
+        if (case_id, channel) not in self._points:
             case = self.cache.read_case(case_id)
-            mask = case.regions[0] if case.regions is not None else case.probabilities[0] > 0.5
+            mask = case.regions[channel] if case.regions is not None else case.probabilities[channel] > 0.5
             points = np.argwhere(mask)
             if len(points) > MAX_FOREGROUND_POINTS:
                 points = points[np.random.default_rng(len(points)).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)]
-            self._foreground[case_id] = points
-        return self._foreground[case_id]
+            self._points[case_id, channel] = points
+        return self._points[case_id, channel]
+
+    def _foreground_points(self, case_id: str) -> np.ndarray:
+        """Coordinates of tumour voxels (ground truth WT, else teacher WT > 0.5), subsampled."""
+        return self._region_points(case_id, WT_CHANNEL)
+
+    def _centre_points(self, case_id: str) -> np.ndarray:
+        """The voxels this patch is centred on (one draw): ET, tumour, or none (anywhere)."""
+        draw = self.rng.random()
+        if draw < self.et_fraction:
+            points = self._region_points(case_id, ET_CHANNEL)
+            return points if len(points) else self._foreground_points(case_id)
+        if draw < self.et_fraction + self.foreground_fraction:
+            return self._foreground_points(case_id)
+        return np.empty((0, 3))
 
     def _start(self, case_id: str) -> tuple[int, int, int]:
         shape = np.array(self.cache.shape(case_id))
         size = np.array(self.patch_size)
-        points = self._foreground_points(case_id) if self.rng.random() < self.foreground_fraction else np.empty((0, 3))
+        points = self._centre_points(case_id)
         if len(points):
             centre = points[self.rng.integers(len(points))]
             start = centre - size // 2

@@ -24,9 +24,7 @@ def validate(model: torch.nn.Module, cache: TeacherCache, case_ids: list[str], d
     model.eval()
     for case_id in case_ids:
         case = cache.read_case(case_id)
-        images = torch.from_numpy(case.images[None]).to(device)
-        logits = predict_logits(lambda x: model(x), images, tile)
-        predicted = (torch.sigmoid(logits[0]) > 0.5).cpu().numpy()
+        predicted = _probabilities(model, case, device, tile) > 0.5
         teacher = case.probabilities > 0.5
         spacing = case.record.spacing
         for index, region in enumerate(REGIONS[: predicted.shape[0]]):
@@ -37,3 +35,28 @@ def validate(model: torch.nn.Module, cache: TeacherCache, case_ids: list[str], d
     if was_training:
         model.train()
     return {key: float(np.mean(values)) for key, values in scores.items()}
+
+
+def validation_probabilities(model: torch.nn.Module, cache: TeacherCache, case_ids: list[str], device: torch.device,
+                             tile: tuple[int, int, int] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The student's region probabilities ``(K, *S)`` and the ground truth per case, predicted as
+    :func:`validate` predicts (for threshold calibration, :mod:`distill.train.calibrate`)."""
+    probabilities, truths = [], []
+    was_training = model.training
+    model.eval()
+    for case_id in case_ids:
+        case = cache.read_case(case_id)
+        if case.regions is None:
+            raise ValueError(f"validation case {case_id} has no ground truth in the cache")
+        probabilities.append(_probabilities(model, case, device, tile))
+        truths.append(case.regions)
+    if was_training:
+        model.train()
+    return probabilities, truths
+
+
+def _probabilities(model: torch.nn.Module, case, device: torch.device, tile) -> np.ndarray:
+    """Sigmoid of the sliding-window logits of one cached case, ``(K, *S)`` float32."""
+    images = torch.from_numpy(case.images[None]).to(device)
+    logits = predict_logits(lambda x: model(x), images, tile)
+    return torch.sigmoid(logits[0]).cpu().numpy()
