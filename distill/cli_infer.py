@@ -46,23 +46,6 @@ def _triple(text: Optional[str], option: str) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
-THRESHOLDS_HELP = ("Probability threshold per region WT,TC,ET, e.g. 0.5,0.4,0.35 (default: the thresholds the "
-                   "student card calibrated on validation cases, else 0.5 each).")
-
-
-def _thresholds(text: Optional[str]) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(0.0 < v < 1.0 for v in values):
-        raise typer.BadParameter(f"--thresholds takes three probabilities strictly between 0 and 1 (WT,TC,ET), "
-                                 f"got {text!r}")
-    return values  # type: ignore[return-value]
-
-
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="Student run folder (student.pt + student.json from train-student).")],
     out: Annotated[Path, typer.Argument(help="Package folder to create.")],
@@ -76,7 +59,6 @@ def export_command(
     calibration_cache: Annotated[Optional[Path], typer.Option(help="Teacher cache for INT8 calibration tiles.")] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity gate.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
-    thresholds: Annotated[Optional[str], typer.Option(help=THRESHOLDS_HELP)] = None,
 ) -> None:
     """Export a trained student to a verified model package (ONNX + preprocessing + label mapping)."""
     from distill.export.run import ExportConfig, export_package
@@ -86,7 +68,7 @@ def export_command(
         run_dir=run_dir, out=out, held_out=held_out, max_held_out=max_held_out, n_phantoms=n_phantoms,
         label_convention=label_convention, postprocess=PostprocessConfig(enforce_hierarchy=enforce_hierarchy),
         simplify=simplify, tensorrt=tuple(tensorrt or ()), calibration_cache=calibration_cache, threads=threads,
-        overwrite=overwrite, thresholds=_thresholds(thresholds),
+        overwrite=overwrite,
     )  # fmt: skip
     console.print(str(export_package(config)), highlight=False, soft_wrap=True)
 
@@ -173,9 +155,9 @@ TOKEN_HELP = "File holding the bearer token, one line (or set DISTILL_SERVE_TOKE
 
 def serve_command(
     package: Annotated[Path, typer.Argument(help="Model package folder (from distill export).")],
-    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: a free one, printed at start-up).")] = 8000,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "onnxruntime",
+    host: Annotated[Optional[str], typer.Option(help="Address (default 127.0.0.1); others need a token.")] = None,
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="Port (default 8000; 0: any free one).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Default onnxruntime. " + BACKEND_HELP)] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads of the backend.")] = None,
     token_file: Annotated[Optional[Path], typer.Option(help=TOKEN_HELP)] = None,
     max_concurrency: Annotated[Optional[int], typer.Option(min=1, help="Requests handled at once (default 1).")] = None,
@@ -184,7 +166,10 @@ def serve_command(
     request_timeout: Annotated[Optional[float], typer.Option(help="Seconds per request (default 120).")] = None,
     drain: Annotated[Optional[float], typer.Option(help="Seconds of 503 readiness after SIGTERM (default 0).")] = None,
 ) -> None:
-    """Serve a model package over HTTP: POST /segment (NIfTI), /segment/raw (.npy); /healthz, /readyz, /metrics."""
+    """Serve a model package over HTTP: POST /segment (NIfTI), /segment/raw (.npy); /healthz, /readyz, /metrics.
+
+    Options left out come from DISTILL_SERVE_* environment variables, else the defaults.
+    """
     from serve.server import run
     from serve.settings import MiB
 

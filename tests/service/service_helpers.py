@@ -209,7 +209,8 @@ class ServerProcess:
     SIGTERM and waits a bounded time, then kills.
     """
 
-    def __init__(self, args: list[str], env: dict | None = None, ready_timeout: float = 180.0) -> None:
+    def __init__(self, args: list[str], env: dict | None = None, ready_timeout: float = 180.0,
+                 python: str | None = None) -> None:  # fmt: skip
         import os
         import queue
         import subprocess
@@ -217,8 +218,9 @@ class ServerProcess:
 
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
-        self.process = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True, cwd=REPO_ROOT, env={**os.environ, **(env or {})})  # fmt: skip
+        command = [python or sys.executable, *args]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        cwd=REPO_ROOT, env={**os.environ, **(env or {})})  # fmt: skip
         threading.Thread(target=self._drain, daemon=True).start()
         self.port = self._wait_for_port(ready_timeout)
         self.url = f"http://127.0.0.1:{self.port}"
