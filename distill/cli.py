@@ -56,8 +56,12 @@ def phantoms_command(
     out: Annotated[Path, typer.Argument(help="Output folder.")],
     n_cases: Annotated[int, typer.Option("--n-cases", "-n", min=1, help="Number of cases.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed; case k is the same whatever --n-cases is.")] = 0,
-    spacing: Annotated[float, typer.Option(help="Voxel size in mm over the BraTS field of view (1 = 240x240x155).")] = 2.0,
-    layout: Annotated[str, typer.Option(help="brats2021 (case folders, _t1/_t1ce/_t2/_flair/_seg) or nnunet (raw dataset).")] = "brats2021",
+    spacing: Annotated[
+        float, typer.Option(help="Voxel size in mm over the BraTS field of view (1 = 240x240x155).")
+    ] = 2.0,
+    layout: Annotated[
+        str, typer.Option(help="brats2021 (case folders, _t1/_t1ce/_t2/_flair/_seg) or nnunet (raw dataset).")
+    ] = "brats2021",
 ) -> None:
     """Write BraTS-like synthetic cases built on real MNI152 anatomy."""
     from distill.data.phantoms import PhantomConfig, write_phantoms
@@ -68,7 +72,9 @@ def phantoms_command(
 
 @data_app.command("convert")
 def convert_command(
-    source: Annotated[Path, typer.Argument(help="Folder of BraTS cases (2017-21 or 2023+ naming) or an nnU-Net raw dataset.")],
+    source: Annotated[
+        Path, typer.Argument(help="Folder of BraTS cases (2017-21 or 2023+ naming) or an nnU-Net raw dataset.")
+    ],
     out_root: Annotated[Path, typer.Argument(help="nnU-Net raw folder that receives Dataset<ID>_<NAME>/.")],
     dataset_id: Annotated[int, typer.Option("--dataset-id", "-d", help="nnU-Net dataset number.")] = 500,
     name: Annotated[str, typer.Option(help="Dataset name.")] = "BraTS",
@@ -96,7 +102,9 @@ def convert_command(
 @app.command("evaluate")
 def evaluate_command(
     pred: Annotated[Path, typer.Argument(help="Folder of predicted label maps (<case>.nii.gz).")],
-    gt: Annotated[Path, typer.Argument(help="Ground truth: BraTS case folders, an nnU-Net raw dataset, or <case>.nii.gz files.")],
+    gt: Annotated[
+        Path, typer.Argument(help="Ground truth: BraTS case folders, an nnU-Net raw dataset, or <case>.nii.gz files.")
+    ],
     out: Annotated[Optional[Path], typer.Option(help="Where metrics.csv and summary.json go (default: PRED).")] = None,
     pred_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "auto",
     gt_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "auto",
@@ -122,25 +130,46 @@ def evaluate_command(
 @app.command("teacher-cache")
 def teacher_cache_command(
     out: Annotated[Path, typer.Option(help="Cache folder (created, or resumed).")],
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", "-m", help="nnU-Net model folder <Trainer>__<Plans>__<configuration>.")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Training cases: BraTS folders or an nnU-Net raw dataset.")] = None,
+    model_dir: Annotated[
+        Optional[Path],
+        typer.Option("--model-dir", "-m", help="nnU-Net model folder <Trainer>__<Plans>__<configuration>."),
+    ] = None,
+    images: Annotated[
+        Optional[Path], typer.Option(help="Training cases: BraTS folders or an nnU-Net raw dataset.")
+    ] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Ground-truth label maps, if not beside the images.")] = None,
-    folds: Annotated[Optional[str], typer.Option(help="Comma-separated folds, e.g. 0,1,2,3,4 (default: all present).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="checkpoint_final.pth or checkpoint_best.pth.")] = "checkpoint_final.pth",
+    folds: Annotated[
+        Optional[str], typer.Option(help="Comma-separated folds, e.g. 0,1,2,3,4 (default: all present).")
+    ] = None,
+    checkpoint: Annotated[
+        str, typer.Option(help="checkpoint_final.pth or checkpoint_best.pth.")
+    ] = "checkpoint_final.pth",
     tta: Annotated[str, typer.Option(help="mirror8 (every flip the checkpoint allows) or none.")] = "mirror8",
     tile_step: Annotated[float, typer.Option(help="Sliding-window step as a fraction of the patch.")] = 0.5,
-    mode: Annotated[str, typer.Option(help="full (all folds on every case) or oof (only folds that did not train on it).")] = "full",
+    mode: Annotated[
+        str, typer.Option(help="full (all folds on every case) or oof (only folds that did not train on it).")
+    ] = "full",
     splits: Annotated[Optional[Path], typer.Option(help="nnU-Net splits_final.json for --mode oof.")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="Process only shard i/n of the cases (0-based), e.g. 0/4.")] = None,
+    shard: Annotated[
+        Optional[str], typer.Option(help="Process only shard i/n of the cases (0-based), e.g. 0/4.")
+    ] = None,
     engine: Annotated[str, typer.Option(help="local, or ray (one Ray task per shard).")] = "local",
     workers: Annotated[int, typer.Option(help="Ray tasks (shards) with --engine ray.")] = 2,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     label_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "auto",
-    spacing: Annotated[Optional[float], typer.Option(help="Spacing of the students' grid in mm (default: the images' own).")] = None,
-    member: Annotated[Optional[list[Path]], typer.Option(help="Extra teacher member config (MONAI), repeatable.")] = None,
-    member_weights: Annotated[Optional[Path], typer.Option(help="Per-region member weights from distill teacher-weights.")] = None,
+    spacing: Annotated[
+        Optional[float], typer.Option(help="Spacing of the students' grid in mm (default: the images' own).")
+    ] = None,
+    member: Annotated[
+        Optional[list[Path]], typer.Option(help="Extra teacher member config (MONAI), repeatable.")
+    ] = None,
+    member_weights: Annotated[
+        Optional[Path], typer.Option(help="Per-region member weights from distill teacher-weights.")
+    ] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Only check every entry of an existing cache.")] = False,
-    clean: Annotated[bool, typer.Option("--clean", help="Remove debris of killed writers (only while none runs).")] = False,
+    clean: Annotated[
+        bool, typer.Option("--clean", help="Remove debris of killed writers (only while none runs).")
+    ] = False,
 ) -> None:
     """Run the teacher ensemble once over the cases; cache soft maps and uncertainty (resumable)."""
     from distill.cache import remove_leftovers, verify_cache
@@ -153,7 +182,9 @@ def teacher_cache_command(
         typer.echo("\n".join(report.lines()))
         raise typer.Exit(0 if report.ok else 1)
     if model_dir is None or images is None:
-        raise typer.BadParameter("--model-dir and --images are needed to fill a cache (only --verify/--clean work without)")
+        raise typer.BadParameter(
+            "--model-dir and --images are needed to fill a cache (only --verify/--clean work without)"
+        )
     from distill.teacher.run import TeacherCacheConfig, parse_shard, run_teacher_cache
 
     config = TeacherCacheConfig(
@@ -232,18 +263,28 @@ def train_student_command(
     params: Annotated[Optional[int], typer.Option(help="Final student's parameter budget (hit within 5%).")] = None,
     ratio: Annotated[Optional[float], typer.Option(help=RATIO_HELP)] = None,
     family: Annotated[str, typer.Option(help="Student family (see distill.students registry).")] = "unet",
-    assistants: Annotated[str, typer.Option(help="Teacher assistants: 0, auto, a count K, or sizes like 300000,100000.")] = "0",
-    dense_guidance: Annotated[bool, typer.Option(help="DGKD: every larger model guides each link, one dropped per batch.")] = False,
+    assistants: Annotated[
+        str, typer.Option(help="Teacher assistants: 0, auto, a count K, or sizes like 300000,100000.")
+    ] = "0",
+    dense_guidance: Annotated[
+        bool, typer.Option(help="DGKD: every larger model guides each link, one dropped per batch.")
+    ] = False,
     steps: Annotated[int, typer.Option(help="Optimiser steps per link.")] = 500,
     batch_size: Annotated[int, typer.Option(help="Patches per step (per process).")] = 2,
     patch_size: Annotated[int, typer.Option(help="Cubic patch edge in voxels.")] = 64,
     lr: Annotated[float, typer.Option(help="Initial learning rate (AdamW, polynomial decay).")] = 3e-3,
     kd_weight: Annotated[float, typer.Option(help="λ in (1-λ)·supervised + λ·KD; 0 = ground truth only.")] = 0.7,
     temperature: Annotated[float, typer.Option(help="KD temperature T (loss scaled by T²).")] = 2.0,
-    graph_flow: Annotated[float, typer.Option(help="Weight of 3D graph-flow distillation on links with a live teacher.")] = 0.0,
-    graph_flow_stages: Annotated[str, typer.Option(help="Shallow,deep feature names for graph flow.")] = "enc1,bottleneck",
+    graph_flow: Annotated[
+        float, typer.Option(help="Weight of 3D graph-flow distillation on links with a live teacher.")
+    ] = 0.0,
+    graph_flow_stages: Annotated[
+        str, typer.Option(help="Shallow,deep feature names for graph flow.")
+    ] = "enc1,bottleneck",
     boundary: Annotated[float, typer.Option(help="Weight of the boundary loss, ramped in over the second half.")] = 0.0,
-    uncertainty_weighting: Annotated[bool, typer.Option(help="Down-weight KD where the teacher passes disagree.")] = False,
+    uncertainty_weighting: Annotated[
+        bool, typer.Option(help="Down-weight KD where the teacher passes disagree.")
+    ] = False,
     val_cases: Annotated[int, typer.Option(help="Held-out cache cases for validation.")] = 1,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -285,13 +326,17 @@ def train_student_command(
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Working folder for the demo (resumed if it exists).")] = Path("distill-demo"),
+    out: Annotated[
+        Path, typer.Option(help="Working folder for the demo (resumed if it exists).")
+    ] = Path("distill-demo"),
     n_cases: Annotated[int, typer.Option("--n-cases", "-n", min=5, help="Training phantoms (5 folds need 5).")] = 6,
     n_test: Annotated[int, typer.Option(min=1, help="Held-out test phantoms.")] = 2,
     teacher_iterations: Annotated[int, typer.Option(min=0, help="nnU-Net training iterations per fold.")] = 20,
     params: Annotated[int, typer.Option(help="Student parameter budget.")] = 30_000,
     steps: Annotated[int, typer.Option(min=1, help="Student training steps.")] = 600,
-    larger: Annotated[bool, typer.Option(help="64x64x40 phantoms and 48-voxel patches (slower, closer to real work).")] = False,
+    larger: Annotated[
+        bool, typer.Option(help="64x64x40 phantoms and 48-voxel patches (slower, closer to real work).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """The whole pipeline on embedded phantoms: nnU-Net teacher, cache, student, export, predict, evaluate."""

@@ -139,7 +139,8 @@ class ExportResult:
     def __str__(self) -> str:
         gate = self.parity["onnxruntime"]
         return (f"{self.package_dir}: {self.parameters:,}-parameter student, ONNX {self.onnx_bytes / 1e6:.2f} MB, "
-                f"package {self.package_bytes / 1e6:.2f} MB; parity onnxruntime vs torch on {len(gate['cases'])} case(s): "
+                f"package {self.package_bytes / 1e6:.2f} MB; "
+                f"parity onnxruntime vs torch on {len(gate['cases'])} case(s): "
                 f"max |dp| {gate['max_abs_probability']:.2g}, label agreement {gate['label_agreement']:.6f}; "
                 f"engines: {', '.join(self.engines) or 'none'}; {self.seconds:.1f} s")  # fmt: skip
 
@@ -186,7 +187,8 @@ def _check_servable(card: StudentCard, card_path: Path) -> None:
         raise ExportConfigError(f"{card_path}: output channels {list(card.channels)} are not {list(REGIONS)}")
     if config.in_channels != len(MODALITIES):
         raise ExportConfigError(
-            f"{card_path}: the student reads {config.in_channels} channels; BraTS packages need {len(MODALITIES)} ({', '.join(MODALITIES)})"
+            f"{card_path}: the student reads {config.in_channels} channels; "
+            f"BraTS packages need {len(MODALITIES)} ({', '.join(MODALITIES)})"
         )
 
 
@@ -221,11 +223,13 @@ def held_out_cases(config: ExportConfig, preprocessing: PreprocessConfig) -> tup
         # Case ids, not the folder's path: a package travels, and a local path means nothing elsewhere.
         return cases, f"{len(cases)} held-out case(s): {', '.join(c.case_id for c in cases)}"
     return phantom_parity_cases(config.n_phantoms, config.phantom_spacing, preprocessing), (
-        f"{config.n_phantoms} synthetic phantom(s) at {config.phantom_spacing:g} mm (seeds from {HELD_OUT_PHANTOM_SEED})"
+        f"{config.n_phantoms} synthetic phantom(s) at {config.phantom_spacing:g} mm "
+        f"(seeds from {HELD_OUT_PHANTOM_SEED})"
     )
 
 
-def phantom_parity_cases(n: int, spacing: float, preprocessing: PreprocessConfig, seed: int = HELD_OUT_PHANTOM_SEED) -> list[ParityCase]:
+def phantom_parity_cases(n: int, spacing: float, preprocessing: PreprocessConfig,
+                         seed: int = HELD_OUT_PHANTOM_SEED) -> list[ParityCase]:
     """``n`` synthetic phantoms, preprocessed as the package says (no patient data involved)."""
     from distill.data.phantoms import PhantomConfig, make_phantom
 
@@ -239,7 +243,8 @@ def phantom_parity_cases(n: int, spacing: float, preprocessing: PreprocessConfig
 
 def _parity_case(case_id: str, images: np.ndarray, affine: np.ndarray, preprocessing: PreprocessConfig) -> ParityCase:
     prepared = preprocess(images, affine, config=preprocessing, source=case_id)
-    valid = tuple(slice(before, n - after) for n, (before, after) in zip(prepared.images.shape[1:], prepared.record.pad))
+    valid = tuple(slice(before, n - after)
+                  for n, (before, after) in zip(prepared.images.shape[1:], prepared.record.pad))
     return ParityCase(case_id=case_id, images=prepared.images, valid=valid)  # type: ignore[arg-type]
 
 
@@ -275,7 +280,8 @@ def build_manifest(config: ExportConfig, student: ExportableStudent, preprocessi
                    parity: dict[str, Any], held_out: str, simplified: bool) -> Manifest:
     """Everything but ``files`` (added by :func:`write_manifest`) and ``engines`` (added per build)."""
     card, model = student.card, student.model
-    settings = default_inference_settings(student.config.in_channels, preprocessing.divisor, config.max_edge, config.tile)
+    settings = default_inference_settings(student.config.in_channels, preprocessing.divisor,
+                                          config.max_edge, config.tile)
     thresholds, threshold_source = package_thresholds(config, card)
     return Manifest(
         toolkit_version=__version__,
@@ -292,7 +298,8 @@ def build_manifest(config: ExportConfig, student: ExportableStudent, preprocessi
         output=OutputSection(kind="sigmoid", regions=REGIONS, thresholds=dict(zip(REGIONS, thresholds)),
                              threshold_source=threshold_source),
         labels=labels_section(get_convention(config.label_convention)),
-        preprocessing=preprocessing_section(preprocessing, card.data.preprocessing.get("normalisation", "zscore_in_brain_mask")),
+        preprocessing=preprocessing_section(preprocessing,
+                                            card.data.preprocessing.get("normalisation", "zscore_in_brain_mask")),
         inference=settings,
         postprocessing=config.postprocess,
         source=SourceSection(
@@ -347,8 +354,8 @@ def export_package(config: ExportConfig) -> ExportResult:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(
-        package_dir=out, parameters=package.parameters,
-        onnx_bytes=(out / ONNX_NAME).stat().st_size, package_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+        package_dir=out, parameters=package.parameters, onnx_bytes=(out / ONNX_NAME).stat().st_size,
+        package_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
         parity=package.manifest.parity, engines=engines, seconds=time.perf_counter() - start,
     )  # fmt: skip
 
@@ -356,12 +363,14 @@ def export_package(config: ExportConfig) -> ExportResult:
 def _write_package(staging: Path, config: ExportConfig, run: ExportableStudent, preprocessing: PreprocessConfig,
                    cases: list[ParityCase], held_out: str) -> tuple[str, ...]:
     divisor = preprocessing.divisor
-    example = (1, run.config.in_channels, 2 * divisor + 3, 2 * divisor + 1, divisor + 5)  # not multiples: the trace must not care
+    # not multiples: the trace must not care
+    example = (1, run.config.in_channels, 2 * divisor + 3, 2 * divisor + 1, divisor + 5)
     onnx_bytes = export_onnx(run.model, example)
     if config.simplify:
         onnx_bytes = simplify_onnx(onnx_bytes)
     with torch_threads(config.threads):
-        report = measure_parity("onnxruntime", torch_logits_fn(run.model), onnxruntime_logits_fn(onnx_bytes, config.threads),
+        report = measure_parity("onnxruntime", torch_logits_fn(run.model),
+                                onnxruntime_logits_fn(onnx_bytes, config.threads),
                                 cases, config.parity, package_thresholds(config, run.card)[0],
                                 get_convention(config.label_convention))  # fmt: skip
     report.raise_if_failed()
@@ -377,7 +386,8 @@ def _build_engines(staging: Path, config: ExportConfig, cases: list[ParityCase])
         return ()
     from distill.export.tensorrt_build import build_engines
 
-    records = build_engines(ModelPackage.open(staging), config.tensorrt, cases, calibration_cache=config.calibration_cache,
+    records = build_engines(ModelPackage.open(staging), config.tensorrt, cases,
+                            calibration_cache=config.calibration_cache,
                             n_calibration_tiles=config.calibration_tiles, threads=config.threads)  # fmt: skip
     return tuple(r.path.name for r in records)
 

@@ -13,7 +13,9 @@ import torch
 def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     """Raise ``ValueError`` naming both tensors unless their shapes are equal."""
     if a.shape != b.shape:
-        raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; they must match")
+        raise ValueError(
+            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; they must match"
+        )
 
 
 def check_channels_first(name: str, x: torch.Tensor, min_dims: int = 3) -> None:

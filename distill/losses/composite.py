@@ -226,7 +226,9 @@ def _raw_value(name: str, result: Any) -> tuple[torch.Tensor, dict[str, torch.Te
                 raise ValueError(f"loss term {name!r} returned a part named {part!r}, which clashes with log names")
             _check_scalar(f"{name}/{part}", value)
         return sum(result.values()), dict(result)
-    raise TypeError(f"loss term {name!r} must return a scalar tensor or a non-empty mapping of them, got {type(result)}")
+    raise TypeError(
+        f"loss term {name!r} must return a scalar tensor or a non-empty mapping of them, got {type(result)}"
+    )
 
 
 def _check_scalar(name: str, value: Any) -> None:

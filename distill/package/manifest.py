@@ -169,7 +169,8 @@ class PreprocessingSection:
         spacing = data["target_spacing"]
         return cls(crop=str(data["crop"]), normalisation=str(data["normalisation"]),
                    target_spacing=tuple(float(s) for s in spacing) if spacing else None,
-                   image_order=int(data["image_order"]), divisor=int(data["divisor"]), padding=str(data["padding"]))  # fmt: skip
+                   image_order=int(data["image_order"]), divisor=int(data["divisor"]),
+                   padding=str(data["padding"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,9 @@ class FileEntry:
 
 
 def postprocess_to_dict(config: PostprocessConfig) -> dict[str, Any]:
-    return {"enforce_hierarchy": config.enforce_hierarchy, "min_size": dict(config.min_size), "min_size_unit": config.min_size_unit,
-            "keep_largest": list(config.keep_largest), "connectivity": config.connectivity}  # fmt: skip
+    return {"enforce_hierarchy": config.enforce_hierarchy, "min_size": dict(config.min_size),
+            "min_size_unit": config.min_size_unit, "keep_largest": list(config.keep_largest),
+            "connectivity": config.connectivity}  # fmt: skip
 
 
 def postprocess_from_dict(data: Mapping[str, Any]) -> PostprocessConfig:
@@ -281,7 +283,8 @@ class Manifest:
                 InputChannel(int(c["index"]), str(c["modality"]), tuple(c["aliases"])) for c in get(data, "inputs"))),
             output=check.parse("output", lambda: OutputSection.from_dict(get(data, "output"))),
             labels=check.parse("labels", lambda: LabelsSection(**get(data, "labels"))),
-            preprocessing=check.parse("preprocessing", lambda: PreprocessingSection.from_dict(get(data, "preprocessing"))),
+            preprocessing=check.parse("preprocessing",
+                                      lambda: PreprocessingSection.from_dict(get(data, "preprocessing"))),
             inference=check.parse("inference", lambda: InferenceSettings.from_dict(get(data, "inference"))),
             postprocessing=check.parse("postprocessing", lambda: postprocess_from_dict(get(data, "postprocessing"))),
             source=check.parse("source", lambda: SourceSection(**get(data, "source"))),
@@ -304,7 +307,8 @@ class Manifest:
         for region in output.regions:
             value = output.thresholds.get(region)
             if value is None or not 0.0 < value < 1.0:
-                raise check.fail(f"output.thresholds.{region}", f"{value!r} is not a probability strictly between 0 and 1")
+                raise check.fail(f"output.thresholds.{region}",
+                                 f"{value!r} is not a probability strictly between 0 and 1")
         _check_indices(check, [c.index for c in self.inputs])
         try:
             get_convention(self.labels.convention)
@@ -314,9 +318,11 @@ class Manifest:
         if pre.divisor < 1:
             raise check.fail("preprocessing.divisor", f"{pre.divisor} is not a positive integer")
         if pre.target_spacing is not None and (len(pre.target_spacing) != 3 or min(pre.target_spacing) <= 0):
-            raise check.fail("preprocessing.target_spacing", f"{list(pre.target_spacing)} is not three positive spacings")
+            raise check.fail("preprocessing.target_spacing",
+                             f"{list(pre.target_spacing)} is not three positive spacings")
         if any(edge % pre.divisor or edge <= 0 for edge in self.inference.tile):
-            raise check.fail("inference.tile", f"{list(self.inference.tile)} is not a multiple of the divisor {pre.divisor}")
+            raise check.fail("inference.tile",
+                             f"{list(self.inference.tile)} is not a multiple of the divisor {pre.divisor}")
         if not 0.0 <= self.inference.overlap < 1.0:
             raise check.fail("inference.overlap", f"{self.inference.overlap} is not in [0, 1)")
         for name, entry in self.files.items():

@@ -47,9 +47,9 @@ class LinkRecord:
     validation: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "parameters": self.parameters, "steps": self.steps, "seconds": round(self.seconds, 2),
-                "steps_per_second": round(self.steps_per_second, 3), "peak_memory_mb": round(self.peak_memory_mb, 1),
-                "validation": dict(self.validation)}  # fmt: skip
+        return {"name": self.name, "parameters": self.parameters, "steps": self.steps,
+                "seconds": round(self.seconds, 2), "steps_per_second": round(self.steps_per_second, 3),
+                "peak_memory_mb": round(self.peak_memory_mb, 1), "validation": dict(self.validation)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,9 @@ class StudentCard:
         if card.get("format") != CARD_FORMAT:
             raise StudentCardError(f"{source}: not a Distill student card (format {card.get('format')!r})")
         if not isinstance(card.get("version"), int) or card["version"] > CARD_VERSION:
-            raise StudentCardError(f"{source}: card version {card.get('version')!r}; this Distill reads version {CARD_VERSION}")
+            raise StudentCardError(
+                f"{source}: card version {card.get('version')!r}; this Distill reads version {CARD_VERSION}"
+            )
         missing = [k for k in ("student", "parameters", "macs_128", "channels", "data") if k not in card]
         if missing:
             raise StudentCardError(f"{source}: the card lacks {missing}; re-run `distill train-student`")
@@ -197,7 +199,8 @@ class StudentCard:
             student = StudentConfig.from_dict(card["student"])
         except (StudentConfigError, TypeError) as exc:
             raise StudentCardError(f"{source}: invalid student config ({exc})") from exc
-        if card.get("output_kind", student.output_kind) != student.output_kind or student.output_kind not in OUTPUT_KINDS:
+        if (card.get("output_kind", student.output_kind) != student.output_kind
+                or student.output_kind not in OUTPUT_KINDS):
             raise StudentCardError(f"{source}: output_kind {card.get('output_kind')!r} contradicts the student config")
         data = dict(card["data"])
         missing = [k for k in ("teacher", "teacher_identity_hash", "preprocessing") if k not in data]
@@ -272,10 +275,14 @@ class StudentRun:
         try:
             model.load_state_dict(torch.load(self.weights_path, map_location="cpu", weights_only=True))
         except Exception as exc:  # unpickling and key mismatches raise several types
-            raise StudentCardError(f"{self.weights_path}: does not load into the student the card describes ({exc})") from exc
+            raise StudentCardError(
+                f"{self.weights_path}: does not load into the student the card describes ({exc})"
+            ) from exc
         parameters = count_parameters(model)
         if parameters != self.card.parameters:
-            raise StudentCardError(f"{self.card_path}: card says {self.card.parameters:,} parameters, the weights have {parameters:,}")
+            raise StudentCardError(
+                f"{self.card_path}: card says {self.card.parameters:,} parameters, the weights have {parameters:,}"
+            )
         return model.eval()
 
 

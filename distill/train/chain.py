@@ -76,7 +76,8 @@ def plan_chain(config: TrainConfig, teacher_params: int, student_params: int) ->
     for size in choice:
         if not student_params < size < teacher_params:
             raise TrainConfigError(
-                f"assistant size {size} must lie between the student ({student_params}) and one teacher member ({teacher_params})"
+                f"assistant size {size} must lie between the student ({student_params}) "
+                f"and one teacher member ({teacher_params})"
             )
     return list(choice)
 
@@ -86,7 +87,9 @@ def _final_config(config: TrainConfig, teacher_params: int, out_channels: int, o
     width = {"min_first_width": config.min_first_width} if config.min_first_width else {}
     if config.params is not None:
         if config.params >= teacher_params:
-            raise TrainConfigError(f"--params {config.params} is not smaller than one teacher member ({teacher_params})")
+            raise TrainConfigError(
+                f"--params {config.params} is not smaller than one teacher member ({teacher_params})"
+            )
         return config_for_params(config.family, config.params, in_channels=4, out_channels=out_channels,
                                  output_kind=output_kind, **width)  # fmt: skip
     return config_for_ratio(config.family, config.ratio, teacher_params, in_channels=4, out_channels=out_channels,
@@ -201,7 +204,8 @@ def _train(config: TrainConfig, dist) -> TrainResult:
     out = Path(config.out)
     cache = TeacherCache.open(config.cache)
     teacher = cache.spec.teacher
-    output_kind, channels, teacher_params = teacher["output_kind"], list(teacher["channels"]), int(teacher["parameters_per_member"])
+    output_kind, channels, teacher_params = (teacher["output_kind"], list(teacher["channels"]),
+                                             int(teacher["parameters_per_member"]))
     final_config = _final_config(config, teacher_params, len(channels), output_kind)
     if final_config.output_kind != output_kind or final_config.out_channels != len(channels):
         raise TrainConfigError(

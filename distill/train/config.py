@@ -217,7 +217,8 @@ def check_resumable(path: Path, config: TrainConfig) -> None:
         changed = sorted(k for k in now if k not in {"out", "progress", "device", "recipe"}
                          and before.get(k, defaults.get(k)) != now[k])  # fmt: skip
         raise TrainConfigError(
-            f"{path.parent}: this run folder was started with other options (changed: {', '.join(changed) or 'unknown'}); "
+            f"{path.parent}: this run folder was started with other options "
+            f"(changed: {', '.join(changed) or 'unknown'}); "
             "use a new --out folder or the original options to resume"
         )
 

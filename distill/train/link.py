@@ -107,7 +107,9 @@ def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: boo
         if not has_ground_truth:
             raise TrainConfigError("the cache holds no ground truth: train with --kd-weight 1 (KD only)")
         if output_kind != "sigmoid":
-            raise TrainConfigError("ground truth is cached as WT/TC/ET regions; a softmax student trains with --kd-weight 1")
+            raise TrainConfigError(
+                "ground truth is cached as WT/TC/ET regions; a softmax student trains with --kd-weight 1"
+            )
         terms.append(build_loss("region_dice_bce", term_name="supervised", weight=supervised_weight,
                                 inputs={"logits": "student_logits", "regions": "regions"},
                                 **_schedule(warmup, "supervised")))  # fmt: skip
@@ -191,7 +193,8 @@ def _graph_flow_options(config: TrainConfig, student, teacher: LiveTeacher, samp
             _, teacher_features = teacher.model(batch.images, return_features=True)
             for name in features:
                 features[name].append(teacher_features[name].detach())
-    paraphrasers = tuple(pretrain_paraphraser(features[name], steps=config.paraphraser_steps, factor_channels=embed).to(device)
+    paraphrasers = tuple(pretrain_paraphraser(features[name], steps=config.paraphraser_steps,
+                                              factor_channels=embed).to(device)
                          for name in (shallow, deep))  # fmt: skip
     return {
         "student_channels": (s_channels[shallow], s_channels[deep]),

@@ -63,7 +63,9 @@ class PatchSampler:
             mask = case.regions[channel] if case.regions is not None else case.probabilities[channel] > 0.5
             points = np.argwhere(mask)
             if len(points) > MAX_FOREGROUND_POINTS:
-                points = points[np.random.default_rng(len(points)).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)]
+                points = points[
+                    np.random.default_rng(len(points)).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)
+                ]
             self._points[case_id, channel] = points
         return self._points[case_id, channel]
 
@@ -113,7 +115,8 @@ class PatchSampler:
             probs.append(np.ascontiguousarray(p))
             uncertainty.append(np.ascontiguousarray(u))
             regions.append(np.ascontiguousarray(r) if r is not None else None)
-        stacked_regions = None if any(r is None for r in regions) else torch.from_numpy(np.stack(regions).astype(np.float32))
+        stacked_regions = (None if any(r is None for r in regions)
+                           else torch.from_numpy(np.stack(regions).astype(np.float32)))
         return Batch(
             images=torch.from_numpy(np.stack(images)),
             teacher_probs=torch.from_numpy(np.stack(probs)),

@@ -17,11 +17,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from distill.train.chain import save_untrained_student
 from distill.cli_infer import register
 from distill.data.nifti import read_nifti
 from distill.data.phantoms import PhantomConfig, write_phantoms
 from distill.errors import DistillError
+from distill.train.chain import save_untrained_student
 
 
 def write_student_run(folder: Path, target_params: int = 20_000) -> Path:
@@ -47,7 +47,8 @@ def cases(tmp_path_factory) -> Path:
 def package(app, cases, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli_export")
     run = write_student_run(root / "run")
-    result = CliRunner().invoke(app, ["export", str(run), str(root / "pkg"), "--held-out", str(cases), "--threads", "2"])
+    result = CliRunner().invoke(app, ["export", str(run), str(root / "pkg"), "--held-out", str(cases),
+                                      "--threads", "2"])
     assert result.exit_code == 0, result.output
     assert "parity onnxruntime vs torch on 1 case(s)" in result.output
     return root / "pkg"
@@ -55,18 +56,23 @@ def package(app, cases, tmp_path_factory) -> Path:
 
 def test_export_then_predict_then_bench(app, package, cases, tmp_path):
     runner = CliRunner()
-    predicted = runner.invoke(app, ["predict", str(package), str(cases), str(tmp_path / "out"), "--backend", "onnxruntime",
-                                    "--threads", "2", "--label-convention", "brats2023", "--no-progress"])  # fmt: skip
+    predicted = runner.invoke(app, ["predict", str(package), str(cases), str(tmp_path / "out"),
+                                    "--backend", "onnxruntime", "--threads", "2", "--label-convention", "brats2023",
+                                    "--no-progress"])  # fmt: skip
     assert predicted.exit_code == 0, predicted.output
     labels = read_nifti(tmp_path / "out" / "Phantom_00000.nii.gz")
     assert labels.data.shape == read_nifti(next(cases.glob("*/*_t1.nii.gz"))).data.shape
     assert set(np.unique(labels.data)) <= {0, 1, 2, 3}
 
-    bench = runner.invoke(app, ["bench", str(package), "--input", str(cases), "--backend", "torch", "--backend", "onnxruntime",
-                                "--runs", "2", "--warmup", "1", "--e2e-runs", "1", "--out", str(tmp_path / "bench.json")])  # fmt: skip
+    bench = runner.invoke(app, ["bench", str(package), "--input", str(cases),
+                                "--backend", "torch", "--backend", "onnxruntime",
+                                "--runs", "2", "--warmup", "1", "--e2e-runs", "1",
+                                "--out", str(tmp_path / "bench.json")])  # fmt: skip
     assert bench.exit_code == 0, bench.output
     assert "torch-cpu-fp32" in bench.output and "onnxruntime-cpu-fp32" in bench.output
-    assert [r["backend"] for r in json.loads((tmp_path / "bench.json").read_text())["results"]] == ["torch-cpu-fp32", "onnxruntime-cpu-fp32"]
+    assert [r["backend"] for r in json.loads((tmp_path / "bench.json").read_text())["results"]] == [
+        "torch-cpu-fp32", "onnxruntime-cpu-fp32"
+    ]
 
 
 def _tensorrt_runs_here() -> bool:
@@ -95,7 +101,8 @@ def test_the_real_cli_reports_a_bad_package_in_one_line(package, cases, tmp_path
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.json").write_text(json.dumps({"format": "distill-model-package", "format_version": 99}))
-    result = subprocess.run([sys.executable, "-m", "distill", "predict", str(broken), str(cases), str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "distill", "predict", str(broken), str(cases),
+                             str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "newer Distill" in result.stderr.replace("\n", "")

@@ -71,7 +71,8 @@ def test_budgets_outside_the_range_are_refused(stub_cache, tmp_path, kw):
 
 def test_chain_with_graph_flow_trains_every_link(stub_cache, tmp_path):
     result = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, assistants="1",
-                                       graph_flow_weight=1.0, graph_flow_ramp=0, paraphraser_steps=5, **FAST))  # fmt: skip
+                                       graph_flow_weight=1.0, graph_flow_ramp=0, paraphraser_steps=5,
+                                       **FAST))  # fmt: skip
     assert len(result.chain) == 2 and result.chain[0] > result.chain[1]
     rows = _log(tmp_path / "run", "link1_*")
     assert len(rows) == FAST["steps"] and all(float(r["graph_flow/raw"]) > 0 for r in rows)
@@ -151,7 +152,8 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(stub_
     resumed = train_student(TrainConfig(out=tmp_path / "resumed", **config))
     assert _same_weights(torch.load(whole.weights, weights_only=True), torch.load(resumed.weights, weights_only=True))
     for link in ("link0_*", "link1_*"):
-        losses = [[(r["step"], r["total"]) for r in _log(run, link)] for run in (tmp_path / "whole", tmp_path / "resumed")]
+        losses = [[(r["step"], r["total"]) for r in _log(run, link)]
+                  for run in (tmp_path / "whole", tmp_path / "resumed")]
         assert losses[0] == losses[1] and len(losses[0]) == FAST["steps"]
     assert resumed.chain == whole.chain and resumed.metrics == whole.metrics
 
@@ -171,7 +173,8 @@ def test_killed_run_resumes_at_the_step_it_reached(stub_cache, tmp_path):
     out = tmp_path / "run"
     steps = 60  # far more than can run in the <= 50 ms between the first checkpoint and the kill, on any CPU
     command = [sys.executable, "-m", "distill", "train-student", "--cache", str(stub_cache), "--out", str(out),
-               "--params", "6000", "--steps", str(steps), "--batch-size", "1", "--patch-size", "32", "--checkpoint-every", "5"]  # fmt: skip
+               "--params", "6000", "--steps", str(steps), "--batch-size", "1", "--patch-size", "32",
+               "--checkpoint-every", "5"]  # fmt: skip
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob("links/*/checkpoint.pt")):
