@@ -210,7 +210,7 @@ class ServerProcess:
     """
 
     def __init__(self, args: list[str], env: dict | None = None, ready_timeout: float = 180.0,
-                 python: str | None = None) -> None:  # fmt: skip
+                 python: str | None = None, cwd: Path | None = None) -> None:  # fmt: skip
         import os
         import queue
         import subprocess
@@ -220,7 +220,7 @@ class ServerProcess:
         self._queue: queue.Queue = queue.Queue()
         command = [python or sys.executable, *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        cwd=REPO_ROOT, env={**os.environ, **(env or {})})  # fmt: skip
+                                        cwd=cwd or REPO_ROOT, env={**os.environ, **(env or {})})  # fmt: skip
         threading.Thread(target=self._drain, daemon=True).start()
         self.port = self._wait_for_port(ready_timeout)
         self.url = f"http://127.0.0.1:{self.port}"

@@ -50,7 +50,7 @@ def test_the_cpu_install_steps_give_a_working_service_in_a_fresh_venv(tmp_path):
     """docker/install-serve.sh cpu, as the Dockerfile runs it, in a fresh venv: CPU-only torch, no CUDA
     libraries, pip check clean, and `distill serve` from that venv segments over HTTP."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=900)
     python = str(venv / "bin" / "python")
     env = {**os.environ, "PYTHON": python, "TORCH_INDEX_URL": os.environ.get("DISTILL_TEST_TORCH_INDEX_URL", "")}
     done = subprocess.run(["bash", str(INSTALL), "cpu", str(REPO_ROOT)], env=env, capture_output=True, text=True,
@@ -63,7 +63,7 @@ def test_the_cpu_install_steps_give_a_working_service_in_a_fresh_venv(tmp_path):
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     args = ["-m", "distill", "serve", str(PACKAGE), "--port", "0", "--threads", "1"]
-    with ServerProcess(args, python=python) as server:
+    with ServerProcess(args, python=python, cwd=tmp_path) as server:  # not the checkout: the installed copy
         server.wait_ready()
         response = httpx.post(server.url + "/segment", files=case_files(), timeout=120)
         assert response.status_code == 200, response.text[:300]
