@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_data import synthetic_case
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BRATS18_DIR = REPO_ROOT.parent / "shared" / "data" / "brats18"
@@ -33,24 +34,6 @@ def make_oblique_affine(degrees: float = 7.0, spacing=(-1.2, -0.9, 2.5), offset=
 def oblique_affine() -> np.ndarray:
     """A non-identity affine: anisotropic spacing, axis flips, a small rotation and an offset."""
     return make_oblique_affine()
-
-
-def synthetic_case(seed: int, shape=(20, 18, 14)) -> tuple[np.ndarray, np.ndarray]:
-    """A tiny seeded case: 4 modalities ``(4, *shape)`` with a zero border, and BraTS 2017 labels.
-
-    The "brain" is an inner box with random intensities; the tumour is a box of oedema
-    around a smaller core whose centre is enhancing, so every region is non-empty.
-    """
-    rng = np.random.default_rng(seed)
-    images = np.zeros((4, *shape), dtype=np.float32)
-    inner = tuple(slice(2, n - 2) for n in shape)
-    images[(slice(None), *inner)] = rng.normal(100.0, 15.0, size=(4, *[n - 4 for n in shape])).astype(np.float32)
-    labels = np.zeros(shape, dtype=np.uint8)
-    cx, cy, cz = (n // 2 for n in shape)
-    labels[cx - 4 : cx + 4, cy - 4 : cy + 4, cz - 3 : cz + 3] = 2
-    labels[cx - 2 : cx + 2, cy - 2 : cy + 2, cz - 2 : cz + 2] = 1
-    labels[cx - 1 : cx + 1, cy - 1 : cy + 1, cz - 1 : cz + 1] = 4
-    return images, labels
 
 
 BRATS2017_SUFFIXES = ("t1", "t1ce", "t2", "flair", "seg")

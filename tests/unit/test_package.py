@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_case
+from synthetic_data import synthetic_case
 
 from distill.data.nifti import write_nifti
 from distill.infer.backends import BackendOptionError, BackendSpec

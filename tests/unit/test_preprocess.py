@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import synthetic_case
+from synthetic_data import synthetic_case
 
 from distill.data.preprocess import (
     PreprocessConfig,

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("monai")
 
-from conftest import synthetic_case  # noqa: E402
+from synthetic_data import synthetic_case  # noqa: E402
 
 from distill.data.case import Case  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
