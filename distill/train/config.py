@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from distill.core.hashing import canonical_hash
+from distill.core.jsonfile import read_json_object
 from distill.errors import DistillError
 from distill.losses.kd_correction import CORRECTIONS
 from distill.losses.kd_teachers import BALANCES
@@ -211,7 +211,7 @@ def check_resumable(path: Path, config: TrainConfig) -> None:
     """Refuse to resume a run folder made with different training options."""
     if not path.is_file():
         return
-    stored = json.loads(path.read_text())
+    stored = read_json_object(path, "run record", "remove the run folder to start again", TrainConfigError)
     if stored.get("training_hash") != config.training_hash():
         before, now, defaults = stored.get("config", {}), config.to_dict(), option_defaults()
         changed = sorted(k for k in now if k not in {"out", "progress", "device", "recipe"}

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from distill.core.atomic import atomic_path, atomic_write_json
+from distill.core.jsonfile import read_json_object
 from distill.losses import CompositeLoss, build_loss, pretrain_paraphraser, ramp_in
 from distill.train.config import TrainConfig, TrainConfigError
 from distill.train.distributed import DistInfo, all_reduce_grads, barrier
@@ -311,7 +312,7 @@ def _finished_link(link: LinkConfig, student: torch.nn.Module, device: torch.dev
     if not ((link.link_dir / DONE).is_file() and weights_path.is_file()):
         return None
     student.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
-    done = json.loads((link.link_dir / DONE).read_text())
+    done = read_json_object(link.link_dir / DONE, "finished-link record", "remove the link folder to retrain it")
     return LinkResult(link.name, weights_path, done["metrics"], done["seconds"], done["steps_per_second"],
                       done["peak_memory_mb"])  # fmt: skip
 
