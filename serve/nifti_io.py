@@ -160,7 +160,8 @@ def _check_header_fields(header: nib.Nifti1Header, field: str, limits: DecodeLim
         raise fail(422, "unsupported_dtype", f"unknown datatype code {int(header['datatype'])}") from None
     if dtype.kind not in "biuf" or dtype.fields is not None or dtype.itemsize > 8:
         raise fail(422, "unsupported_dtype", f"voxel type {dtype} (only integer and real types are read)")
-    pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
     if not (np.all(np.isfinite(pixdim)) and np.all(pixdim > 0)):
         raise fail(422, "bad_header", f"voxel spacing (pixdim) {pixdim.tolist()} is not finite and positive")
     vox_offset = float(header["vox_offset"])
