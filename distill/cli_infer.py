@@ -25,8 +25,8 @@ BACKEND_HELP = (
 )
 
 
-def _backend_spec(backend: str, device: Optional[str], precision: Optional[str], threads: Optional[int], cuda_graphs: bool,
-                  compile_model: bool, engine_cache: Optional[Path]):
+def _backend_spec(backend: str, device: Optional[str], precision: Optional[str], threads: Optional[int],
+                  cuda_graphs: bool, compile_model: bool, engine_cache: Optional[Path]):
     from distill.infer.backends import BackendSpec
 
     options = {"device": device, "precision": precision, "threads": threads, "engine_cache": engine_cache,
@@ -46,19 +46,46 @@ def _triple(text: Optional[str], option: str) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
+THRESHOLDS_HELP = ("Probability threshold per region WT,TC,ET, e.g. 0.5,0.4,0.35 (default: the thresholds the "
+                   "student card calibrated on validation cases, else 0.5 each).")
+
+
+def _thresholds(text: Optional[str]) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0.0 < v < 1.0 for v in values):
+        raise typer.BadParameter(f"--thresholds takes three probabilities strictly between 0 and 1 (WT,TC,ET), "
+                                 f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="Student run folder (student.pt + student.json from train-student).")],
     out: Annotated[Path, typer.Argument(help="Package folder to create.")],
-    held_out: Annotated[Optional[Path], typer.Option(help="Held-out BraTS cases for the parity gate (default: synthetic phantoms).")] = None,
+    held_out: Annotated[
+        Optional[Path], typer.Option(help="Held-out BraTS cases for the parity gate (default: synthetic phantoms).")
+    ] = None,
     max_held_out: Annotated[int, typer.Option(min=1, help="Use at most this many held-out cases.")] = 3,
-    n_phantoms: Annotated[int, typer.Option(min=1, help="Phantoms for the parity gate when no --held-out is given.")] = 2,
+    n_phantoms: Annotated[
+        int, typer.Option(min=1, help="Phantoms for the parity gate when no --held-out is given.")
+    ] = 2,
     label_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "brats2017",
     enforce_hierarchy: Annotated[bool, typer.Option(help="Post-process: clip TC to WT and ET to TC.")] = True,
-    simplify: Annotated[bool, typer.Option("--simplify", help="Apply onnxruntime's basic (portable) graph optimisations.")] = False,
-    tensorrt: Annotated[Optional[list[str]], typer.Option(help="Also build a TensorRT engine: fp32, fp16 or int8 (repeatable; needs a GPU).")] = None,
+    simplify: Annotated[
+        bool, typer.Option("--simplify", help="Apply onnxruntime's basic (portable) graph optimisations.")
+    ] = False,
+    tensorrt: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Also build a TensorRT engine: fp32, fp16 or int8 (repeatable; needs a GPU)."),
+    ] = None,
     calibration_cache: Annotated[Optional[Path], typer.Option(help="Teacher cache for INT8 calibration tiles.")] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity gate.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
+    thresholds: Annotated[Optional[str], typer.Option(help=THRESHOLDS_HELP)] = None,
 ) -> None:
     """Export a trained student to a verified model package (ONNX + preprocessing + label mapping)."""
     from distill.export.run import ExportConfig, export_package
@@ -68,7 +95,7 @@ def export_command(
         run_dir=run_dir, out=out, held_out=held_out, max_held_out=max_held_out, n_phantoms=n_phantoms,
         label_convention=label_convention, postprocess=PostprocessConfig(enforce_hierarchy=enforce_hierarchy),
         simplify=simplify, tensorrt=tuple(tensorrt or ()), calibration_cache=calibration_cache, threads=threads,
-        overwrite=overwrite,
+        overwrite=overwrite, thresholds=_thresholds(thresholds),
     )  # fmt: skip
     console.print(str(export_package(config)), highlight=False, soft_wrap=True)
 
@@ -78,14 +105,22 @@ def predict_command(
     input_dir: Annotated[Path, typer.Argument(help="Cases to segment (BraTS 2017-21, 2023+ or nnU-Net raw layout).")],
     output_dir: Annotated[Path, typer.Argument(help="Receives <case>.nii.gz label maps.")],
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (onnxruntime: also tensorrt, its provider).")] = None,
+    device: Annotated[
+        Optional[str], typer.Option(help="cpu or cuda (onnxruntime: also tensorrt, its provider).")
+    ] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, fp16, bf16 (torch) or int8 (tensorrt).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads.")] = None,
-    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch on CUDA: replay captured CUDA graphs.")] = False,
+    cuda_graphs: Annotated[
+        bool, typer.Option("--cuda-graphs", help="torch on CUDA: replay captured CUDA graphs.")
+    ] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch: run through torch.compile.")] = False,
     engine_cache: Annotated[Optional[Path], typer.Option(help=ENGINE_CACHE_HELP)] = None,
-    label_convention: Annotated[Optional[str], typer.Option(help=CONVENTION_HELP + " (default: the package's).")] = None,
-    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.npz.")] = False,
+    label_convention: Annotated[
+        Optional[str], typer.Option(help=CONVENTION_HELP + " (default: the package's).")
+    ] = None,
+    save_probabilities: Annotated[
+        bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.npz.")
+    ] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave cases whose label map exists.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -103,13 +138,20 @@ def predict_command(
 
 def bench_command(
     package: Annotated[Path, typer.Argument(help="Model package folder.")],
-    input_dir: Annotated[Optional[Path], typer.Option("--input", help="BraTS cases; the first is timed (default: a 1 mm phantom).")] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(help="Backend to time (repeatable; default: every one available). " + BACKEND_HELP)] = None,
+    input_dir: Annotated[
+        Optional[Path], typer.Option("--input", help="BraTS cases; the first is timed (default: a 1 mm phantom).")
+    ] = None,
+    backend: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Backend to time (repeatable; default: every one available). " + BACKEND_HELP),
+    ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Model-only repetitions after warm-up.")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
     e2e_runs: Annotated[int, typer.Option(min=1, help="End-to-end repetitions (NIfTI in -> NIfTI out).")] = 5,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and onnxruntime.")] = 2,
-    full_shape: Annotated[Optional[str], typer.Option(help="Also time the model on the case padded to this grid, e.g. 240,240,155.")] = None,
+    full_shape: Annotated[
+        Optional[str], typer.Option(help="Also time the model on the case padded to this grid, e.g. 240,240,155.")
+    ] = None,
     engine_cache: Annotated[Optional[Path], typer.Option(help=ENGINE_CACHE_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
@@ -118,8 +160,8 @@ def bench_command(
     from distill.infer.bench import BenchConfig, run_bench
 
     specs = tuple(BackendSpec.parse(b, threads=threads, engine_cache=engine_cache) for b in backend or ())
-    config = BenchConfig(package=package, input_dir=input_dir, backends=specs, runs=runs, warmup=warmup, e2e_runs=e2e_runs,
-                         threads=threads, full_shape=_triple(full_shape, "--full-shape"), out=out,
+    config = BenchConfig(package=package, input_dir=input_dir, backends=specs, runs=runs, warmup=warmup,
+                         e2e_runs=e2e_runs, threads=threads, full_shape=_triple(full_shape, "--full-shape"), out=out,
                          engine_cache=engine_cache)  # fmt: skip
     result = run_bench(config)
     typer.echo(result.table())
@@ -129,11 +171,19 @@ def bench_command(
 
 def export_engine_command(
     package: Annotated[Path, typer.Argument(help="Model package folder (from distill export).")],
-    precision: Annotated[Optional[list[str]], typer.Option(help="fp32, fp16 or int8 (repeatable; default fp16).")] = None,
-    engine_cache: Annotated[Optional[Path], typer.Option(help="Store engines in this folder, not in the package (read-only packages).")] = None,
-    held_out: Annotated[Optional[Path], typer.Option(help="Held-out BraTS cases for the parity gate (default: synthetic phantoms).")] = None,
+    precision: Annotated[
+        Optional[list[str]], typer.Option(help="fp32, fp16 or int8 (repeatable; default fp16).")
+    ] = None,
+    engine_cache: Annotated[
+        Optional[Path], typer.Option(help="Store engines in this folder, not in the package (read-only packages).")
+    ] = None,
+    held_out: Annotated[
+        Optional[Path], typer.Option(help="Held-out BraTS cases for the parity gate (default: synthetic phantoms).")
+    ] = None,
     max_held_out: Annotated[int, typer.Option(min=1, help="Use at most this many held-out cases.")] = 3,
-    n_phantoms: Annotated[int, typer.Option(min=1, help="Phantoms for the parity gate when no --held-out is given.")] = 2,
+    n_phantoms: Annotated[
+        int, typer.Option(min=1, help="Phantoms for the parity gate when no --held-out is given.")
+    ] = 2,
     calibration_cache: Annotated[Optional[Path], typer.Option(help="Teacher cache for INT8 calibration tiles.")] = None,
     calibration_tiles: Annotated[int, typer.Option(min=1, help="INT8 calibration tiles.")] = 32,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity gate.")] = 2,
