@@ -210,8 +210,35 @@ def train_teacher_fold(p: Pipeline, fold: int) -> dict:
 
 
 def pilot_teacher_fold(p: Pipeline, fold: int) -> None:
-    """One teacher fold trained (or resumed) on its own; its nnU-Net held-out Dice is printed and kept."""
-    print(json.dumps(train_teacher_fold(p, fold), indent=2))
+    """One teacher fold trained (or resumed) on its own, then scored alone (8-TTA) on the test cases at
+    1 mm, the figure to hold against students trained on labels alone; both are printed and kept."""
+    record = train_teacher_fold(p, fold)
+    record["test_cases_this_fold_mirror8"] = p.run(f"pilot_fold{fold}_test", lambda: pilot_test_scores(p, fold))
+    print(json.dumps(record, indent=2))
+
+
+def pilot_test_scores(p: Pipeline, fold: int) -> dict:
+    from distill.data.case import load_case
+    from distill.data.conventions import get_convention
+    from distill.data.discovery import find_cases
+    from distill.data.nifti import write_nifti
+    from distill.eval.evaluate import EvaluateConfig, evaluate
+    from distill.infer.postprocess import enforce_hierarchy
+    from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
+
+    torch.set_num_threads(p.args.threads)
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=teacher_model_dir(p), folds=(f"fold_{fold}",), tta="mirror8"))
+    out = p.work / "predictions" / f"pilot_fold{fold}_mirror8"
+    out.mkdir(parents=True, exist_ok=True)
+    for files in find_cases(p.work / "split" / "test"):
+        case = load_case(files, with_labels=False)
+        probabilities, _ = teacher.predict_timed(case)
+        labels = get_convention("brats2017").from_regions(enforce_hierarchy(probabilities > 0.5))
+        write_nifti(out / f"{files.case_id}.nii.gz", labels, case.affine)
+    config = EvaluateConfig(pred_dir=out, gt_dir=p.work / "split" / "test", out_dir=p.work / "evaluation" / out.name,
+                            pred_convention="brats2017", gt_convention="brats2017", progress=False)
+    result = evaluate(config)
+    return scores_of(result)["mean"]
 
 
 def cross_validation_dice(model_dir: Path, folds) -> dict:

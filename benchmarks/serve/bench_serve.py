@@ -170,7 +170,8 @@ def main() -> None:
 
     threading.Thread(target=sample, daemon=True).start()
     server = Server(args.package, args.threads, [])
-    report: dict = {"case": args.case, "package": str(args.package.resolve().relative_to(REPO)), "backend": "onnxruntime",
+    package = str(args.package.resolve().relative_to(REPO))
+    report: dict = {"case": args.case, "package": package, "backend": "onnxruntime",
                     "threads": args.threads, "machine": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "load_average_before": load_before,
                     "busiest_other_processes": beside}  # fmt: skip
