@@ -35,7 +35,6 @@ stage that uses it has finished needs a fresh --work.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -45,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from distill.core.hashing import file_sha256
 
 HERE = Path(__file__).resolve().parent
 DATASET_ID = 501
@@ -158,7 +159,7 @@ def stage_teacher(p: Pipeline) -> dict:
     model_dir = teacher_model_dir(p)
     plans = json.loads((model_dir / "plans.json").read_text())
     network = NnUNetTeacher(NnUNetTeacherConfig(model_dir=model_dir, folds=("fold_0",))).predictor.network
-    checkpoints = {f"fold_{f}": sha256(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in folds}
+    checkpoints = {f"fold_{f}": file_sha256(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in folds}
     sizes = [(model_dir / f"fold_{f}" / "checkpoint_final.pth").stat().st_size for f in folds]
     return {
         "model_dir": str(model_dir), "parameters_per_member": sum(p.numel() for p in network.parameters()),
@@ -390,14 +391,6 @@ def scores_of(result) -> dict:
         mean[region] = {"dice": round(float(np.mean(dice)), 4), "hd95": round(float(np.mean(hd95)), 2)}
     mean["mean_dice"] = round(float(np.mean([mean[r]["dice"] for r in REGIONS])), 4)
     return {"mean": mean, "per_case": per_case}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- main

@@ -16,11 +16,12 @@ Layout of ``teacher/iterations_N/`` (mirrors nnU-Net's model folder)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+from distill.core.hashing import file_sha256
 
 ASSETS_ROOT = Path(__file__).resolve().parent / "teacher"
 
@@ -36,14 +37,6 @@ FOLD_FILES = ("checkpoint_final.pth", "distill_schedule.json", "validation/summa
 SUMS = "SHA256SUMS.json"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy(source: Path, target: Path) -> None:
     """Copy under a temporary name, then rename: a killed copy never looks complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +46,7 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _record_sums(assets: Path) -> dict[str, str]:
-    sums = {p.relative_to(assets).as_posix(): _sha256(p) for p in sorted(assets.rglob("*"))
+    sums = {p.relative_to(assets).as_posix(): file_sha256(p) for p in sorted(assets.rglob("*"))
             if p.is_file() and p.name != SUMS and not p.name.startswith(".")}  # fmt: skip
     tmp = assets / f".{SUMS}.partial"
     tmp.write_text(json.dumps(sums, indent=2) + "\n")
@@ -108,7 +101,7 @@ def restore(model_dir: Path, assets: Path = ASSETS) -> list[str]:
             continue
         if relative.endswith("checkpoint_latest.pth") and (target.parent / "checkpoint_final.pth").exists():
             continue
-        if not source.is_file() or _sha256(source) != expected:
+        if not source.is_file() or file_sha256(source) != expected:
             raise SystemExit(f"{source}: missing or altered (sha256 differs from {assets / SUMS}); restore it from git")
         _copy(source, target)
         restored.append(relative)
