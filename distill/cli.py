@@ -1,9 +1,10 @@
 """The ``distill`` command line: a thin typer layer over the library.
 
 Each command turns its options into a config object, calls one library function and prints
-the small result object it returns. Errors caused by input (:class:`DistillError`) are shown
-as one line naming the file and the problem, with exit code 2; anything else is a bug and
-keeps its traceback.
+the small result object it returns. Errors caused by input (:class:`DistillError`) and by
+the environment (``OSError``: permissions, a full disk) are shown as one line naming the file
+and the problem, with exit code 2 (``--debug`` shows their traceback); anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,18 +15,30 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 from distill import __version__
 from distill.data.conventions import CONVENTIONS
+from distill.data.nifti import DEFAULT_MAX_VOXELS
 from distill.errors import DistillError
 
+# Plain (click) help rather than rich panels: flags print as flags, not as "<bool>" options, and
+# the text wraps to the terminal (at most 100 columns) instead of cutting option names at 80.
+HELP_SETTINGS = {"max_content_width": 100}
 app = typer.Typer(
     help="Distil an nnU-Net v2 BraTS teacher into a tiny 3D student, evaluate it and serve it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=HELP_SETTINGS,
 )
-data_app = typer.Typer(help="Data: phantoms and conversion to nnU-Net raw datasets.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data: phantoms and conversion to nnU-Net raw datasets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=HELP_SETTINGS,
+)
 app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
@@ -42,13 +55,23 @@ def _version_callback(show: bool) -> None:
         raise typer.Exit()
 
 
+class _Run:
+    """Options of the whole invocation that ``main`` needs after typer has parsed them."""
+
+    debug = False
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an expected error (bad input, OS errors).")
+    ] = False,
 ) -> None:
     """Distill command line."""
+    _Run.debug = debug
 
 
 @data_app.command("phantoms")
@@ -67,7 +90,8 @@ def phantoms_command(
     from distill.data.phantoms import PhantomConfig, write_phantoms
 
     result = write_phantoms(out, n_cases=n_cases, seed=seed, config=PhantomConfig(spacing_mm=spacing), layout=layout)
-    console.print(f"wrote {len(result.case_ids)} phantom cases to {result.out_dir}")
+    console.print(f"{result.out_dir}: {len(result.written)} phantom case(s) written, "
+                  f"{len(result.skipped)} already complete (same seed and settings)", soft_wrap=True)
 
 
 @data_app.command("convert")
@@ -109,6 +133,12 @@ def evaluate_command(
     pred_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "auto",
     gt_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "auto",
     worst: Annotated[int, typer.Option(help="How many worst cases to list per region.")] = 5,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Score the cases that have a prediction; list the others.")
+    ] = False,
+    max_voxels: Annotated[
+        int, typer.Option(min=1, help="Refuse label maps whose header claims more voxels (checked before reading).")
+    ] = DEFAULT_MAX_VOXELS,
 ) -> None:
     """BraTS metrics per case and region (WT, TC, ET): Dice, HD95, sensitivity, specificity, volumes."""
     from distill.eval.evaluate import EvaluateConfig, evaluate
@@ -121,10 +151,20 @@ def evaluate_command(
         pred_convention=pred_convention,
         gt_convention=gt_convention,
         worst_k=worst,
+        allow_missing=allow_missing,
+        max_voxels=max_voxels,
     )
     result = evaluate(config)
+    how = {True: "detected", False: "as given"}
+    console.print(f"label conventions: predictions {result.conventions['prediction']} "
+                  f"({how[result.conventions_detected['prediction']]}), ground truth "
+                  f"{result.conventions['ground_truth']} ({how[result.conventions_detected['ground_truth']]})",
+                  highlight=False, markup=False)  # fmt: skip
+    if result.skipped:
+        console.print(f"skipped {len(result.skipped)} ground-truth case(s) without a prediction: "
+                      + ", ".join(result.skipped), highlight=False, soft_wrap=True, markup=False)
     typer.echo(format_summary(result.summary))
-    console.print(f"per-case metrics: {result.csv_path}\nsummary: {result.json_path}")
+    console.print(f"per-case metrics: {result.csv_path}\nsummary: {result.json_path}", markup=False)
 
 
 @app.command("teacher-cache")
@@ -347,9 +387,7 @@ def demo_command(
         student_params=params, steps=steps, phantom_shape=(64, 64, 40) if larger else (48, 48, 32),
         patch=48 if larger else 32,
     )  # fmt: skip
-    result = run_demo(config)
-    for line in result.steps:
-        console.print(line)
+    result = run_demo(config, report=lambda line: console.print(line, highlight=False, markup=False))
     typer.echo(result.table())
 
 
@@ -360,12 +398,24 @@ _register_inference_commands(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: expected failures end in one line and exit code 2."""
     try:
         app()
     except DistillError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
-        sys.exit(2)
+        _fail(exc, str(exc))
+    except OSError as exc:  # permissions, a full disk, a path that is a file: the environment, not a bug
+        from distill.core.paths import os_error_line
+
+        _fail(exc, os_error_line(exc))
+    except KeyboardInterrupt as exc:
+        _fail(exc, "interrupted; outputs already completed are kept, rerun the command to continue", code=130)
+
+
+def _fail(exc: BaseException, line: str, code: int = 2) -> None:
+    if _Run.debug:
+        raise exc
+    console.print(f"[bold red]error:[/] {rich_escape(line)}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

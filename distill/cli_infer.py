@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from distill.data.conventions import CONVENTIONS
+from distill.data.nifti import DEFAULT_MAX_VOXELS
 
 console = Console(stderr=True)
 CONVENTION_HELP = "Output label convention: " + ", ".join(CONVENTIONS)
@@ -123,6 +124,14 @@ def predict_command(
     ] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave cases whose label map exists.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    continue_on_error: Annotated[
+        bool, typer.Option("--continue-on-error",
+                           help="Go on after a failing case; failures are listed in OUTPUT_DIR/failures.json "
+                                "and the exit code is 1.")
+    ] = False,
+    max_voxels: Annotated[
+        int, typer.Option(min=1, help="Refuse input files whose header claims more voxels (checked before reading).")
+    ] = DEFAULT_MAX_VOXELS,
 ) -> None:
     """Segment every case of a folder with a model package."""
     from distill.infer.predict import PredictConfig, predict_folder
@@ -131,9 +140,14 @@ def predict_command(
         package=package, input_dir=input_dir, output_dir=output_dir,
         backend=_backend_spec(backend, device, precision, threads, cuda_graphs, compile_model, engine_cache),
         label_convention=label_convention, save_probabilities=save_probabilities, skip_existing=skip_existing,
-        progress=progress,
+        progress=progress, continue_on_error=continue_on_error, max_voxels=max_voxels,
     )  # fmt: skip
-    console.print(str(predict_folder(config)), highlight=False, soft_wrap=True)
+    result = predict_folder(config)
+    for case_id, reason in result.failed.items():
+        console.print(f"failed {case_id}: {reason}", highlight=False, soft_wrap=True, markup=False)
+    console.print(str(result), highlight=False, soft_wrap=True, markup=False)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def bench_command(
@@ -163,7 +177,7 @@ def bench_command(
     config = BenchConfig(package=package, input_dir=input_dir, backends=specs, runs=runs, warmup=warmup,
                          e2e_runs=e2e_runs, threads=threads, full_shape=_triple(full_shape, "--full-shape"), out=out,
                          engine_cache=engine_cache)  # fmt: skip
-    result = run_bench(config)
+    result = run_bench(config, report=lambda line: console.print(line, highlight=False, markup=False))
     typer.echo(result.table())
     if result.path is not None:
         console.print(f"results: {result.path}", highlight=False)

@@ -16,12 +16,14 @@ plumbing and the relative speed, not the accuracy a full training reaches.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from distill.core.paths import prepare_output_dir
 from distill.data.case import load_case
 from distill.data.conventions import get_convention
 from distill.data.discovery import find_cases
@@ -77,15 +79,21 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def _timed(steps: list[str], label: str):
+def _timed(steps: list[str], label: str, report: Callable[[str], None] | None = None):
+    """Context manager: ``report`` the step as it starts and ends; append it with its time to ``steps``."""
+
     class _Timer:
         def __enter__(self):
             self.start = time.perf_counter()
+            if report is not None:
+                report(f"{label} ...")
             return self
 
         def __exit__(self, *exc):
             if exc[0] is None:
                 steps.append(f"{label} ({time.perf_counter() - self.start:.1f} s)")
+                if report is not None:
+                    report(steps[-1])
 
     return _Timer()
 
@@ -97,9 +105,10 @@ def _write_labels(folder: Path, case_id: str, regions, case) -> None:
 def _teacher_predictions(teacher, test_dir: Path, out: Path, progress: bool) -> float:
     """The teacher ensemble's labels for the test cases; returns seconds per case."""
     start, cases = time.perf_counter(), find_cases(test_dir)
-    for files in tqdm(cases, desc="teacher", unit="case", disable=not progress):
-        case = load_case(files, with_labels=False)
-        _write_labels(out, files.case_id, teacher.predict(case).probabilities > 0.5, case)
+    with tqdm(cases, desc="teacher", unit="case", disable=not progress) as bar:
+        for files in bar:
+            case = load_case(files, with_labels=False)
+            _write_labels(out, files.case_id, teacher.predict(case).probabilities > 0.5, case)
     return (time.perf_counter() - start) / len(cases)
 
 
@@ -119,8 +128,9 @@ def _score(predictions: Path, test_dir: Path, out: Path, progress: bool) -> dict
                                    progress=progress)).summary  # fmt: skip
 
 
-def run_demo(config: DemoConfig) -> DemoResult:
-    """Run every stage under ``config.out_dir``; resumable."""
+def run_demo(config: DemoConfig, report: Callable[[str], None] | None = None) -> DemoResult:
+    """Run every stage under ``config.out_dir``; resumable. ``report`` receives a line as each
+    stage starts and ends (the first, the nnU-Net teacher, runs for a minute or more)."""
     from distill.export.run import ExportConfig, export_package
     from distill.infer.backends import BackendSpec
     from distill.infer.predict import PredictConfig, predict_folder
@@ -129,33 +139,33 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from distill.teacher.run import TeacherCacheConfig, run_teacher_cache
     from distill.train import TrainConfig, train_student
 
-    out = Path(config.out_dir).resolve()
+    out = prepare_output_dir(Path(config.out_dir).resolve(), "demo folder")
     result = DemoResult(out_dir=out)
     steps = result.steps
     test_dir = out / "test_phantoms"
 
-    with _timed(steps, "1. compact nnU-Net teacher built and trained by nnU-Net (5 folds)"):
+    with _timed(steps, "1. compact nnU-Net teacher built and trained by nnU-Net (5 folds)", report):
         teacher = build_compact_nnunet(
             CompactTeacherConfig(work_dir=out / "teacher", dataset_id=DEMO_DATASET_ID, dataset_name="DistillDemo",
                                  n_cases=config.n_cases, seed=config.seed, phantom_shape=config.phantom_shape,
                                  base_features=8, max_features=64, iterations=config.teacher_iterations),
             log_path=out / "teacher_build.log",
         )  # fmt: skip
-    with _timed(steps, "2. teacher-cache: 5 folds x 8 mirror TTA"):
+    with _timed(steps, "2. teacher-cache: 5 folds x 8 mirror TTA", report):
         cached = run_teacher_cache(TeacherCacheConfig(model_dir=teacher.model_dir, images=teacher.raw_dataset_dir,
                                                       out=out / "cache", progress=config.progress))  # fmt: skip
-    with _timed(steps, f"3. train-student --params {config.student_params}"):
+    with _timed(steps, f"3. train-student --params {config.student_params}", report):
         student = train_student(TrainConfig(cache=cached.cache_dir, out=out / "student", params=config.student_params,
                                             steps=config.steps, patch_size=(config.patch,) * 3, seed=config.seed,
                                             progress=config.progress))  # fmt: skip
     write_phantoms(test_dir, n_cases=config.n_test, seed=config.seed + 1000,
                    config=PhantomConfig(shape=config.phantom_shape), progress=False)  # fmt: skip
     package = out / "package"
-    with _timed(steps, "4. export: ONNX package with parity gate"):
+    with _timed(steps, "4. export: ONNX package with parity gate", report):
         export_package(ExportConfig(run_dir=out / "student", out=package, held_out=test_dir, overwrite=True))
 
     predictions = out / "predictions"
-    with _timed(steps, "5. predict (onnxruntime), teacher and threshold baseline on test phantoms"):
+    with _timed(steps, "5. predict (onnxruntime), teacher and threshold baseline on test phantoms", report):
         predicted = predict_folder(PredictConfig(package=package, input_dir=test_dir,
                                                  output_dir=predictions / "student",
                                                  backend=BackendSpec.parse("onnxruntime"), label_convention=LABELS,

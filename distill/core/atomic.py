@@ -23,26 +23,28 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     The temporary name keeps ``target``'s suffixes (``.nii.gz`` stays last) so libraries
-    that pick a format from the extension still do the right thing.
+    that pick a format from the extension still do the right thing, and carries the writer's
+    process id so that :func:`distill.core.paths.remove_stale_partials` can tell a killed
+    writer's leftover from a live one's file.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX + "".join(target.suffixes), dir=target.parent
+        prefix=f".{target.name}.pid{os.getpid()}.", suffix=PARTIAL_SUFFIX + "".join(target.suffixes), dir=target.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         # mkstemp creates 0600 files; an output is created with the user's umask like any other file.
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (``os.umask`` sets it
     process-wide for a moment, which another thread could observe)."""
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.data.discovery import MODALITIES, CaseFiles
-from distill.data.nifti import Volume, read_nifti, voxel_spacing
+from distill.data.nifti import DEFAULT_MAX_VOXELS, Volume, read_nifti, voxel_spacing
 from distill.errors import DataError
 
 # Affines of co-registered BraTS files agree to float32 precision; allow a little slack.
@@ -59,9 +59,9 @@ def check_same_geometry(reference: Volume, other: Volume) -> None:
         )
 
 
-def read_label_map(path: Path) -> Volume:
+def read_label_map(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     """Read a label map and check that it holds small non-negative integers."""
-    volume = read_nifti(path)
+    volume = read_nifti(path, max_voxels=max_voxels)
     data = volume.data
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
@@ -71,14 +71,30 @@ def read_label_map(path: Path) -> Volume:
     return Volume(data=data.astype(np.uint8), affine=volume.affine, path=path)
 
 
-def load_case(files: CaseFiles, with_labels: bool = True) -> Case:
-    """Read the four modalities (and the label map) and check they share one grid."""
-    volumes = [read_nifti(files.images[m], dtype=np.float32) for m in MODALITIES]
+def check_not_constant(data: np.ndarray, where: str) -> None:
+    """Refuse an image whose voxels all hold one value (an all-zero file stands in for a missing
+    scan): normalisation would turn it into zeros and the network would segment without that
+    modality, silently worse. ``where`` names the file or channel."""
+    if data.size and np.min(data) == np.max(data):
+        raise DataError(f"{where}: every voxel holds the same value ({float(data.flat[0]):g}); "
+                        "the image is empty or a placeholder, and all four modalities are needed")  # fmt: skip
+
+
+def load_case(files: CaseFiles, with_labels: bool = True, max_voxels: int = DEFAULT_MAX_VOXELS) -> Case:
+    """Read the four modalities (and the label map) and check they share one grid.
+
+    Raises :class:`DataError` naming the file when one is unreadable, larger than
+    ``max_voxels`` (checked on its header, before any data is read), constant, or off the
+    case's grid.
+    """
+    volumes = [read_nifti(files.images[m], dtype=np.float32, max_voxels=max_voxels) for m in MODALITIES]
     for volume in volumes[1:]:
         check_same_geometry(volumes[0], volume)
+    for volume in volumes:
+        check_not_constant(volume.data, f"{volume.path} (case {files.case_id})")
     labels = None
     if with_labels and files.label is not None:
-        label_volume = read_label_map(files.label)
+        label_volume = read_label_map(files.label, max_voxels)
         check_same_geometry(volumes[0], label_volume)
         labels = label_volume.data
     images = np.stack([v.data for v in volumes]).astype(np.float32, copy=False)

@@ -37,6 +37,10 @@ LAYOUT_BRATS2023 = "brats2023"
 LAYOUT_NNUNET = "nnunet"
 
 
+# The flag most commands use to name a convention; commands with other flags pass theirs.
+OPTION = "--label-convention"
+
+
 @dataclass(frozen=True)
 class LabelConvention:
     """One way of writing tumour sub-regions as integer labels.
@@ -61,20 +65,21 @@ class LabelConvention:
         """All valid label values including background 0."""
         return frozenset({0, *self.labels})
 
-    def check_labels(self, labels: np.ndarray, source: str = "label map") -> None:
-        """Raise :class:`LabelConventionError` naming ``source`` if a value is unknown."""
+    def check_labels(self, labels: np.ndarray, source: str = "label map", option: str = OPTION) -> None:
+        """Raise :class:`LabelConventionError` naming ``source`` if a value is unknown; the hint
+        names ``option``, the flag of the calling command that sets this convention."""
         present = {int(v) for v in np.unique(labels)}
         unknown = sorted(present - self.label_values)
         if unknown:
             raise LabelConventionError(
                 f"{source}: label values {unknown} are not part of the {self.name!r} convention "
-                f"(valid: {sorted(self.label_values)}). Pass the right --label-convention."
+                f"(valid: {sorted(self.label_values)}). Pass the right {option}."
             )
 
-    def to_regions(self, labels: np.ndarray, source: str = "label map") -> np.ndarray:
+    def to_regions(self, labels: np.ndarray, source: str = "label map", option: str = OPTION) -> np.ndarray:
         """Label map of shape ``S`` -> boolean regions of shape ``(3, *S)`` in WT, TC, ET order."""
         labels = np.asarray(labels)
-        self.check_labels(labels, source)
+        self.check_labels(labels, source, option)
         return np.stack([np.isin(labels, self.regions[r]) for r in REGIONS])
 
     def from_regions(self, regions: np.ndarray) -> np.ndarray:
@@ -166,7 +171,7 @@ def get_convention(name: str) -> LabelConvention:
 
 
 def detect_convention(
-    label_values: Iterable[int], layout: str | None = None, source: str = "labels"
+    label_values: Iterable[int], layout: str | None = None, source: str = "labels", option: str = OPTION
 ) -> LabelConvention:
     """Tell the convention from the label values present and, where known, the file layout.
 
@@ -179,7 +184,8 @@ def detect_convention(
     * no layout: 4 without 3 -> ``brats2017``; anything with 3 is ambiguous
       (2023 vs nnU-Net, or 2013-15 vs 2024) and so is a set with neither 3 nor 4.
 
-    Raises :class:`LabelConventionError` with the candidates when the answer is not unique.
+    Raises :class:`LabelConventionError` with the candidates when the answer is not unique;
+    its hint names ``option``, the calling command's flag for the convention.
     """
     values = {int(v) for v in label_values} - {0}
     if layout == LAYOUT_NNUNET:
@@ -188,7 +194,7 @@ def detect_convention(
         if 3 in values:
             raise LabelConventionError(
                 f"{source}: label 3 found in files with BraTS 2017-2021 naming, which has no label 3. "
-                "If these are BRATS 2013-2015 labels (3 = non-enhancing core) pass --label-convention brats2013."
+                f"If these are BRATS 2013-2015 labels (3 = non-enhancing core) pass {option} brats2013."
             )
         chosen = CONVENTIONS["brats2017"]
     elif layout == LAYOUT_BRATS2023:
@@ -199,7 +205,7 @@ def detect_convention(
         candidates = [c.name for c in CONVENTIONS.values() if values <= set(c.labels)]
         raise LabelConventionError(
             f"{source}: cannot tell the label convention from label values {sorted(values)} "
-            f"(fits {', '.join(candidates) or 'none'}). Pass --label-convention explicitly."
+            f"(fits {', '.join(candidates) or 'none'}). Pass {option} explicitly."
         )
     unknown = sorted(values - set(chosen.labels))
     if unknown:
@@ -211,9 +217,9 @@ def detect_convention(
 
 
 def resolve_convention(
-    name: str | None, label_values: Iterable[int], layout: str | None, source: str
+    name: str | None, label_values: Iterable[int], layout: str | None, source: str, option: str = OPTION
 ) -> LabelConvention:
     """``--label-convention`` semantics: an explicit name wins, ``auto``/``None`` detects."""
     if name is None or name.strip().lower() == AUTO:
-        return detect_convention(label_values, layout, source)
+        return detect_convention(label_values, layout, source, option)
     return get_convention(name)

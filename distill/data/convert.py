@@ -12,6 +12,7 @@ is never mistaken for a finished one; running again skips cases already complete
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from distill import __version__
 from distill.core.atomic import atomic_write_json
+from distill.core.paths import prepare_output_dir
+from distill.core.provenance import claim_output
 from distill.data.case import load_case
 from distill.data.conventions import get_convention, resolve_convention
 from distill.data.discovery import MODALITIES, CaseFiles, find_cases
@@ -185,22 +188,52 @@ def _dataset_json(config: ConvertConfig, n_training: int) -> dict:
     }
 
 
+RECORD_NAME = "distill_convert.json"
+_RECORD_FLAGS = {"source": "SOURCE", "label_convention": "--label-convention", "target_spacing": "--spacing"}
+
+
+def _record_options(config: ConvertConfig) -> dict[str, Any]:
+    """The options that decide the converted files (the dataset id and name are in the folder's name)."""
+    return {"source": str(Path(config.source).resolve()), "label_convention": config.label_convention,
+            "target_spacing": list(config.target_spacing) if config.target_spacing else None}  # fmt: skip
+
+
+def _legacy_options(config: ConvertConfig) -> dict[str, Any] | None:
+    """Options of a dataset converted before records were written, from its ``dataset.json``."""
+    try:
+        recorded = json.loads((config.dataset_dir / "dataset.json").read_text())["distill"]
+        options = {"label_convention": recorded["source_label_convention"],
+                   "target_spacing": recorded["target_spacing"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {**_record_options(config), **options}  # the source was not recorded: taken as the same
+
+
 def convert_to_nnunet(config: ConvertConfig) -> ConvertResult:
-    """Write ``config.dataset_dir`` from the cases under ``config.source``; skip complete cases."""
+    """Write ``config.dataset_dir`` from the cases under ``config.source``; skip complete cases.
+
+    A rerun into an existing dataset resumes it only with the options that made it (the source
+    folder, ``label_convention`` and ``target_spacing``, recorded in ``distill_convert.json``);
+    with any other it stops, naming the option, before touching a file.
+    """
     _validate(config)
     if config.label_convention != "auto":
         get_convention(config.label_convention)  # fail before any work on a typo
     cases = find_cases(config.source)
     start = time.perf_counter()
     written = skipped = 0
-    dataset_dir = config.dataset_dir
+    dataset_dir = prepare_output_dir(config.dataset_dir, "dataset folder")
+    claim_output(dataset_dir, RECORD_NAME, "distill data convert", _record_options(config),
+                 flags=_RECORD_FLAGS, legacy=_legacy_options(config))  # fmt: skip
     writer = NnUNetDatasetWriter(dataset_dir)
-    for case in tqdm(cases, desc="convert", unit="case", disable=not config.progress):
-        if all(p.is_file() for p in writer.case_paths(case.case_id, training=case.label is not None)):
-            skipped += 1
-            continue
-        convert_case(case, dataset_dir, config.label_convention, config.target_spacing)
-        written += 1
+    # closed on the way out, also on an error: the message then starts on a line of its own
+    with tqdm(cases, desc="convert", unit="case", disable=not config.progress) as bar:
+        for case in bar:
+            if all(p.is_file() for p in writer.case_paths(case.case_id, training=case.label is not None)):
+                skipped += 1
+                continue
+            convert_case(case, dataset_dir, config.label_convention, config.target_spacing)
+            written += 1
     n_training = sum(c.label is not None for c in cases)
     writer.write_dataset_json(_dataset_json(config, n_training))
     return ConvertResult(

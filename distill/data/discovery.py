@@ -81,17 +81,21 @@ class LabelMaps:
     root: Path = field(default=Path("."))
 
 
-def find_cases(root: str | Path, require_labels: bool = False) -> list[CaseFiles]:
+def find_cases(
+    root: str | Path, require_labels: bool = False, incomplete: dict[str, str] | None = None
+) -> list[CaseFiles]:
     """All cases under ``root`` (a dataset folder, a single case folder, or an nnU-Net raw dataset).
 
     Raises :class:`DataError` when nothing is found, when a case lacks a modality (naming the
     case and modality), when layouts are mixed, or when ``require_labels`` and a label is missing.
+    Given an ``incomplete`` dict, a case that lacks a modality is recorded there (case id ->
+    reason) and left out instead (a batch that goes on past failures).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    cases = _find_nnunet_cases(root) if is_nnunet_raw(root) else _find_brats_cases(root)
-    if not cases:
+    cases = _find_nnunet_cases(root, incomplete) if is_nnunet_raw(root) else _find_brats_cases(root, incomplete)
+    if not cases and not incomplete:
         raise DataError(
             f"{root}: no BraTS cases found (expected <id>_t1/_t1ce/_t2/_flair, <id>-t1n/-t1c/-t2w/-t2f, "
             "or an nnU-Net raw dataset with dataset.json and imagesTr/)"
@@ -121,8 +125,9 @@ def find_label_maps(root: str | Path) -> LabelMaps:
         raise DataError(f"{root}: no NIfTI label maps found")
     layout = _detect_brats_layout(nifti_files)
     if layout is not None:
-        cases = _find_brats_cases(root)
-        files = {c.case_id: c.label for c in cases if c.label is not None}
+        # only the seg files: a case whose images are incomplete still has a usable label map
+        _, grouped = _group_brats_files(root)
+        files = {case_id: roles["seg"] for case_id, roles in sorted(grouped.items()) if "seg" in roles}
         if not files:
             raise DataError(f"{root}: BraTS cases found but none has a segmentation (_seg / -seg) file")
         return LabelMaps(files=files, layout=layout, root=root)
@@ -175,11 +180,31 @@ def _has_image(paths: list[Path], layout: str) -> bool:
     return False
 
 
-def _find_brats_cases(root: Path) -> list[CaseFiles]:
+def _find_brats_cases(root: Path, incomplete: dict[str, str] | None = None) -> list[CaseFiles]:
+    layout, grouped = _group_brats_files(root)
+    made = (_make_case_or_record(case_id, files, layout, incomplete) for case_id, files in sorted(grouped.items()))
+    return [case for case in made if case is not None]
+
+
+def _make_case_or_record(case_id: str, files: dict[str, Path], layout: str,
+                         incomplete: dict[str, str] | None) -> CaseFiles | None:  # fmt: skip
+    """:func:`_make_case`, or ``None`` with the reason recorded in ``incomplete`` when one is given."""
+    try:
+        return _make_case(case_id, files, layout)
+    except DataError as exc:
+        if incomplete is None:
+            raise
+        incomplete[case_id] = str(exc)
+        return None
+
+
+def _group_brats_files(root: Path) -> tuple[str | None, dict[str, dict[str, Path]]]:
+    """``(layout, case -> role -> path)`` for BraTS-named files under ``root``; nothing is required
+    to be complete, so a caller that needs only the label maps does not depend on the images."""
     paths = _scan_nifti(root)
     layout = _detect_brats_layout(paths)
     if layout is None:
-        return []
+        return None, {}
     pattern, suffixes = _PATTERNS[layout], _SUFFIXES[layout]
     grouped: dict[str, dict[str, Path]] = {}
     for path in paths:
@@ -191,7 +216,7 @@ def _find_brats_cases(root: Path) -> list[CaseFiles]:
         if role in files:
             raise DataError(f"case {m.group('case')!r}: two files for {role}: {files[role]} and {path}")
         files[role] = path
-    return [_make_case(case_id, files, layout) for case_id, files in sorted(grouped.items())]
+    return layout, grouped
 
 
 def _make_case(case_id: str, files: dict[str, Path], layout: str) -> CaseFiles:
@@ -222,7 +247,7 @@ def nnunet_channel_order(dataset: dict, source: Path) -> list[str]:
     return order
 
 
-def _find_nnunet_cases(root: Path) -> list[CaseFiles]:
+def _find_nnunet_cases(root: Path, incomplete: dict[str, str] | None = None) -> list[CaseFiles]:
     dataset = read_dataset_json(root)
     order = nnunet_channel_order(dataset, root / "dataset.json")
     ending = dataset.get("file_ending", ".nii.gz")
@@ -243,6 +268,8 @@ def _find_nnunet_cases(root: Path) -> list[CaseFiles]:
         for case_id, files in sorted(grouped.items()):
             label = root / labels_dir / f"{case_id}{ending}"
             files["seg"] = label if label.is_file() else None  # type: ignore[assignment]
-            case = _make_case(case_id, {k: v for k, v in files.items() if v is not None}, LAYOUT_NNUNET)
-            cases.append(case)
+            present = {k: v for k, v in files.items() if v is not None}
+            case = _make_case_or_record(case_id, present, LAYOUT_NNUNET, incomplete)
+            if case is not None:
+                cases.append(case)
     return cases

@@ -20,8 +20,11 @@ from distill.core.atomic import atomic_write_bytes
 from distill.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-# 1024^3 voxels is far beyond any brain MRI; larger headers are corrupt or hostile.
-DEFAULT_MAX_VOXELS = 1024**3
+# A BraTS volume is 240x240x155 = 8.9 M voxels, a 0.5 mm whole-head scan ~120 M. A header
+# claiming more than 512^3 (134 M voxels, 0.5 GB as float32) or an edge over 2048 voxels is
+# corrupt or hostile; it is refused before nibabel allocates what it claims.
+DEFAULT_MAX_VOXELS = 512**3
+MAX_EDGE = 2048
 GZIP_LEVEL = 4
 
 
@@ -81,15 +84,32 @@ def read_header(path: str | Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> nib.N
         raise DataError(f"{path}: expected a 3D volume, header says shape {tuple(img.shape)}")
     if min(shape) < 1:
         raise DataError(f"{path}: header has an empty dimension, shape {shape}")
+    if max(shape) > MAX_EDGE:
+        raise DataError(f"{path}: header claims shape {shape}, an edge over {MAX_EDGE} voxels; the file is corrupt")
     n_voxels = int(np.prod(shape, dtype=np.int64))
     if n_voxels > max_voxels:
-        raise DataError(f"{path}: header claims {n_voxels} voxels (shape {shape}), more than the limit {max_voxels}")
+        raise DataError(f"{path}: header claims {n_voxels} voxels (shape {shape}), more than the limit {max_voxels} "
+                        "(raise it with --max-voxels if the scan is real)")  # fmt: skip
     dtype = img.header.get_data_dtype()
     if dtype.kind not in "biuf":
         raise DataError(f"{path}: unsupported voxel data type {dtype}")
+    _check_uncompressed_size(path, img, n_voxels * dtype.itemsize)
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-12:
         raise DataError(f"{path}: header has an invalid (singular or non-finite) affine")
     return img
+
+
+def _check_uncompressed_size(path: Path, img: nib.Nifti1Image, data_bytes: int) -> None:
+    """An uncompressed file must hold the data its header promises; checked from the file size,
+    so a truncated or lying ``.nii`` is refused without allocating (a ``.nii.gz`` is caught while
+    reading)."""
+    if str(path).endswith(".gz"):
+        return
+    offset = int(img.header.get("vox_offset", 352))
+    size = path.stat().st_size
+    if size < offset + data_bytes:
+        raise DataError(f"{path}: file holds {size} bytes but its header promises {offset + data_bytes}; "
+                        "the file is truncated or its header is wrong")  # fmt: skip
 
 
 def read_nifti(

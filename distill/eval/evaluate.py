@@ -18,8 +18,9 @@ Cases run one after another; a case's arrays are released before the next is rea
 from __future__ import annotations
 
 import csv
+import functools
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,16 @@ import numpy as np
 from tqdm import tqdm
 
 from distill.core.atomic import atomic_write_json, atomic_write_text
+from distill.core.paths import prepare_output_dir
 from distill.data.conventions import REGIONS, LabelConvention, resolve_convention
 from distill.data.discovery import LabelMaps, find_label_maps
-from distill.data.nifti import Volume, read_nifti
+from distill.data.nifti import DEFAULT_MAX_VOXELS, Volume, read_nifti
 from distill.errors import DataError, LabelConventionError
 from distill.eval.policy import EMPTY_MASK_POLICY
 from distill.eval.region_metrics import METRICS, RegionMetrics, case_region_metrics
 
+# the flags of `distill evaluate` that name each side's convention, for the hints in errors
+PRED_OPTION, GT_OPTION = "--pred-convention", "--gt-convention"
 CSV_NAME = "metrics.csv"
 JSON_NAME = "summary.json"
 CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS)
@@ -66,6 +70,9 @@ class EvaluateConfig:
             ``None``) uses ``"tertiles"``: the 33.3rd and 66.7th percentiles of the evaluated
             cases' non-empty ground-truth volumes. The summary states the rule and values used.
         progress: show a progress bar over cases (on stderr).
+        allow_missing: score the ground-truth cases that have a prediction and list the others
+            in the summary (``skipped_ground_truth``); otherwise a missing prediction is an error.
+        max_voxels: refuse label maps whose header claims more voxels, before reading them.
     """
 
     pred_dir: Path
@@ -76,6 +83,8 @@ class EvaluateConfig:
     worst_k: int = 5
     size_thresholds_ml: Mapping[str, tuple[float, float]] | None = None
     progress: bool = True
+    allow_missing: bool = False
+    max_voxels: int = DEFAULT_MAX_VOXELS
 
     def __post_init__(self) -> None:
         self.pred_dir = Path(self.pred_dir)
@@ -109,6 +118,8 @@ class EvaluationResult:
     csv_path: Path
     json_path: Path
     conventions: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    conventions_detected: dict[str, bool] = field(default_factory=dict)
 
 
 def evaluate(config: EvaluateConfig) -> EvaluationResult:
@@ -123,23 +134,27 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
     A side whose convention is ``"auto"`` is read twice: once to collect the label values
     that decide the convention (the union over all its files), once to score.
     """
+    prepare_output_dir(config.out_dir, "report folder")  # before any work: a bad --out loses nothing
     gt_maps = find_label_maps(config.gt_dir)
     pred_maps = find_label_maps(config.pred_dir)
-    pairs, unmatched = match_cases(gt_maps, pred_maps)
-    gt_conv = _resolve_side(config.gt_convention, [g for g, _ in pairs.values()], gt_maps.layout, config.gt_dir)
-    pred_conv = _resolve_side(config.pred_convention, [p for _, p in pairs.values()], pred_maps.layout, config.pred_dir)
+    pairs, unmatched, skipped = match_cases(gt_maps, pred_maps, config.allow_missing)
+    read = functools.partial(read_nifti, max_voxels=config.max_voxels)
+    gt_conv = _resolve_side(config.gt_convention, [g for g, _ in pairs.values()], gt_maps.layout, config.gt_dir,
+                            GT_OPTION, read)  # fmt: skip
+    pred_conv = _resolve_side(config.pred_convention, [p for _, p in pairs.values()], pred_maps.layout,
+                              config.pred_dir, PRED_OPTION, read)  # fmt: skip
 
-    cases = [
-        evaluate_case(case_id, pred_path, gt_path, pred_conv, gt_conv)
-        for case_id, (gt_path, pred_path) in tqdm(
-            pairs.items(), desc="evaluate", unit="case", disable=not config.progress
-        )
-    ]
+    # closed on the way out, also on an error: the message then starts on a line of its own
+    with tqdm(pairs.items(), desc="evaluate", unit="case", disable=not config.progress) as bar:
+        cases = [evaluate_case(case_id, pred_path, gt_path, pred_conv, gt_conv, read)
+                 for case_id, (gt_path, pred_path) in bar]  # fmt: skip
     summary = summarise(cases, worst_k=config.worst_k, size_thresholds_ml=config.size_thresholds_ml)
+    detected = {"prediction": _is_auto(config.pred_convention), "ground_truth": _is_auto(config.gt_convention)}
     summary["label_conventions"] = {"prediction": pred_conv.name, "ground_truth": gt_conv.name}
+    summary["label_conventions_detected"] = detected
     summary["unmatched_predictions"] = unmatched
+    summary["skipped_ground_truth"] = skipped
 
-    config.out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = atomic_write_text(config.out_dir / CSV_NAME, metrics_csv(cases))
     json_path = atomic_write_json(config.out_dir / JSON_NAME, summary)
     return EvaluationResult(
@@ -148,41 +163,55 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         csv_path=csv_path,
         json_path=json_path,
         conventions=dict(summary["label_conventions"]),
+        skipped=skipped,
+        conventions_detected=detected,
     )
+
+
+def _is_auto(name: str) -> bool:
+    return name.strip().lower() == "auto"
 
 
 # ---------------------------------------------------------------------------- inputs
 
 
-def match_cases(gt: LabelMaps, pred: LabelMaps) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
+def match_cases(
+    gt: LabelMaps, pred: LabelMaps, allow_missing: bool = False
+) -> tuple[dict[str, tuple[Path, Path]], list[str], list[str]]:
     """Pair every ground-truth case with its prediction, sorted by case id.
 
-    Returns ``(case -> (gt_path, pred_path), prediction ids with no ground truth)``. The
-    extra predictions are reported, not scored: evaluating on a subset is legitimate.
-    Raises :class:`DataError` naming the missing cases when a prediction is absent.
+    Returns ``(case -> (gt_path, pred_path), prediction ids with no ground truth, ground-truth
+    ids with no prediction)``. Extra predictions are reported, not scored. A ground-truth case
+    without a prediction is an error naming the missing cases, unless ``allow_missing``: then
+    it is skipped and listed (scoring a subset is legitimate when said so).
     """
     if not gt.files:
         raise DataError(f"{gt.root}: no ground-truth label maps found")
     missing = sorted(set(gt.files) - set(pred.files))
+    if missing and allow_missing and len(missing) < len(gt.files):
+        pairs = {case: (gt.files[case], pred.files[case]) for case in sorted(gt.files) if case in pred.files}
+        return pairs, sorted(set(pred.files) - set(gt.files)), missing
     if missing:
         shown = ", ".join(f"{c} ({gt.files[c]})" for c in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise DataError(
             f"{pred.root}: no prediction for {len(missing)} ground-truth case(s): {shown}{more}; "
-            f"expected files named <case>.nii.gz"
+            "expected files named <case>.nii.gz"
+            + ("" if allow_missing else "; pass --allow-missing to score only the cases present")
         )
     pairs = {case: (gt.files[case], pred.files[case]) for case in sorted(gt.files)}
-    return pairs, sorted(set(pred.files) - set(gt.files))
+    return pairs, sorted(set(pred.files) - set(gt.files)), []
 
 
-def _resolve_side(name: str, paths: Sequence[Path], layout: str | None, folder: Path) -> LabelConvention:
+def _resolve_side(name: str, paths: Sequence[Path], layout: str | None, folder: Path, option: str,
+                  read: Callable[[Path], Volume] = read_nifti) -> LabelConvention:  # fmt: skip
     """The convention of one side; ``"auto"`` reads every file once to learn its label values."""
-    if name.strip().lower() != "auto":
-        return resolve_convention(name, (), layout, source=str(folder))
+    if not _is_auto(name):
+        return resolve_convention(name, (), layout, source=str(folder), option=option)
     values: set[int] = set()
     for path in paths:
-        values |= label_values(read_nifti(path))
-    return resolve_convention(name, values, layout, source=str(folder))
+        values |= label_values(read(path))
+    return resolve_convention(name, values, layout, source=str(folder), option=option)
 
 
 def label_values(volume: Volume) -> set[int]:
@@ -209,17 +238,18 @@ def check_same_grid(pred: Volume, gt: Volume, atol: float = AFFINE_ATOL) -> None
 
 
 def evaluate_case(
-    case_id: str, pred_path: Path, gt_path: Path, pred_conv: LabelConvention, gt_conv: LabelConvention
+    case_id: str, pred_path: Path, gt_path: Path, pred_conv: LabelConvention, gt_conv: LabelConvention,
+    read: Callable[[Path], Volume] = read_nifti,
 ) -> CaseResult:
     """Read, check and score one case. Spacing comes from the ground truth's affine."""
-    gt = read_nifti(gt_path)
-    pred = read_nifti(pred_path)
+    gt = read(gt_path)
+    pred = read(pred_path)
     check_same_grid(pred, gt)
     # label_values refuses fractional labels, which to_regions would otherwise truncate.
     label_values(gt)
     label_values(pred)
-    gt_regions = gt_conv.to_regions(gt.data, source=str(gt_path))
-    pred_regions = pred_conv.to_regions(pred.data, source=str(pred_path))
+    gt_regions = gt_conv.to_regions(gt.data, source=str(gt_path), option=GT_OPTION)
+    pred_regions = pred_conv.to_regions(pred.data, source=str(pred_path), option=PRED_OPTION)
     rows = case_region_metrics(pred_regions, gt_regions, gt.spacing, REGIONS)
     return CaseResult(case=case_id, pred_path=Path(pred_path), gt_path=Path(gt_path), regions=rows)
 

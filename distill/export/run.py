@@ -19,7 +19,6 @@ import contextlib
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch
 
 from distill import __version__
 from distill.core.hashing import file_sha256
+from distill.core.paths import prepare_output_dir, remove_stale_staging, staging_dir
 from distill.data.case import load_case
 from distill.data.conventions import REGIONS, get_convention
 from distill.data.discovery import MODALITIES, find_cases
@@ -335,6 +335,7 @@ def export_package(config: ExportConfig) -> ExportResult:
     start = time.perf_counter()
     out = Path(config.out)
     _check_target(out, config.overwrite)
+    prepare_output_dir(out.parent, "folder of the package")
     get_convention(config.label_convention)  # fail on an unknown name before the slow steps
     if config.tensorrt:
         from distill.infer.tensorrt_runtime import require_tensorrt
@@ -343,9 +344,8 @@ def export_package(config: ExportConfig) -> ExportResult:
     run = read_exportable_student(config.run_dir)
     preprocessing = package_preprocess_config(run.card, run.config.divisor)
     cases, held_out = held_out_cases(config, preprocessing)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it owner-only; a package is meant to be read by services too
+    remove_stale_staging(out)  # what a killed export of this package left behind
+    staging = staging_dir(out)
     try:
         engines = _write_package(staging, config, run, preprocessing, cases, held_out)
         package = ModelPackage.open(staging)  # what a user will open, verified before it gets its name

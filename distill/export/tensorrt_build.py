@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.core.paths import prepare_output_dir
 from distill.infer.onnxruntime_session import onnxruntime_session
 from distill.infer.tensorrt_runtime import (
     EngineCache,
@@ -560,6 +561,8 @@ def export_engines(config: EngineExportConfig) -> EngineBuildResult:
 
     require_tensorrt()
     package = ModelPackage.open(config.package)
+    if config.engine_cache:
+        prepare_output_dir(config.engine_cache, "engine cache folder")
     # The same parity cases export would pick (held-out folder, else phantoms).
     selection = ExportConfig(run_dir=package.root, out=package.root, held_out=config.held_out,
                              max_held_out=config.max_held_out, n_phantoms=config.n_phantoms)  # fmt: skip

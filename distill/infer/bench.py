@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from distill.core.atomic import atomic_write_json
+from distill.core.paths import prepare_output_file
 from distill.data.case import load_case
 from distill.data.discovery import CaseFiles, find_cases
 from distill.data.nifti import write_nifti
@@ -111,14 +112,29 @@ def host_description() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_bench(config: BenchConfig) -> BenchResult:
-    """Time every backend in ``config`` (see the module docstring); write JSON if ``config.out``."""
+def run_bench(config: BenchConfig, report: Callable[[str], None] | None = None) -> BenchResult:
+    """Time every backend in ``config`` (see the module docstring); write JSON if ``config.out``.
+
+    ``report`` receives a line as each backend starts and ends (a run takes minutes)."""
+    report = report or (lambda line: None)
+    if config.out is not None:
+        prepare_output_file(config.out, "benchmark file")  # before the timing: a bad --out loses nothing
     package = ModelPackage.open(config.package)
     specs = list(config.backends) or available_backend_specs(config.threads, config.engine_cache)
     with tempfile.TemporaryDirectory() as tmp:
+        if config.input_dir is None:
+            report("writing a 1 mm phantom to time on ...")
         files = _case_files(config.input_dir, Path(tmp))
         case = load_case(files, with_labels=False)
-        results = bench_each(specs, lambda spec: _bench_backend(package, spec, files, case, config, Path(tmp) / "out"))
+
+        def bench_reported(spec: BackendSpec) -> dict[str, Any]:
+            report(f"{spec.label}: {config.warmup} warm-up + {config.runs} model runs, "
+                   f"{config.e2e_runs} end-to-end ...")
+            entry = _bench_backend(package, spec, files, case, config, Path(tmp) / "out")
+            report(f"{spec.label}: model p50 {entry['model_only']['p50_ms']:.1f} ms")
+            return entry
+
+        results = bench_each(specs, bench_reported)
     data = {
         "benchmark": "distill bench",
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.data.case import check_not_constant
 from distill.data.conventions import LabelConvention, get_convention
 from distill.data.nifti import voxel_spacing
 from distill.data.preprocess import (
@@ -177,6 +178,8 @@ class Predictor:
     ) -> PreprocessedCase:
         """Channel check and preprocessing: ``(C, X, Y, Z)`` raw -> the package's grid."""
         images = self.check_channels(np.asarray(images), modalities)
+        for name, channel in zip(self.package.modalities, images):
+            check_not_constant(channel, f"{name} image")
         return preprocess(images.astype(np.float32, copy=False), np.asarray(affine, dtype=np.float64),
                           config=self.package.preprocess_config)  # fmt: skip
 

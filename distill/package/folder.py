@@ -33,8 +33,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from distill import __version__
-from distill.core.atomic import atomic_write_bytes, atomic_write_json
-from distill.core.hashing import file_sha256
+from distill.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from distill.core.hashing import canonical_hash, file_sha256
 from distill.core.jsonfile import read_json_object
 from distill.data.conventions import REGIONS, LabelConvention, get_convention
 from distill.data.discovery import MODALITY_ALIASES
@@ -54,6 +54,9 @@ from distill.package.onnx_external import MalformedProtobuf, external_tensor_nam
 from distill.package.settings import InferenceSettings, PostprocessConfig, default_inference_settings
 
 MANIFEST_NAME = "model.json"
+# sha256 of the manifest's canonical JSON: an edited model.json (new thresholds, a changed
+# tile) is refused instead of silently changing what the package does.
+MANIFEST_HASH_NAME = "model.json.sha256"
 ONNX_NAME = "model.onnx"
 WEIGHTS_NAME = "model.pt"
 ENGINES_DIR = "engines"
@@ -102,17 +105,43 @@ def list_package_files(root: Path) -> dict[str, FileEntry]:
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
-        if relative == MANIFEST_NAME or path.name.startswith("."):
+        if relative in (MANIFEST_NAME, MANIFEST_HASH_NAME) or path.name.startswith("."):
             continue
         files[relative] = FileEntry(file_sha256(path), path.stat().st_size)
     return files
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Manifest:
-    """Hash every file under ``root`` into ``manifest.files`` and write ``model.json`` atomically."""
+    """Hash every file under ``root`` into ``manifest.files``; write ``model.json`` and the hash of
+    its canonical content (``model.json.sha256``), each atomically.
+
+    The only writer of a manifest: a command that legitimately changes a package goes through
+    here, so the recorded hash follows; a hand edit does not, and :meth:`ModelPackage.open`
+    refuses it.
+    """
     complete = replace(manifest, files=list_package_files(root))
-    atomic_write_json(root / MANIFEST_NAME, complete.to_dict())
+    document = complete.to_dict()
+    atomic_write_json(root / MANIFEST_NAME, document)
+    atomic_write_text(root / MANIFEST_HASH_NAME, canonical_hash(document) + "\n")
     return complete
+
+
+def check_manifest_hash(document: Mapping[str, Any], root: Path) -> None:
+    """Refuse a manifest whose canonical content differs from the hash written beside it."""
+    path = root / MANIFEST_HASH_NAME
+    try:
+        recorded = path.read_text().strip()
+    except FileNotFoundError:
+        raise PackageError(f"{path}: missing; the package is incomplete or predates integrity checks: "
+                           "re-export it with `distill export`") from None  # fmt: skip
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{path}: unreadable ({exc}); re-export the package") from exc
+    if recorded != canonical_hash(document):
+        raise PackageError(
+            f"{root / MANIFEST_NAME}: edited after export (its content no longer matches {MANIFEST_HASH_NAME}); "
+            "restore the original, or change thresholds and settings by re-exporting "
+            "from the student's run folder (`distill export RUN_DIR PACKAGE --thresholds WT,TC,ET --overwrite`)"
+        )
 
 
 def safe_relative_path(root: Path, name: str) -> Path:
@@ -149,7 +178,9 @@ class ModelPackage:
         root = Path(path)
         document = read_manifest(root)
         check_format(document, root)
+        # values first: an impossible edit gets its specific message, a plausible one the hash's
         package = cls(root, Manifest.from_dict(document, source=str(root / MANIFEST_NAME)))
+        check_manifest_hash(document, root)
         if verify:
             package.verify_files()
             check_single_file_onnx(package.onnx_path)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from distill import __version__
 from distill.cache import CacheSpec, CacheWriter
 from distill.core.hashing import file_sha256
+from distill.core.paths import prepare_output_dir, prepare_output_file
 from distill.data.case import load_case
 from distill.data.conventions import resolve_convention
 from distill.data.discovery import CaseFiles, find_cases, find_label_maps
@@ -201,6 +202,7 @@ def run_teacher_weights(job: TeacherWeightsJob):
 
     if not job.members:
         raise DistillError("teacher-weights needs at least one --member besides the nnU-Net folds")
+    prepare_output_file(job.output, "weights file")
     nnunet = NnUNetTeacher(
         NnUNetTeacherConfig(model_dir=job.model_dir, folds=job.folds, tta=job.tta, device=job.device)
     )
@@ -318,6 +320,7 @@ def _run_ray(config: TeacherCacheConfig) -> TeacherCacheResult:
 def run_teacher_cache(config: TeacherCacheConfig) -> TeacherCacheResult:
     """Fill (or finish) the cache at ``config.out``; returns what was done, skipped and failed."""
     start = time.perf_counter()
+    prepare_output_dir(config.out, "cache folder")  # before the teacher loads: a bad --out costs nothing
     result = _run_ray(config) if config.engine == "ray" else _run_local(config)
     result.seconds = time.perf_counter() - start
     return result

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from distill.cache import TeacherCache
+from distill.core.paths import prepare_output_dir
 from distill.students import (
     assistant_sizes,
     auto_assistants,
@@ -201,7 +202,7 @@ def train_student(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, dist) -> TrainResult:
-    out = Path(config.out)
+    out = prepare_output_dir(config.out, "run folder")
     cache = TeacherCache.open(config.cache)
     teacher = cache.spec.teacher
     output_kind, channels, teacher_params = (teacher["output_kind"], list(teacher["channels"]),

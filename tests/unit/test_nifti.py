@@ -72,7 +72,7 @@ def test_truncated_uncompressed_names_the_file(tmp_path, oblique_affine):
     path = write_nifti(tmp_path / "t.nii", np.ones((20, 20, 20), np.float32), oblique_affine)
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) - 1000])
-    with pytest.raises(DataError, match=r"t\.nii: truncated or corrupt"):
+    with pytest.raises(DataError, match=r"t\.nii: .*truncated"):
         read_nifti(path)
 
 

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from synthetic_data import synthetic_case
 
+from distill.core.hashing import canonical_hash
 from distill.data.nifti import write_nifti
 from distill.infer.backends import BackendOptionError, BackendSpec
 from distill.infer.bench import latency_stats
 from distill.infer.predictor import binary_entropy
 from distill.package import (
     FORMAT_VERSION,
+    MANIFEST_HASH_NAME,
     MANIFEST_NAME,
     ModelPackage,
     PackageError,
@@ -58,10 +60,17 @@ def package_copy(package_dir, tmp_path) -> Path:
     return Path(shutil.copytree(package_dir, tmp_path / "copy"))
 
 
+def save_manifest(package: Path, manifest: dict) -> None:
+    """Write a changed manifest *with* a matching hash, as a crafted package would: the checks
+    behind the integrity hash must hold on their own."""
+    (package / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (package / MANIFEST_HASH_NAME).write_text(canonical_hash(manifest) + "\n")
+
+
 def rewrite_manifest(package: Path, **changes) -> None:
     manifest = json.loads((package / MANIFEST_NAME).read_text())
     manifest.update(changes)
-    (package / MANIFEST_NAME).write_text(json.dumps(manifest))
+    save_manifest(package, manifest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +79,7 @@ def rewrite_manifest(package: Path, **changes) -> None:
 
 def test_package_holds_the_documented_files_and_lists_their_hashes(package_dir):
     names = sorted(p.relative_to(package_dir).as_posix() for p in package_dir.rglob("*") if p.is_file())
-    assert names == ["model.json", "model.onnx", "model.pt"]
+    assert names == ["model.json", "model.json.sha256", "model.onnx", "model.pt"]
     manifest = json.loads((package_dir / MANIFEST_NAME).read_text())
     assert set(manifest["files"]) == {"model.onnx", "model.pt"}
     import hashlib
@@ -162,7 +171,7 @@ def test_a_folder_without_manifest_is_not_a_package(tmp_path):
 def test_manifest_paths_cannot_leave_the_package(package_copy):
     manifest = json.loads((package_copy / MANIFEST_NAME).read_text())
     manifest["files"]["../outside.bin"] = {"sha256": "0" * 64, "bytes": 0}
-    (package_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    save_manifest(package_copy, manifest)
     with pytest.raises(PackageError, match="points outside the package"):
         ModelPackage.open(package_copy)
     for bad in ("/etc/passwd", "a/../../b", "..\\x"):
@@ -271,6 +280,27 @@ def test_a_missing_section_is_named(package_copy):
     (package_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match="postprocessing: missing"):
         ModelPackage.open(package_copy, verify=False)
+
+
+def test_a_plausible_hand_edit_is_refused_by_the_manifest_hash(package_copy):
+    manifest = json.loads((package_copy / MANIFEST_NAME).read_text())
+    manifest["output"]["thresholds"]["ET"] = 0.3  # a valid value: only the hash can tell
+    (package_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="edited after export") as caught:
+        ModelPackage.open(package_copy, verify=False)
+    assert str(package_copy / MANIFEST_NAME) in str(caught.value) and "--thresholds" in str(caught.value)
+
+
+def test_reformatting_the_manifest_keeps_its_hash_valid(package_copy):
+    manifest = json.loads((package_copy / MANIFEST_NAME).read_text())
+    (package_copy / MANIFEST_NAME).write_text(json.dumps(manifest, indent=None, sort_keys=True))
+    assert ModelPackage.open(package_copy).thresholds == tuple(manifest["output"]["thresholds"].values())
+
+
+def test_a_package_without_its_manifest_hash_is_refused(package_copy):
+    (package_copy / MANIFEST_HASH_NAME).unlink()
+    with pytest.raises(PackageError, match=r"model\.json\.sha256: missing"):
+        ModelPackage.open(package_copy)
 
 
 def test_the_manifest_round_trips_through_its_typed_form(package_dir):

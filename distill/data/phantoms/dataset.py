@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from distill.core.paths import prepare_output_dir
+from distill.core.provenance import claim_output
 from distill.data.phantoms.config import PhantomConfig
 from distill.data.phantoms.generate import make_phantom
 from distill.data.phantoms.layouts import case_files, finish_dataset, refuse_foreign_nnunet_cases, write_case
@@ -46,6 +49,17 @@ def case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0])
 
 
+RECORD_NAME = "distill_phantoms.json"
+# fields without a flag of their own are named as the library spells them
+_RECORD_FLAGS = {**{f.name: f"PhantomConfig.{f.name}" for f in dataclasses.fields(PhantomConfig)},
+                 "seed": "--seed", "layout": "--layout", "spacing_mm": "--spacing"}
+
+
+def _record_options(seed: int, layout: str, config: PhantomConfig) -> dict:
+    """What decides the files of case k (not the number of cases: case k never depends on it)."""
+    return {"seed": seed, "layout": layout, **dataclasses.asdict(config)}
+
+
 def write_phantoms(
     out_dir: Path,
     n_cases: int,
@@ -62,8 +76,10 @@ def write_phantoms(
       ``dataset.json`` for region training, written last.
 
     Case ``k`` uses :func:`case_seed` ``(seed, k)``, so it is the same whatever ``n_cases``.
-    Cases whose files all exist are skipped, so an interrupted run can be resumed; the
-    files are not checked against ``seed`` or ``config``, so resume with the same settings.
+    Cases whose files all exist are skipped, so an interrupted run can be resumed (or grown
+    with a larger ``n_cases``). The seed, layout and every :class:`PhantomConfig` field are
+    recorded in ``distill_phantoms.json``; a rerun with any other value stops, naming it,
+    before writing a file.
     """
     config = config or PhantomConfig()
     out_dir = Path(out_dir)
@@ -73,20 +89,24 @@ def write_phantoms(
         raise DistillError(f"phantom seed must be non-negative, got {seed}")
     case_files(out_dir, case_id(0), layout)  # validates the layout before any work
     ids = tuple(case_id(i) for i in range(n_cases))
+    prepare_output_dir(out_dir, "phantom folder")
     if layout == "nnunet":
         refuse_foreign_nnunet_cases(out_dir, ids)
+    claim_output(out_dir, RECORD_NAME, "distill data phantoms", _record_options(seed, layout, config),
+                 flags=_RECORD_FLAGS)  # fmt: skip
 
     written, skipped, seconds = [], [], 0.0
-    for index in tqdm(range(n_cases), desc="phantoms", unit="case", disable=not progress):
-        cid = ids[index]
-        files = case_files(out_dir, cid, layout)
-        if all(path.is_file() for path in files.values()):
-            skipped.append(cid)
-            continue
-        start = time.perf_counter()
-        write_case(make_phantom(case_seed(seed, index), config), out_dir, cid, layout)
-        seconds += time.perf_counter() - start
-        written.append(cid)
+    with tqdm(range(n_cases), desc="phantoms", unit="case", disable=not progress) as bar:
+        for index in bar:
+            cid = ids[index]
+            files = case_files(out_dir, cid, layout)
+            if all(path.is_file() for path in files.values()):
+                skipped.append(cid)
+                continue
+            start = time.perf_counter()
+            write_case(make_phantom(case_seed(seed, index), config), out_dir, cid, layout)
+            seconds += time.perf_counter() - start
+            written.append(cid)
 
     finish_dataset(out_dir, layout, n_cases, seed, config)
     return PhantomResult(
