@@ -17,7 +17,7 @@ from typing import Any
 
 from distill.cache.entries import CaseEntry
 from distill.cache.format import CacheError
-from distill.core.atomic import PARTIAL_SUFFIX, atomic_write_json
+from distill.core.atomic import PARTIAL_SUFFIX, atomic_write_json, current_umask
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -39,6 +39,7 @@ def publish_once(target: Path, obj: Any) -> None:
             fh.write(json.dumps(obj, indent=2) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes it 0600; outputs follow the umask
         try:
             os.link(tmp_name, target)
         except FileExistsError:

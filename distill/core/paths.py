@@ -107,18 +107,22 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_partials(folder: str | os.PathLike[str], depth: int = 1) -> list[Path]:
     """Delete the temporary files that killed writers left in ``folder``; returns what was removed.
 
     A temporary written by :func:`distill.core.atomic.atomic_path` carries its writer's process
     id; it is removed only when that process no longer runs on this machine, so a concurrent
     writer's file is left alone. Temporaries from before the process id was recorded are removed.
+    ``depth`` > 1 also looks into subfolders that many levels down (a dataset's case folders).
     """
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
+        if depth > 1 and entry.is_dir() and not entry.is_symlink():
+            removed += remove_stale_partials(entry, depth - 1)
+            continue
         match = _PARTIAL.match(entry.name)
         if match is None or not entry.is_file():
             continue

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from distill import __version__
 from distill.core.atomic import atomic_write_json
-from distill.core.paths import prepare_output_dir
+from distill.core.paths import prepare_output_dir, remove_stale_partials
 from distill.core.provenance import claim_output
 from distill.data.case import load_case
 from distill.data.conventions import get_convention, resolve_convention
@@ -223,6 +223,7 @@ def convert_to_nnunet(config: ConvertConfig) -> ConvertResult:
     start = time.perf_counter()
     written = skipped = 0
     dataset_dir = prepare_output_dir(config.dataset_dir, "dataset folder")
+    remove_stale_partials(dataset_dir, depth=2)  # imagesTr/, labelsTr/, imagesTs/
     claim_output(dataset_dir, RECORD_NAME, "distill data convert", _record_options(config),
                  flags=_RECORD_FLAGS, legacy=_legacy_options(config))  # fmt: skip
     writer = NnUNetDatasetWriter(dataset_dir)

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from distill.core.atomic import atomic_write_json, atomic_write_text
-from distill.core.paths import prepare_output_dir
+from distill.core.paths import prepare_output_dir, remove_stale_partials
 from distill.data.conventions import REGIONS, LabelConvention, resolve_convention
 from distill.data.discovery import LabelMaps, find_label_maps
 from distill.data.nifti import DEFAULT_MAX_VOXELS, Volume, read_nifti
@@ -135,6 +135,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
     that decide the convention (the union over all its files), once to score.
     """
     prepare_output_dir(config.out_dir, "report folder")  # before any work: a bad --out loses nothing
+    remove_stale_partials(config.out_dir)
     gt_maps = find_label_maps(config.gt_dir)
     pred_maps = find_label_maps(config.pred_dir)
     pairs, unmatched, skipped = match_cases(gt_maps, pred_maps, config.allow_missing)

@@ -104,6 +104,15 @@ def test_outputs_follow_the_umask(tmp_path, mask, mode):
     assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
+def test_every_cache_file_follows_the_umask(stub_cache):
+    from distill.core.atomic import current_umask
+
+    expected = 0o666 & ~current_umask()
+    modes = {p.relative_to(stub_cache).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in stub_cache.rglob("*") if p.is_file()}  # fmt: skip
+    assert "spec.json" in modes and {m for m in modes.values()} == {expected}, modes
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. reruns with other options
 
@@ -335,6 +344,20 @@ def test_predict_removes_the_partial_files_of_killed_runs_only(monkeypatch, caps
         path.write_bytes(b"\0" * 1000)
     assert distill(monkeypatch, capsys, "predict", package, cases, out, "--no-progress")[0] == 0
     assert not dead.exists() and not legacy.exists() and live.exists()
+
+
+def test_convert_and_phantoms_remove_partials_of_killed_runs(monkeypatch, capsys, cases, tmp_path):
+    raw = tmp_path / "raw"
+    assert distill(monkeypatch, capsys, "data", "convert", cases, raw, "-d", "9", "--spacing", "6")[0] == 0
+    dead = raw / "Dataset009_BraTS" / "labelsTr" / ".Phantom_00000.nii.gz.pid999999999.q1.partial.nii.gz"
+    dead.write_bytes(b"\0")
+    assert distill(monkeypatch, capsys, "data", "convert", cases, raw, "-d", "9", "--spacing", "6")[0] == 0
+    assert not dead.exists()
+    assert distill(monkeypatch, capsys, "data", "phantoms", tmp_path / "ph", "-n", "1", "--spacing", "6")[0] == 0
+    dead = tmp_path / "ph" / "Phantom_00000" / ".Phantom_00000_seg.nii.gz.pid999999999.q2.partial.nii.gz"
+    dead.write_bytes(b"\0")
+    assert distill(monkeypatch, capsys, "data", "phantoms", tmp_path / "ph", "-n", "1", "--spacing", "6")[0] == 0
+    assert not dead.exists()
 
 
 def test_stale_partials_are_matched_by_the_writers_naming(tmp_path):

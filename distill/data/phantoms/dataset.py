@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from distill.core.paths import prepare_output_dir
+from distill.core.paths import prepare_output_dir, remove_stale_partials
 from distill.core.provenance import claim_output
 from distill.data.phantoms.config import PhantomConfig
 from distill.data.phantoms.generate import make_phantom
@@ -90,6 +90,7 @@ def write_phantoms(
     case_files(out_dir, case_id(0), layout)  # validates the layout before any work
     ids = tuple(case_id(i) for i in range(n_cases))
     prepare_output_dir(out_dir, "phantom folder")
+    remove_stale_partials(out_dir, depth=2)  # case folders, or imagesTr/ and labelsTr/
     if layout == "nnunet":
         refuse_foreign_nnunet_cases(out_dir, ids)
     claim_output(out_dir, RECORD_NAME, "distill data phantoms", _record_options(seed, layout, config),
