@@ -6,10 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from synthetic_data import synthetic_case
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BRATS18_DIR = REPO_ROOT.parent / "shared" / "data" / "brats18"
+
+
+# hypothesis: a plain run stays short and repeatable; `--hypothesis-profile=thorough` searches long.
+# Tests that state max_examples themselves keep it.
+settings.register_profile("distill", max_examples=25)
+settings.register_profile("thorough", max_examples=500)
+settings.load_profile("distill")
 
 
 @pytest.fixture(scope="session")
