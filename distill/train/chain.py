@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from distill.cache import TeacherCache
+from distill.core.hashing import file_sha256
 from distill.core.paths import prepare_output_dir
+from distill.data.discovery import MODALITIES
 from distill.students import (
     assistant_sizes,
     auto_assistants,
@@ -192,6 +194,36 @@ def share_first_link(source_run: Path, target_run: Path) -> bool:
     return True
 
 
+def live_nnunet_teacher(config: TrainConfig, cache: TeacherCache, channels: list[str], device) -> LiveTeacher:
+    """One fold of the cache's nnU-Net teacher, run live for feature losses (not for KD).
+
+    Raises:
+        TrainConfigError: the cache's teacher is not an nnU-Net ensemble, the fold is not one of
+            its members, or the fold's checkpoint differs from the one that made the cache.
+    """
+    from distill.teacher.features import nnunet_feature_network  # nnU-Net is imported only when asked for
+
+    identity = cache.spec.teacher.get("identity") or {}
+    checkpoints = identity.get("checkpoints") if isinstance(identity, dict) else None
+    if not checkpoints:
+        raise TrainConfigError(f"{config.cache}: the cache's teacher records no nnU-Net checkpoints; "
+                               "teacher_model_dir works with caches of an nnU-Net teacher")  # fmt: skip
+    fold = config.teacher_fold or next(iter(checkpoints))
+    fold = fold if fold.startswith("fold_") else f"fold_{fold}"
+    if fold not in checkpoints:
+        raise TrainConfigError(f"teacher_fold {fold}: not a member of the cache's teacher ({', '.join(checkpoints)})")
+    name = identity.get("checkpoint_name", "checkpoint_final.pth")
+    path = Path(config.teacher_model_dir) / fold / name
+    if not path.is_file():
+        raise TrainConfigError(f"{path}: missing; teacher_model_dir must be the nnU-Net model folder the cache used")
+    if file_sha256(path) != checkpoints[fold]:
+        raise TrainConfigError(f"{path}: not the checkpoint the cache's teacher used (its sha256 differs from "
+                               f"{config.cache}/spec.json); point teacher_model_dir at that model folder")  # fmt: skip
+    network = nnunet_feature_network(Path(config.teacher_model_dir), fold, channels=channels, modalities=MODALITIES,
+                                     checkpoint=name, device=str(device))  # fmt: skip
+    return LiveTeacher(name=f"nnunet_{fold}", model=network, distils_outputs=False)
+
+
 def train_student(config: TrainConfig) -> TrainResult:
     """Train the chain described by ``config`` (resuming what exists in ``config.out``)."""
     dist = init_distributed(config.device)
@@ -225,6 +257,8 @@ def _train(config: TrainConfig, dist) -> TrainResult:
 
     links: list[LinkResult] = []
     live: list[LiveTeacher] = []
+    # the first link learns from the cache; with teacher_model_dir it also sees nnU-Net's features
+    feature_teacher = live_nnunet_teacher(config, cache, channels, dist.device) if config.teacher_model_dir else None
     start = time.perf_counter()
     for index, size in enumerate(sizes):
         is_final = index == len(sizes) - 1
@@ -239,7 +273,8 @@ def _train(config: TrainConfig, dist) -> TrainResult:
                                et_fraction=config.et_fraction)  # fmt: skip
         link = LinkConfig(name=name, link_dir=out / "links" / name, train=config, output_kind=output_kind,
                           has_ground_truth=has_ground_truth, val_case_ids=tuple(val_ids))  # fmt: skip
-        result = train_link(link, student=model, sampler=sampler, dist=dist, live_teachers=live)
+        teachers_of_link = live if live else [t for t in (feature_teacher,) if t is not None]
+        result = train_link(link, student=model, sampler=sampler, dist=dist, live_teachers=teachers_of_link)
         links.append(result)
         model.eval().requires_grad_(False)
         live.append(LiveTeacher(name=name, model=model))

@@ -60,6 +60,15 @@ class TrainConfig:
         graph_flow_weight: weight of 3D graph-flow distillation (links fed by a live teacher);
             ramped in over ``graph_flow_ramp`` steps after ``graph_flow_start``.
         graph_flow_stages: (shallow, deep) feature names used on both student and teacher.
+        paraphraser_steps, paraphraser_batches: pre-training of graph flow's paraphrasers on the
+            live teacher's features: optimiser steps, over this many sampled batches.
+        teacher_model_dir: the nnU-Net model folder of the cache's teacher. When set, the first
+            link runs one of its folds live (:mod:`distill.teacher.features`), so graph flow and
+            region affinity distil from the nnU-Net teacher's own features; KD still comes from
+            the cache. The fold's checkpoint must be the one the cache recorded.
+        teacher_fold: which fold runs live (default: the cache's first).
+        region_affinity_weight: weight of Qin et al.'s region-affinity loss between the student's
+            and the live teacher's ``region_affinity_stage`` features (needs ground truth).
         boundary_weight: Kervadec boundary loss, ramped in over the second half of each link.
         uncertainty_weighting: down-weight KD where the teacher ensemble disagrees.
         val_cases: held-out cache cases scored by sliding-window inference (chosen by hash).
@@ -89,6 +98,11 @@ class TrainConfig:
     graph_flow_ramp: int = 50
     graph_flow_stages: tuple[str, str] = ("enc1", "bottleneck")
     paraphraser_steps: int = 100
+    paraphraser_batches: int = 4
+    teacher_model_dir: str | None = None
+    teacher_fold: str | None = None
+    region_affinity_weight: float = 0.0
+    region_affinity_stage: str = "dec1"
     boundary_weight: float = 0.0
     uncertainty_weighting: bool = False
     foreground_fraction: float = 0.33
@@ -145,6 +159,12 @@ class TrainConfig:
         width = self.min_first_width
         if isinstance(width, bool) or not isinstance(width, int) or not 0 <= width <= 64:
             raise TrainConfigError(f"min_first_width must be a channel count in [0, 64]; got {self.min_first_width!r}")
+        if self.paraphraser_batches < 1 or self.paraphraser_steps < 0:
+            raise TrainConfigError("paraphraser_batches must be at least 1 and paraphraser_steps at least 0")
+        if self.region_affinity_weight < 0:
+            raise TrainConfigError(f"region_affinity_weight must be non-negative; got {self.region_affinity_weight}")
+        if self.teacher_fold is not None and self.teacher_model_dir is None:
+            raise TrainConfigError("teacher_fold names a fold of teacher_model_dir: set teacher_model_dir too")
         if self.calibrate_thresholds and self.val_cases < 1:
             raise TrainConfigError("calibrate_thresholds needs validation cases: set val_cases to 1 or more")
 
@@ -169,15 +189,21 @@ class TrainConfig:
         Options added after the first release count only when they differ from their default,
         so a run folder started before they existed resumes with its old hash.
         """
-        ignored = {"out", "progress", "device", "val_every", "checkpoint_every", "recipe"}
+        # the live teacher's folder is where it lies, not what it is: its checkpoint is checked
+        # against the cache's record, and the fold is hashed
+        ignored = {"out", "progress", "device", "val_every", "checkpoint_every", "recipe", "teacher_model_dir"}
         defaults = option_defaults()
-        return canonical_hash({k: v for k, v in self.to_dict().items()
-                               if k not in ignored and not (k in LATER_OPTIONS and v == defaults[k])})  # fmt: skip
+        hashed = {k: v for k, v in self.to_dict().items()
+                  if k not in ignored and not (k in LATER_OPTIONS and v == defaults[k])}  # fmt: skip
+        if self.teacher_model_dir is not None:
+            hashed["live_teacher"] = True
+        return canonical_hash(hashed)
 
 
 #: Options added after run folders were first written; hashed only when not at their default.
 LATER_OPTIONS = ("kd_correction", "kd_balance", "kd_warmup_steps", "lr_schedule", "lr_warmup_steps", "et_fraction",
-                 "min_first_width", "calibrate_thresholds")  # fmt: skip
+                 "min_first_width", "calibrate_thresholds", "paraphraser_batches", "teacher_fold",
+                 "region_affinity_weight", "region_affinity_stage")  # fmt: skip
 
 
 def option_defaults() -> dict[str, Any]:

@@ -69,10 +69,16 @@ class LinkConfig:
 
 @dataclass
 class LiveTeacher:
-    """A trained model of the chain used as a teacher in the loop (frozen, eval mode)."""
+    """A trained model run as a teacher in the loop (frozen, eval mode).
+
+    ``distils_outputs``: its probabilities are a KD target (an assistant of the chain). The
+    nnU-Net fold run live in the first link gives features only: KD there comes from the
+    cache, whose 8-TTA ensemble maps are the better target.
+    """
 
     name: str
     model: torch.nn.Module
+    distils_outputs: bool = True
 
 
 @dataclass
@@ -91,11 +97,12 @@ KD_OVER_TEACHERS = {"sigmoid": "kd_sigmoid_teachers", "softmax": "kd_softmax_tea
 
 
 def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: bool,
-                    graph_flow: dict[str, Any] | None = None) -> CompositeLoss:
+                    graph_flow: dict[str, Any] | None = None, live_teacher: bool = False) -> CompositeLoss:
     """The composite loss of a link (terms with weight 0 are left out).
 
     ``graph_flow``: the :class:`~distill.losses.GraphFlowLoss` options (from a live teacher), or
-    ``None`` for no graph-flow term. Terms come from :func:`distill.losses.build_loss`.
+    ``None`` for no graph-flow term. ``live_teacher``: a teacher runs in the loop, so feature
+    terms (region affinity) can be built. Terms come from :func:`distill.losses.build_loss`.
     """
     terms = []
     supervised_weight = 1.0 - config.kd_weight
@@ -126,6 +133,12 @@ def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: boo
                                 inputs={"student_shallow": "student_shallow", "student_deep": "student_deep",
                                         "teacher_shallow": "teacher_shallow", "teacher_deep": "teacher_deep"},
                                 **graph_flow))  # fmt: skip
+    if config.region_affinity_weight > 0 and live_teacher:
+        if not has_ground_truth:
+            raise TrainConfigError("region_affinity_weight needs the ground-truth regions in the cache")
+        terms.append(build_loss("region_affinity", weight=config.region_affinity_weight,
+                                inputs={"student_features": "student_affinity", "teacher_features": "teacher_affinity",
+                                        "region_masks": "regions"}))  # fmt: skip
     if config.boundary_weight > 0 and has_ground_truth:
         # Boundary loss is ramped in over the second half of the link (Kervadec et al. 2021).
         terms.append(build_loss("boundary", weight=config.boundary_weight,
@@ -189,7 +202,7 @@ def _graph_flow_options(config: TrainConfig, student, teacher: LiveTeacher, samp
     nodes = max(1, min(4, *(p // coarsest for p in config.patch_size)))
     features = {shallow: [], deep: []}
     with torch.no_grad():
-        for _ in range(4):
+        for _ in range(config.paraphraser_batches):
             batch = sampler.sample(config.batch_size).to(device)
             _, teacher_features = teacher.model(batch.images, return_features=True)
             for name in features:
@@ -230,9 +243,10 @@ def _teacher_inputs(batch: Batch, live: Sequence[LiveTeacher], config: TrainConf
                     need_features: bool, output_kind: str):
     """Teacher probabilities (and live-teacher features) for one batch; DGKD drops one at random."""
     sources: list[tuple[str, object]] = []
-    if not live or config.dense_guidance:
+    kd_live = [t for t in live if t.distils_outputs]
+    if not kd_live or config.dense_guidance:
         sources.append(("cache", None))
-    sources += [(t.name, t) for t in (live if config.dense_guidance else live[-1:])]
+    sources += [(t.name, t) for t in (kd_live if config.dense_guidance else kd_live[-1:])]
     if config.dense_guidance and len(sources) > 1:
         sources.pop(int(rng.integers(len(sources))))
     teachers, uncertainties, features = [], [], None
@@ -340,7 +354,14 @@ def _build_link_loss(
     graph_flow = None
     if config.graph_flow_weight > 0 and live:  # feature losses need a teacher run live, never the cache
         graph_flow = _graph_flow_options(config, student, live[-1], sampler, device)
-    return build_link_loss(config, link.output_kind, link.has_ground_truth, graph_flow).to(device)
+    if config.region_affinity_weight > 0 and live:
+        stage = config.region_affinity_stage
+        for model in (student, live[-1].model):
+            if stage not in model.feature_channels():
+                raise TrainConfigError(f"region_affinity_stage {stage!r} is not a feature of "
+                                       f"{type(model).__name__} ({', '.join(model.feature_channels())})")
+    return build_link_loss(config, link.output_kind, link.has_ground_truth, graph_flow,
+                           live_teacher=bool(live)).to(device)
 
 
 def _resume(link: LinkConfig, training: _Training, sampler: PatchSampler, dist: DistInfo) -> None:
@@ -370,9 +391,9 @@ def _train_step(
     for group in training.optimizer.param_groups:
         group["lr"] = lr
     batch = sampler.sample(config.batch_size).to(device)
-    graph_term = next((t for t in training.loss_fn.terms if t.name == "graph_flow"), None)
-    # teacher features cost a forward pass: only fetch them while graph flow is switched on
-    need_features = graph_term is not None and graph_term.weight_at(training.step) > 0
+    feature_terms = [t for t in training.loss_fn.terms if t.name in ("graph_flow", "region_affinity")]
+    # teacher features cost a forward pass: only fetch them while a feature term is switched on
+    need_features = any(t.weight_at(training.step) > 0 for t in feature_terms)
     teachers, uncertainties, teacher_features = _teacher_inputs(batch, live, config, training.rng, need_features,
                                                                 link.output_kind)  # fmt: skip
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
@@ -384,6 +405,9 @@ def _train_step(
         shallow, deep = config.graph_flow_stages
         tensors.update(student_shallow=features[shallow].float(), student_deep=features[deep].float(),
                        teacher_shallow=teacher_features[shallow], teacher_deep=teacher_features[deep])  # fmt: skip
+        if config.region_affinity_weight > 0:
+            stage = config.region_affinity_stage
+            tensors.update(student_affinity=features[stage].float(), teacher_affinity=teacher_features[stage])
     total, logs = training.loss_fn(training.step, **tensors)
     training.optimizer.zero_grad(set_to_none=True)
     total.backward()

@@ -86,6 +86,32 @@ def test_chain_with_graph_flow_trains_every_link(stub_cache, tmp_path):
         assert (tmp_path / "run" / "links" / link["name"] / "weights.pt").is_file()
 
 
+@pytest.mark.nnunet
+@pytest.mark.slow
+def test_graph_flow_and_region_affinity_from_the_live_nnunet_teacher(nnunet_teacher, phantom_cache, tmp_path):
+    """Link 0 (direct KD) runs fold 0 of the cache's own nnU-Net teacher for its features."""
+    model_dir = str(nnunet_teacher.model_dir)
+    train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=20000,
+                              teacher_model_dir=model_dir, graph_flow_weight=1.0, graph_flow_ramp=0,
+                              region_affinity_weight=1.0, paraphraser_steps=5, paraphraser_batches=2,
+                              **FAST))  # fmt: skip
+    rows = _log(tmp_path / "run")
+    assert len(rows) == FAST["steps"] and all(float(r["graph_flow/raw"]) > 0 for r in rows)
+    assert all(np.isfinite(float(r["region_affinity/raw"])) for r in rows) and float(rows[0]["kd/weight"]) > 0
+    # the fold must be one the cache recorded, with the same checkpoint
+    with pytest.raises(TrainConfigError, match="not a member of the cache's teacher"):
+        train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "other", params=20000,
+                                  teacher_model_dir=model_dir, teacher_fold="3", graph_flow_weight=1.0, **FAST))
+    with pytest.raises(TrainConfigError, match="records no nnU-Net checkpoints"):
+        from distill.cache import TeacherCache
+        from distill.train.chain import live_nnunet_teacher
+
+        cache = TeacherCache.open(phantom_cache)
+        cache.spec.teacher["identity"] = {}
+        live_nnunet_teacher(TrainConfig(cache=phantom_cache, out=tmp_path / "x", params=20000,
+                                        teacher_model_dir=model_dir), cache, ["WT", "TC", "ET"], "cpu")
+
+
 def test_graph_flow_chain_shares_the_plain_chains_first_link(stub_cache, tmp_path):
     """Link 0 of a chain is the same with or without graph flow: training it once gives identical weights."""
     from distill.train.chain import share_first_link

@@ -34,7 +34,7 @@ ALLOWED = {
     "cache": {"core", "data", "errors"},
     "teacher": {"cache", "core", "data", "errors", "eval"},
     "export": {"cache", "core", "data", "errors", "infer", "package", "students"},
-    "train": {"cache", "core", "data", "errors", "eval", "infer", "losses", "students"},
+    "train": {"cache", "core", "data", "errors", "eval", "infer", "losses", "students", "teacher"},
     "serve": {"core", "data", "errors", "infer", "package"},
 }
 TOP = {"cli", "cli_infer", "demo", "__main__", "__init__"}

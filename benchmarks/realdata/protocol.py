@@ -1,0 +1,374 @@
+"""Fold-matched protocol over the real BraTS 2018 cases: does distillation beat labels alone?
+
+Four test cases cannot tell a real effect from noise, and choosing a recipe on them would leak.
+This protocol uses nnU-Net's own 5-fold split of the 10 training cases (``splits_final.json``):
+
+  for each teacher fold k:
+    cache      fold k's network alone (8 mirrorings) on its 8 training cases, in-sample as any
+               KD teacher is, at the students' 2 mm grid; the 2 held-out cases never enter it.
+    teacher    fold k alone (8-TTA) on its 2 held-out cases at their 1 mm grid, the teacher
+               figure each of this fold's students is held against.
+    students   per size and variant, once per seed: trained on the 8 cases of the fold's cache
+               (``--recipe brats-100k`` / ``brats-30k`` schedules for every variant, so the
+               variants differ only in what they learn from), exported, run on the 2 held-out
+               cases at 1 mm, scored against the experts and against fold k's teacher.
+  summary      over the 10 held-out cases (2 per fold) and the seeds: each variant minus the
+               label-only student and the teacher minus the label-only student, as paired
+               differences with a two-stage bootstrap (cases, then seeds; distill.eval.paired),
+               and the retention of the teacher's mean Dice by each distilled variant.
+
+Recipes are chosen on these held-out (validation) cases; the 4 test cases stay for the final
+students of run_realdata.py. Every stage writes its record into WORK/stages and a copy into
+``protocol/records/`` beside this file (commit it as it lands): on a fresh clone a finished
+stage is not run again, so a lost machine costs at most the stage that was running.
+
+    python benchmarks/realdata/protocol.py --data ../shared/data/brats18 --folds 0 1 2 3 4 \\
+        --sizes 100000 30000 --variants gt kd_plain recipe --seeds 0 1
+
+A fold whose teacher is not trained yet is trained first (nnU-Net's own trainer, resumable,
+``--teacher-iterations`` as in run_realdata.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run_realdata as rr  # noqa: E402  (this folder's pipeline: split, convert, teacher folds)
+
+RECORDS = HERE / "protocol" / "records"
+RECIPE_FOR_SIZE = {100_000: "brats-100k", 30_000: "brats-30k"}
+#: What each variant changes on top of its size's recipe. Every variant keeps the recipe's
+#: schedule, sampling and threshold calibration, so a difference is what the student learns from.
+VARIANTS = {
+    "gt": {"kd_weight": 0.0},  # the expert labels alone
+    "kd_plain": {"kd_weight": 0.7, "temperature": 2.0, "kd_correction": "none", "kd_balance": "voxel",
+                 "kd_warmup_steps": 0},  # the KD of the first benchmark, on the recipe's schedule
+    "recipe": {},  # label-corrected, region-balanced KD as the recipe sets it
+    "recipe_no_adjust": {"kd_correction": "none"},  # ablation: without knowledge adjustment
+    "recipe_voxel": {"kd_balance": "voxel"},  # ablation: without region balancing
+    # graph flow from the fold's own nnU-Net network run live (distill.teacher.features), on top
+    # of the recipe; paraphrasers pre-trained for 300 steps on 32 batches of its features
+    "recipe_graph_flow": {"live_teacher": True, "graph_flow_weight": 1.0, "paraphraser_steps": 300,
+                          "paraphraser_batches": 32},
+}  # fmt: skip
+BASELINE = "gt"
+
+
+class ProtocolPipeline(rr.Pipeline):
+    """Stage records in WORK/stages, mirrored into ``protocol/records/`` (committed)."""
+
+    @property
+    def records(self) -> Path:
+        return self.args.records
+
+    def done(self, stage: str) -> dict | None:
+        return super().done(stage) or _read(self.records / f"{stage}.json")
+
+    def finish(self, stage: str, record: dict) -> dict:
+        record = super().finish(stage, record)
+        self.records.mkdir(parents=True, exist_ok=True)
+        tmp = self.records / f".{stage}.json.partial"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.records / f"{stage}.json")
+        return record
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def fold_split(p: rr.Pipeline, fold: int) -> tuple[list[str], list[str]]:
+    """``(training cases, held-out cases)`` of nnU-Net fold ``fold``, from its ``splits_final.json``."""
+    splits = (p.work / "teacher" / "nnUNet_preprocessed" / f"Dataset{rr.DATASET_ID:03d}_{rr.DATASET_NAME}"
+              / "splits_final.json")  # fmt: skip
+    if not splits.is_file():
+        raise SystemExit(f"{splits}: missing; the teacher's planning (run_realdata.py --until teacher) makes it")
+    entry = json.loads(splits.read_text())[fold]
+    return sorted(entry["train"]), sorted(entry["val"])
+
+
+def fold_dir(p: rr.Pipeline, fold: int) -> Path:
+    return p.work / "protocol" / f"fold_{fold}"
+
+
+def link_cases(folder: Path, source: Path, cases: list[str]) -> Path:
+    """A folder of links to the named case folders of ``source`` (never copies of the data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        link = folder / case
+        if not link.exists():
+            link.symlink_to((source / case).resolve(), target_is_directory=True)
+    return folder
+
+
+def training_subset(p: rr.Pipeline, fold: int) -> Path:
+    """The 2 mm nnU-Net raw dataset restricted to fold ``fold``'s training cases (links)."""
+    train, _ = fold_split(p, fold)
+    source = p.work / "nnunet_raw" / f"Dataset{rr.DATASET_ID:03d}_{rr.DATASET_NAME}"
+    target = fold_dir(p, fold) / "raw" / source.name
+    for sub in ("imagesTr", "labelsTr"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / sub).iterdir()):
+            case = path.name.split(".")[0].rsplit("_", 1)[0] if sub == "imagesTr" else path.name.split(".")[0]
+            link = target / sub / path.name
+            if case in train and not link.exists():
+                link.symlink_to(path.resolve())
+    dataset = json.loads((source / "dataset.json").read_text())
+    dataset["numTraining"] = len(train)
+    (target / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    return target
+
+
+def stage_fold_teacher(p: rr.Pipeline, fold: int) -> dict:
+    """Train (or restore) fold ``fold``, then score it alone with 8-TTA on its held-out cases at 1 mm."""
+    model_dir = rr.teacher_model_dir(p)
+    if (model_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():  # finished in this work folder
+        record = {"fold": fold, "iterations": p.args.teacher_iterations,
+                  "cross_validation": rr.cross_validation_dice(model_dir, (fold,)).get(f"fold_{fold}")}  # fmt: skip
+    else:
+        record = rr.train_teacher_fold(p, fold)
+    _, held_out = fold_split(p, fold)
+    cases = link_cases(fold_dir(p, fold) / "held_out", p.work / "split" / "train", held_out)
+    predictions = fold_dir(p, fold) / "predictions" / "teacher"
+    seconds = predict_teacher(p, (f"fold_{fold}",), cases, predictions)
+    return {"fold": fold, "held_out": held_out, "training": record, "seconds_per_case": seconds,
+            "vs_ground_truth": evaluate_folder(predictions, cases, fold_dir(p, fold) / "evaluation" / "teacher")}
+
+
+def predict_teacher(p: rr.Pipeline, folds: tuple[str, ...], cases: Path, out: Path) -> float:
+    """The teacher's label maps (nnU-Net's predictor, 8-TTA, WT ⊇ TC ⊇ ET); seconds per case."""
+    from distill.data.case import load_case
+    from distill.data.conventions import get_convention
+    from distill.data.discovery import find_cases
+    from distill.data.nifti import write_nifti
+    from distill.infer.postprocess import enforce_hierarchy
+    from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
+
+    torch.set_num_threads(p.args.threads)
+    teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=rr.teacher_model_dir(p), folds=folds, tta="mirror8"))
+    out.mkdir(parents=True, exist_ok=True)
+    start, found = time.perf_counter(), find_cases(cases)
+    for files in found:
+        case = load_case(files, with_labels=False)
+        probabilities, _ = teacher.predict_timed(case)
+        labels = get_convention("brats2017").from_regions(enforce_hierarchy(probabilities > 0.5))
+        write_nifti(out / f"{files.case_id}.nii.gz", labels, case.affine)
+    return round((time.perf_counter() - start) / len(found), 1)
+
+
+def evaluate_folder(predictions: Path, ground_truth: Path, out: Path) -> dict:
+    """Per-case and mean Dice/HD95 per region (both sides in BraTS 2017-21 labels)."""
+    from distill.eval.evaluate import EvaluateConfig, evaluate
+
+    return rr.scores_of(evaluate(EvaluateConfig(pred_dir=predictions, gt_dir=ground_truth, out_dir=out,
+                                                pred_convention="brats2017", gt_convention="brats2017",
+                                                progress=False)))  # fmt: skip
+
+
+def cache_dir(p: rr.Pipeline, fold: int) -> Path:
+    return fold_dir(p, fold) / "cache"
+
+
+def ensure_fold_cache(p: rr.Pipeline, fold: int) -> Path:
+    """Fold ``fold``'s cache over its training cases, written (or finished) here if it is not."""
+    from distill.cache import TeacherCache
+    from distill.teacher.run import TeacherCacheConfig, run_teacher_cache
+
+    folder = cache_dir(p, fold)
+    try:
+        TeacherCache.open(folder)
+        return folder
+    except Exception:  # absent or unfinished: the cache runner resumes what it finds
+        pass
+    result = run_teacher_cache(TeacherCacheConfig(model_dir=rr.teacher_model_dir(p), images=training_subset(p, fold),
+                                                  out=folder, folds=(f"fold_{fold}",), mode="full",
+                                                  target_spacing=(2.0, 2.0, 2.0), progress=False))  # fmt: skip
+    if not result.complete:
+        raise SystemExit(f"fold {fold} teacher cache incomplete: {result.failed}")
+    return folder
+
+
+def stage_fold_cache(p: rr.Pipeline, fold: int) -> dict:
+    start = time.perf_counter()
+    folder = ensure_fold_cache(p, fold)
+    stored = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return {"fold": fold, "cases": fold_split(p, fold)[0], "members": [f"fold_{fold}"], "tta": "mirror8",
+            "stored_bytes": stored, "seconds_this_run": round(time.perf_counter() - start, 1)}  # fmt: skip
+
+
+def student_stage(fold: int, size: int, variant: str, seed: int) -> str:
+    return f"protocol_fold{fold}_{size // 1000}k_{variant}_seed{seed}"
+
+
+def stage_fold_student(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> dict:
+    """Train one student on fold ``fold``'s cache, export it, score it on the fold's held-out cases."""
+    from distill.export.run import ExportConfig, export_package
+    from distill.infer.backends import BackendSpec
+    from distill.infer.predict import PredictConfig, predict_folder
+    from distill.train import train_student
+    from distill.train.recipes import build_config
+
+    name = student_stage(fold, size, variant, seed).removeprefix("protocol_")
+    run, package = fold_dir(p, fold) / "students" / name, fold_dir(p, fold) / "packages" / name
+    overrides = {"params": size, "seed": seed, "progress": False, **VARIANTS[variant]}
+    if overrides.pop("live_teacher", False):
+        overrides.update(teacher_model_dir=str(rr.teacher_model_dir(p)), teacher_fold=str(fold))
+    if p.args.steps is not None:
+        overrides["steps"] = p.args.steps
+    config = build_config(ensure_fold_cache(p, fold), run, RECIPE_FOR_SIZE[size], overrides)
+    trained = train_student(config)
+    held_out = fold_dir(p, fold) / "held_out"
+    export_package(ExportConfig(run_dir=run, out=package, held_out=held_out, max_held_out=1, overwrite=True))
+    predictions = fold_dir(p, fold) / "predictions" / name
+    predict_folder(PredictConfig(package=package, input_dir=held_out, output_dir=predictions,
+                                 backend=BackendSpec.parse("onnxruntime", threads=p.args.threads),
+                                 label_convention="brats2017", progress=False))  # fmt: skip
+    card = json.loads(trained.card.read_text())
+    return {
+        "fold": fold, "size": size, "variant": variant, "seed": seed, "recipe": RECIPE_FOR_SIZE[size],
+        "overrides": {k: v for k, v in overrides.items() if k not in ("progress", "teacher_model_dir")},
+        "parameters": trained.parameters,
+        "steps": config.steps, "train_seconds": round(sum(link.get("seconds", 0) for link in card["chain"]), 1),
+        "thresholds": (card.get("calibration") or {}).get("thresholds"),
+        "vs_ground_truth": evaluate_folder(predictions, held_out, fold_dir(p, fold) / "evaluation" / name),
+        "vs_teacher": evaluate_folder(predictions, fold_dir(p, fold) / "predictions" / "teacher",
+                                      fold_dir(p, fold) / "evaluation" / f"{name}_vs_teacher"),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def case_scores(record: dict, metric: str = "mean_dice") -> dict[str, float]:
+    """Case -> mean Dice over WT/TC/ET (or one region's Dice) from a stage record's expert scores."""
+    per_case = record["vs_ground_truth"]["per_case"]
+    if metric == "mean_dice":
+        return {case: float(np.mean([per_case[case][r]["dice"] for r in rr.REGIONS])) for case in per_case}
+    return {case: float(per_case[case][metric]["dice"]) for case in per_case}
+
+
+def summarise(p: rr.Pipeline, folds, sizes, variants, seeds) -> dict:
+    """Paired differences over every held-out case of the finished folds (see the module docstring)."""
+    from distill.eval.paired import paired_difference, retention
+
+    teacher = {case: score for fold in folds
+               for case, score in case_scores(p.done(f"protocol_fold{fold}_teacher")).items()}  # fmt: skip
+    summary: dict = {"folds": list(folds), "seeds": list(seeds), "cases": sorted(teacher), "sizes": {}}
+
+    def matrix(size, variant, metric="mean_dice"):
+        """``(cases, seeds)`` scores, cases in fold order then by name (the order ``teacher`` sorts into)."""
+        rows = []
+        for fold in folds:
+            per_seed = [case_scores(p.done(student_stage(fold, size, variant, s)), metric) for s in seeds]
+            rows += [[scores[case] for scores in per_seed] for case in sorted(per_seed[0])]
+        return np.asarray(rows)
+
+    order = [case for fold in folds for case in sorted(case_scores(p.done(f"protocol_fold{fold}_teacher")))]
+    for size in sizes:
+        baseline = matrix(size, BASELINE)
+        teacher_matrix = np.repeat(np.asarray([[teacher[c]] for c in order]), len(seeds), axis=1)
+        entry = {"teacher_minus_gt": paired_difference(teacher_matrix, baseline).to_dict(), "variants": {}}
+        for variant in variants:
+            scores = matrix(size, variant)
+            entry["variants"][variant] = {
+                "mean_dice": round(float(scores.mean()), 4),
+                **{f"{r}_dice": round(float(matrix(size, variant, r).mean()), 4) for r in rr.REGIONS},
+                "minus_gt": None if variant == BASELINE else paired_difference(scores, baseline).to_dict(),
+                "retention_of_teacher": retention(scores, teacher_matrix).to_dict(),
+            }
+        entry["teacher_mean_dice"] = round(float(np.mean(list(teacher.values()))), 4)
+        summary["sizes"][str(size)] = entry
+    return summary
+
+
+def write_summary(summary: dict, folder: Path) -> None:
+    """``SUMMARY.json`` and ``SUMMARY.md`` in ``folder`` (``protocol/`` beside this file for a real run)."""
+    (folder / "SUMMARY.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["# Fold-matched protocol: summary", "",
+             f"Held-out cases: {len(summary['cases'])} (folds {summary['folds']}), seeds {summary['seeds']}. "
+             "Mean Dice over WT/TC/ET against the expert labels at 1 mm; differences are paired over cases and "
+             "seeds with a 95 % two-stage bootstrap interval (cases, then seeds).", ""]  # fmt: skip
+    for size, entry in summary["sizes"].items():
+        t = entry["teacher_minus_gt"]
+        lines += [f"## {int(size) // 1000}k", "",
+                  f"Teacher (fold alone, 8-TTA) mean Dice {entry['teacher_mean_dice']:.3f}; teacher minus label-only "
+                  f"student {t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}].", "",
+                  "| variant | mean Dice | WT | TC | ET | minus label-only [95 % CI] "
+                  "| retention of teacher [95 % CI] |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for variant, v in entry["variants"].items():
+            diff = v["minus_gt"]
+            shown = "-" if diff is None else f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+            r = v["retention_of_teacher"]
+            lines.append(f"| {variant} | {v['mean_dice']:.3f} | {v['WT_dice']:.3f} | {v['TC_dice']:.3f} | "
+                         f"{v['ET_dice']:.3f} | {shown} | {r['mean']:.1%} [{r['low']:.1%}, {r['high']:.1%}] |")
+        lines.append("")
+    (folder / "SUMMARY.md").write_text("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="BraTS 2018 folder holding the 14 cases")
+    parser.add_argument("--work", type=Path, default=HERE / "work", help="Working folder (resumed; not committed)")
+    parser.add_argument("--folds", type=int, nargs="+", default=(0, 1, 2, 3, 4))
+    parser.add_argument("--sizes", type=int, nargs="+", default=(100_000, 30_000), choices=sorted(RECIPE_FOR_SIZE))
+    parser.add_argument("--variants", nargs="+", default=("gt", "kd_plain", "recipe"), choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
+    parser.add_argument("--steps", type=int, default=None, help="Student steps (default: the recipe's)")
+    parser.add_argument("--teacher-iterations", type=int, default=2000)
+    parser.add_argument("--teacher-augmentation-workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--summary-only", action="store_true", help="Only rebuild the summary from the records")
+    parser.add_argument("--records", type=Path, default=RECORDS,
+                        help="Where stage records are mirrored (default: protocol/records beside this file, "
+                             "committed); a trial run points it elsewhere")
+    args = parser.parse_args()
+    # what run_realdata's teacher stages read
+    args.teacher_patch, args.teacher_base_features, args.teacher_max_features = None, 8, 64
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    p = ProtocolPipeline(args=args, work=args.work.resolve())
+    p.work.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        p.run("split", lambda: rr.stage_split(p))
+        p.run("convert", lambda: rr.stage_convert(p))
+        for fold in args.folds:
+            p.run(f"protocol_fold{fold}_teacher", lambda fold=fold: stage_fold_teacher(p, fold))
+            p.run(f"protocol_fold{fold}_cache", lambda fold=fold: stage_fold_cache(p, fold))
+            for seed in args.seeds:
+                for size in args.sizes:
+                    for variant in args.variants:
+                        p.run(student_stage(fold, size, variant, seed),
+                              lambda a=(fold, size, variant, seed): stage_fold_student(p, *a))
+    finished = [f for f in args.folds if p.done(f"protocol_fold{f}_teacher")
+                and all(p.done(student_stage(f, s, v, seed)) for s in args.sizes for v in args.variants
+                        for seed in args.seeds)]  # fmt: skip
+    if finished:
+        summary = summarise(p, finished, args.sizes, args.variants, args.seeds)
+        write_summary(summary, args.records.parent)
+        print(json.dumps(summary["sizes"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
