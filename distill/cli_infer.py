@@ -122,6 +122,11 @@ def predict_command(
     save_probabilities: Annotated[
         bool, typer.Option("--save-probabilities", help="Also write <case>_probabilities.npz.")
     ] = False,
+    save_uncertainty: Annotated[
+        bool, typer.Option("--save-uncertainty",
+                           help="Also write <case>_uncertainty.nii.gz: the distilled teacher spread, float32 "
+                                "(X, Y, Z, WT/TC/ET) in [0, 0.5] (packages trained with uncertainty_head only).")
+    ] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave cases whose label map exists.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     continue_on_error: Annotated[
@@ -139,7 +144,8 @@ def predict_command(
     config = PredictConfig(
         package=package, input_dir=input_dir, output_dir=output_dir,
         backend=_backend_spec(backend, device, precision, threads, cuda_graphs, compile_model, engine_cache),
-        label_convention=label_convention, save_probabilities=save_probabilities, skip_existing=skip_existing,
+        label_convention=label_convention, save_probabilities=save_probabilities, save_uncertainty=save_uncertainty,
+        skip_existing=skip_existing,
         progress=progress, continue_on_error=continue_on_error, max_voxels=max_voxels,
     )  # fmt: skip
     result = predict_folder(config)

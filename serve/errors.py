@@ -48,6 +48,7 @@ ERROR_CODES = {
     "not_found": "no such route",
     "method_not_allowed": "the route does not take this method",
     "validation_error": "a query parameter has an invalid value",
+    "output_unavailable": "an output the served package does not have (e.g. `uncertainty` without an uncertainty head)",
     "request_timeout": "the body did not arrive within the request time limit",
     "busy": "every slot and the queue are full: retry after Retry-After seconds",
     "not_ready": "the model is still loading, failed to load, or the service is shutting down",

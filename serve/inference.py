@@ -31,7 +31,12 @@ from serve.npy_io import decode_npy, encode_npy
 IMAGE_FIELD = "image"
 REGIONS_OUTPUT = "regions"
 LABEL_CHOICES = (*CONVENTIONS, *ALIASES, REGIONS_OUTPUT)
-OUTPUT_CHOICES = ("labels", "probabilities", "uncertainty")
+OUTPUT_CHOICES = ("labels", "probabilities", "uncertainty", "entropy")
+#: What ``outputs.json`` says of each map.
+MAP_DESCRIPTIONS = {
+    "probabilities": "the student's region probabilities",
+    "entropy": "binary entropy of the student's own probabilities, in bits per region (0 certain, 1 at p = 0.5)",
+}
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,22 @@ def parse_outputs(text: str) -> frozenset[str]:
     return chosen
 
 
+def check_outputs_available(outputs: frozenset[str], package: Any) -> None:
+    """``uncertainty`` needs a package with the distilled-uncertainty head: else a 422 saying so (no local path)."""
+    if "uncertainty" in outputs and not getattr(package, "has_uncertainty", False):
+        raise ServeError(422, "output_unavailable",
+                         "outputs=uncertainty: the served package has no distilled uncertainty output (its student "
+                         "was trained without uncertainty_head); outputs=entropy gives the binary entropy of the "
+                         "student's own probabilities instead")  # fmt: skip
+
+
+def uncertainty_description(package: Any) -> dict[str, Any]:
+    """``outputs.json``'s account of the distilled uncertainty map, from the manifest."""
+    section = package.manifest.uncertainty
+    return {"quantity": section.quantity, "units": section.units, "range": list(section.range),
+            "source": section.source, "passes": section.passes, "meaning": section.meaning}  # fmt: skip
+
+
 def _check_resampled_size(shape: Sequence[int], affine: np.ndarray, target: Sequence[float] | None,
                           max_voxels: int) -> None:  # fmt: skip
     """The grid the package resamples to must respect the voxel limit too (large spacing x small file)."""
@@ -154,12 +175,15 @@ def segment_case(predictor: Any, lock: threading.Lock, parts: Sequence[Part], pl
     package = predictor.package
     images, affine = decode_case(parts, plan, limits, package.preprocess_config.target_spacing)
     decoded_at = time.perf_counter()
-    want_maps = bool(outputs & {"probabilities", "uncertainty"})
+    check_outputs_available(outputs, package)
+    want_maps = bool(outputs & {"probabilities", "uncertainty", "entropy"})
+    # passed only when asked for, so predictors without the argument serve everything else
+    distilled = {"return_distilled_uncertainty": True} if "uncertainty" in outputs else {}
     with lock:
         try:
             result = predictor.segment(images, affine, label_convention=_convention_name(labels, package),
                                        return_probabilities="probabilities" in outputs,
-                                       return_uncertainty="uncertainty" in outputs)  # fmt: skip
+                                       return_uncertainty="entropy" in outputs, **distilled)  # fmt: skip
         except DistillError as exc:
             raise ServeError(422, "invalid_input", f"cannot segment this case: {exc}") from None
     encode_start = time.perf_counter()
@@ -172,12 +196,16 @@ def segment_case(predictor: Any, lock: threading.Lock, parts: Sequence[Part], pl
         files = {label_name: label_bytes}
         if result.probabilities is not None:
             files["probabilities.nii.gz"] = encode_nifti(channels_last(result.probabilities.astype(np.float32)), affine)
-        if result.uncertainty is not None:
-            files["uncertainty.nii.gz"] = encode_nifti(channels_last(result.uncertainty.astype(np.float32)), affine)
+        maps = {"entropy": result.uncertainty if "entropy" in outputs else None,
+                "uncertainty": getattr(result, "distilled_uncertainty", None) if "uncertainty" in outputs else None}
+        for name, values in maps.items():
+            if values is not None:
+                files[f"{name}.nii.gz"] = encode_nifti(channels_last(values.astype(np.float32)), affine)
         description = {"convention": result.convention if labels != REGIONS_OUTPUT else REGIONS_OUTPUT,
                        "regions": list(package.regions), "files": sorted(files),
                        "maps_layout": "X, Y, Z, region (regions in the order of 'regions')",
-                       "uncertainty": "binary entropy in bits per region (0 certain, 1 at p = 0.5)"}  # fmt: skip
+                       **{name: MAP_DESCRIPTIONS[name] for name in ("probabilities", "entropy") if name in outputs},
+                       **({"uncertainty": uncertainty_description(package)} if "uncertainty" in outputs else {})}
         encoded = Encoded(encode_zip(files, description), "application/zip", "segmentation.zip")
     else:
         encoded = Encoded(label_bytes, "application/gzip", label_name)
@@ -219,5 +247,5 @@ def segment_raw(predictor: Any, lock: threading.Lock, body: bytes, labels: str |
     return Encoded(body_out, "application/x-npy", "regions.npy" if labels == REGIONS_OUTPUT else "labels.npy", timings)
 
 
-__all__ = ["Encoded", "FieldPlan", "IMAGE_FIELD", "LABEL_CHOICES", "Limits", "OUTPUT_CHOICES", "decode_case",
-           "parse_outputs", "segment_case", "segment_raw"]  # fmt: skip
+__all__ = ["Encoded", "FieldPlan", "IMAGE_FIELD", "LABEL_CHOICES", "Limits", "OUTPUT_CHOICES",
+           "check_outputs_available", "decode_case", "parse_outputs", "segment_case", "segment_raw"]  # fmt: skip

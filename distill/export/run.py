@@ -7,7 +7,8 @@ target only at the very end (a failed gate or a crash leaves no package behind):
 2. preprocess the held-out cases (a folder of BraTS cases, or synthetic phantoms) the way the
    package will say;
 3. export the ONNX (:mod:`distill.export.onnx_export`), check it, optionally simplify it;
-4. parity gate: onnxruntime vs torch on the held-out cases, or :class:`ParityError`;
+4. parity gate: onnxruntime vs torch on the held-out cases (probabilities, labels and, for a
+   student with the distilled-uncertainty head, its ``uncertainty`` output), or :class:`ParityError`;
 5. write ``model.onnx``, ``model.pt`` and the hashed ``model.json``;
 6. optionally build TensorRT engines, each held to its own parity gate;
 7. re-open and verify the package, then rename it into place.
@@ -43,16 +44,21 @@ from distill.export.onnx_export import (
     ParityCase,
     ParityThresholds,
     export_onnx,
+    has_uncertainty_head,
     measure_parity,
     onnxruntime_logits_fn,
+    onnxruntime_uncertainty_fn,
+    output_names,
     simplify_onnx,
     torch_logits_fn,
+    torch_uncertainty_fn,
 )
 from distill.package import (
     INPUT_NAME,
     MANIFEST_NAME,
     ONNX_NAME,
     OUTPUT_NAME,
+    UNCERTAINTY_NAME,
     WEIGHTS_NAME,
     Manifest,
     ModelPackage,
@@ -60,6 +66,7 @@ from distill.package import (
     OutputSection,
     SourceSection,
     TensorSpec,
+    UncertaintySection,
     default_inference_settings,
     inputs_section,
     labels_section,
@@ -138,10 +145,12 @@ class ExportResult:
 
     def __str__(self) -> str:
         gate = self.parity["onnxruntime"]
+        spread = gate.get("max_abs_uncertainty")
         return (f"{self.package_dir}: {self.parameters:,}-parameter student, ONNX {self.onnx_bytes / 1e6:.2f} MB, "
                 f"package {self.package_bytes / 1e6:.2f} MB; "
                 f"parity onnxruntime vs torch on {len(gate['cases'])} case(s): "
-                f"max |dp| {gate['max_abs_probability']:.2g}, label agreement {gate['label_agreement']:.6f}; "
+                f"max |dp| {gate['max_abs_probability']:.2g}, label agreement {gate['label_agreement']:.6f}"
+                + (f", max |d uncertainty| {spread:.2g}" if spread is not None else "") + "; "
                 f"engines: {', '.join(self.engines) or 'none'}; {self.seconds:.1f} s")  # fmt: skip
 
 
@@ -310,6 +319,19 @@ def build_manifest(config: ExportConfig, student: ExportableStudent, preprocessi
             training_preprocessing=dict(card.data.preprocessing),
         ),
         parity={"held_out": held_out, **parity},
+        uncertainty=uncertainty_section(card) if has_uncertainty_head(model) else None,
+    )  # fmt: skip
+
+
+def uncertainty_section(card: StudentCard) -> UncertaintySection:
+    """The manifest's ``uncertainty``: the second output, its units and range, and whose spread it learnt."""
+    record = card.uncertainty_head
+    if record is None:
+        raise ExportConfigError("the student has an uncertainty head but its card has no uncertainty_head record; "
+                                "re-run `distill train-student`")  # fmt: skip
+    return UncertaintySection(
+        output=TensorSpec(UNCERTAINTY_NAME, "B,K,X,Y,Z", "float32", values="standard deviation in [0, 0.5]"),
+        regions=REGIONS, source=record.source, passes=record.passes, parameters=record.parameters,
     )  # fmt: skip
 
 
@@ -342,6 +364,10 @@ def export_package(config: ExportConfig) -> ExportResult:
 
         require_tensorrt()
     run = read_exportable_student(config.run_dir)
+    if config.tensorrt and has_uncertainty_head(run.model):
+        raise ExportConfigError(f"{config.run_dir}: TensorRT engines are not built for students with the uncertainty "
+                                "head (its second output is not bound by the engine runner yet); export without "
+                                "--tensorrt and serve it with torch or onnxruntime")  # fmt: skip
     preprocessing = package_preprocess_config(run.card, run.config.divisor)
     cases, held_out = held_out_cases(config, preprocessing)
     remove_stale_staging(out)  # what a killed export of this package left behind
@@ -367,12 +393,16 @@ def _write_package(staging: Path, config: ExportConfig, run: ExportableStudent, 
     example = (1, run.config.in_channels, 2 * divisor + 3, 2 * divisor + 1, divisor + 5)
     onnx_bytes = export_onnx(run.model, example)
     if config.simplify:
-        onnx_bytes = simplify_onnx(onnx_bytes)
+        onnx_bytes = simplify_onnx(onnx_bytes, output_names(run.model))
+    # the uncertainty output, where there is one, is held to the probabilities' mark
+    uncertainty = ((torch_uncertainty_fn(run.model), onnxruntime_uncertainty_fn(onnx_bytes, config.threads))
+                   if has_uncertainty_head(run.model) else None)  # fmt: skip
     with torch_threads(config.threads):
         report = measure_parity("onnxruntime", torch_logits_fn(run.model),
                                 onnxruntime_logits_fn(onnx_bytes, config.threads),
                                 cases, config.parity, package_thresholds(config, run.card)[0],
-                                get_convention(config.label_convention))  # fmt: skip
+                                get_convention(config.label_convention),
+                                **({"uncertainty": uncertainty} if uncertainty else {}))  # fmt: skip
     report.raise_if_failed()
     (staging / ONNX_NAME).write_bytes(onnx_bytes)
     torch.save(run.model.state_dict(), staging / WEIGHTS_NAME)
@@ -424,4 +454,4 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
 
 __all__ = ["ExportConfig", "ExportConfigError", "ExportResult", "ExportableStudent", "export_package", "held_out_cases",
            "package_preprocess_config", "package_thresholds", "phantom_parity_cases",
-           "read_exportable_student"]  # fmt: skip
+           "read_exportable_student", "uncertainty_section"]  # fmt: skip

@@ -485,6 +485,9 @@ def build_engines(package: ModelPackage, precisions: Sequence[str], parity_cases
     unless ``rebuild``. INT8 tiles come from ``calibration_cache`` (a teacher cache) or else
     from the parity cases.
     """
+    if package.has_uncertainty:
+        raise EngineError(f"{package.root}: TensorRT engines are not built for packages with the distilled uncertainty "
+                          "output (the engine runner binds only the logits); use the torch or onnxruntime backend")
     records = []
     for precision in precisions:
         if precision not in PRECISIONS:

@@ -18,6 +18,10 @@ backend          devices                     options
                                              loaded by distill.infer.tensorrt_runtime
 ===============  ==========================  =====================================================
 
+Packages with the distilled-uncertainty output: the torch and onnxruntime backends also have
+``with_uncertainty(images) -> (B, 2K, *S)`` (the logits, then the predicted teacher spread in
+[0, 0.5]); TensorRT engines are not built for such packages.
+
 A backend that cannot run here raises :class:`BackendUnavailable` saying what to install or
 which command to run. No backend builds anything or writes into a package: a predictor only
 reads. The package module, and with it the onnxruntime and TensorRT runtimes
@@ -253,6 +257,15 @@ class TorchBackend:
             logits = self._replay(x) if self.spec.cuda_graphs else self._forward(x)
         return logits.float()
 
+    def with_uncertainty(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` -> ``(B, 2K, *S)``: logits, then the head's spread ``0.5 sigmoid(z)`` (eager, no graphs)."""
+        from distill.students import uncertainty_map
+
+        x = images.to(self.device, self.dtype)
+        with torch.inference_mode():
+            logits, uncertainty_logits = self.model(x, return_uncertainty=True)
+            return torch.cat([logits.float(), uncertainty_map(uncertainty_logits.float())], dim=1)
+
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
         """Run through the CUDA graph captured for ``x.shape`` (captured on first use)."""
         if tuple(x.shape) not in self._graphs:
@@ -400,18 +413,32 @@ class OnnxRuntimeBackend:
             return torch.from_numpy(run_onnxruntime(self.session, images.detach().cpu().numpy()))
         return self._run_bound(images)
 
-    def _run_bound(self, images: torch.Tensor) -> torch.Tensor:
+    def with_uncertainty(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` -> ``(B, 2K, *S)``: the ``logits`` output, then the ``uncertainty`` output."""
+        from distill.package import INPUT_NAME, OUTPUT_NAME, UNCERTAINTY_NAME
+
+        if self.device.type != "cpu":
+            return torch.cat(self._run_bound(images, (OUTPUT_NAME, UNCERTAINTY_NAME)), dim=1)
+        feed = {INPUT_NAME: np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)}
+        logits, uncertainty = self.session.run([OUTPUT_NAME, UNCERTAINTY_NAME], feed)
+        return torch.from_numpy(np.concatenate([logits, uncertainty], axis=1))
+
+    def _run_bound(self, images: torch.Tensor, outputs: Sequence[str] | None = None) -> Any:
+        """One run with inputs and ``outputs`` (default: the logits alone, returned as one tensor) on the GPU."""
         from distill.package import INPUT_NAME, OUTPUT_NAME
 
         x = images.to(self.device, torch.float32).contiguous()
-        y = torch.empty((x.shape[0], self.out_channels, *x.shape[2:]), dtype=torch.float32, device=self.device)
+        names = tuple(outputs or (OUTPUT_NAME,))
+        ys = [torch.empty((x.shape[0], self.out_channels, *x.shape[2:]), dtype=torch.float32, device=self.device)
+              for _ in names]  # fmt: skip
         binding = self.session.io_binding()
         index = self.device.index or 0
         binding.bind_input(INPUT_NAME, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
-        binding.bind_output(OUTPUT_NAME, "cuda", index, np.float32, tuple(y.shape), y.data_ptr())
+        for name, y in zip(names, ys):
+            binding.bind_output(name, "cuda", index, np.float32, tuple(y.shape), y.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # onnxruntime runs on its own stream
         self.session.run_with_iobinding(binding)
-        return y
+        return ys if outputs is not None else ys[0]
 
     def fits(self, shape: Sequence[int]) -> bool:
         return True

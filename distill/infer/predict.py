@@ -3,7 +3,12 @@
 Reads cases in any layout Distill knows (BraTS 2017-21, 2023+, nnU-Net raw; one folder per
 case or flat), writes ``<output>/<case_id>.nii.gz`` label maps on each case's own grid in the
 requested convention (fresh headers, atomic writes), and optionally
-``<case_id>_probabilities.npz`` (``probabilities`` and ``uncertainty``, float16 ``(3, X, Y, Z)``).
+``<case_id>_probabilities.npz`` (``probabilities`` and ``uncertainty``, float16 ``(3, X, Y, Z)``;
+that ``uncertainty`` is the binary entropy of the student's own probabilities, in bits) and
+``<case_id>_uncertainty.nii.gz`` (``save_uncertainty``, packages with the distilled-uncertainty
+head only): one 4D float32 NIfTI ``(X, Y, Z, 3)``, regions WT, TC, ET along the 4th axis, on
+the case's grid and affine, unscaled, holding the predicted standard deviation of the teacher
+ensemble's per-pass probabilities in [0, 0.5] (0 outside the brain's bounding box).
 
 A case's label map is written last, so its presence marks the case done: ``skip_existing``
 resumes a killed run, and temporaries a killed run left are removed first. Resuming is only
@@ -22,13 +27,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from distill.core.atomic import atomic_path, atomic_write_json
+from distill.core.atomic import atomic_path, atomic_write_bytes, atomic_write_json
 from distill.core.paths import prepare_output_dir, remove_stale_partials
 from distill.core.provenance import claim_output
 from distill.data.case import load_case
 from distill.data.conventions import get_convention
 from distill.data.discovery import MODALITIES, CaseFiles, find_cases
-from distill.data.nifti import DEFAULT_MAX_VOXELS, write_nifti
+from distill.data.nifti import DEFAULT_MAX_VOXELS, nifti_bytes, write_nifti
 from distill.errors import DataError, DistillError
 from distill.infer.backends import BackendSpec
 from distill.infer.predictor import Predictor
@@ -46,6 +51,8 @@ class PredictConfig:
         backend: see :class:`distill.infer.backends.BackendSpec`.
         label_convention: output convention (``None``: the package's).
         save_probabilities: also write ``<case_id>_probabilities.npz``.
+        save_uncertainty: also write ``<case_id>_uncertainty.nii.gz``, the distilled uncertainty
+            (module docstring); a package without it is refused before any case.
         skip_existing: leave cases whose label map already exists (resume a killed run).
         progress: show a progress bar.
         continue_on_error: record a failing case in ``failures.json`` and go on.
@@ -58,6 +65,7 @@ class PredictConfig:
     backend: BackendSpec = field(default_factory=BackendSpec)
     label_convention: str | None = None
     save_probabilities: bool = False
+    save_uncertainty: bool = False
     skip_existing: bool = False
     progress: bool = True
     continue_on_error: bool = False
@@ -85,6 +93,7 @@ class PredictResult:
 
 
 RECORD_NAME = "distill_predict.json"
+UNCERTAINTY_SUFFIX = "_uncertainty.nii.gz"
 FAILURES_NAME = "failures.json"
 
 
@@ -101,6 +110,8 @@ def predict_folder(config: PredictConfig) -> PredictResult:
     if output_dir.resolve() == Path(config.input_dir).resolve():
         raise DataError(f"{output_dir}: the output folder must differ from the input folder")
     predictor = Predictor.from_package(config.package, config.backend)
+    if config.save_uncertainty:
+        predictor.check_distilled_uncertainty()  # before any case, naming the package
     incomplete: dict[str, str] = {}
     cases = find_cases(config.input_dir, incomplete=incomplete if config.continue_on_error else None)
     convention = config.label_convention or predictor.package.convention.name
@@ -126,6 +137,7 @@ def predict_folder(config: PredictConfig) -> PredictResult:
                 # a map an earlier run left for this case is not this run's result
                 target.unlink(missing_ok=True)
                 target.with_name(f"{files.case_id}_probabilities.npz").unlink(missing_ok=True)
+                target.with_name(f"{files.case_id}{UNCERTAINTY_SUFFIX}").unlink(missing_ok=True)
                 continue
             written.append(files.case_id)
     n_cases = len(cases) + len(incomplete)
@@ -140,12 +152,16 @@ def _segment_case(predictor: Predictor, files: CaseFiles, target: Path, conventi
     keep_maps = config.save_probabilities
     try:
         result = predictor.segment(case.images, case.affine, label_convention=convention,
-                                   return_probabilities=keep_maps, return_uncertainty=keep_maps)  # fmt: skip
+                                   return_probabilities=keep_maps, return_uncertainty=keep_maps,
+                                   **({"return_distilled_uncertainty": True} if config.save_uncertainty else {}))
     except DataError as exc:  # raised on arrays: say which case
         raise DataError(f"case {files.case_id} ({files.images[MODALITIES[0]].parent}): {exc}") from exc
     if config.save_probabilities:
         _write_probabilities(target.with_name(f"{files.case_id}_probabilities.npz"), result.probabilities,
                              result.uncertainty)  # fmt: skip
+    if config.save_uncertainty:
+        write_uncertainty_nifti(target.with_name(f"{files.case_id}{UNCERTAINTY_SUFFIX}"),
+                                result.distilled_uncertainty, case.affine)  # fmt: skip
     write_nifti(target, result.labels, case.affine)  # last: its presence marks the case done
 
 
@@ -173,4 +189,10 @@ def _write_probabilities(path: Path, probabilities: np.ndarray, uncertainty: np.
         )
 
 
-__all__ = ["PredictConfig", "PredictResult", "predict_folder"]
+def write_uncertainty_nifti(path: Path, uncertainty: np.ndarray, affine: np.ndarray) -> Path:
+    """The distilled uncertainty ``(3, X, Y, Z)`` as one 4D float32 NIfTI ``(X, Y, Z, 3)``, regions last."""
+    channels_last = np.ascontiguousarray(np.moveaxis(np.asarray(uncertainty, dtype=np.float32), 0, -1))
+    return atomic_write_bytes(path, nifti_bytes(channels_last, affine, gzip_output=True))
+
+
+__all__ = ["UNCERTAINTY_SUFFIX", "PredictConfig", "PredictResult", "predict_folder", "write_uncertainty_nifti"]

@@ -16,6 +16,12 @@ post-processing and label mapping. Per case:
    post-process, write labels in the requested convention; optional probabilities and a
    per-region uncertainty (binary entropy in bits, 0 = certain, 1 = p of 0.5).
 
+A package whose student has the distilled-uncertainty head also gives, on request
+(``return_distilled_uncertainty``), the head's map: the predicted per-region standard
+deviation of the teacher ensemble's passes, in [0, 0.5], resampled back to the input grid like
+the probabilities (0 outside the brain's bounding box). It is the teacher's disagreement, not a
+calibrated probability of error. The labels do not depend on whether it was asked for.
+
 Stage times (preprocess, model, postprocess) come with every result; the model stage runs
 until the backend's device work is finished.
 """
@@ -42,15 +48,20 @@ from distill.data.preprocess import (
     restore_thresholded,
     uncrop,
 )
-from distill.errors import DataError
+from distill.errors import DataError, DistillError
 from distill.infer.backends import Backend, BackendSpec, create_backend
 from distill.infer.postprocess import PostprocessConfig, postprocess_regions
 from distill.infer.sliding_window import predict_logits
 from distill.package import ModelPackage
+from distill.students.unet import MAX_UNCERTAINTY
 
 
 class InputMismatchError(DataError):
     """Images whose channels do not match what the package expects."""
+
+
+class NoUncertaintyOutput(DistillError):
+    """The distilled uncertainty was asked of a package (or backend) that does not have it."""
 
 
 @dataclass
@@ -62,6 +73,8 @@ class Segmentation:
         convention: label convention name.
         probabilities: float32 ``(3, X, Y, Z)`` (WT, TC, ET) or ``None``.
         uncertainty: float32 ``(3, X, Y, Z)`` binary entropy in bits, or ``None``.
+        distilled_uncertainty: float32 ``(3, X, Y, Z)`` the uncertainty head's predicted teacher
+            spread (standard deviation of the teacher's per-pass probabilities, [0, 0.5]), or ``None``.
         tiled: whether the model ran in tiles (``False``: one whole-volume pass).
         timings: seconds per stage: ``preprocess``, ``model``, ``postprocess``.
     """
@@ -70,6 +83,7 @@ class Segmentation:
     convention: str
     probabilities: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
+    distilled_uncertainty: np.ndarray | None = None
     tiled: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -198,9 +212,52 @@ class Predictor:
         probabilities = torch.sigmoid(logits[0].float()).cpu().numpy()
         return probabilities, tile is not None
 
+    @property
+    def has_distilled_uncertainty(self) -> bool:
+        """Whether the package has the distilled-uncertainty output."""
+        return self.package.has_uncertainty
+
+    def check_distilled_uncertainty(self) -> None:
+        """:class:`NoUncertaintyOutput` unless this package and backend can give the distilled uncertainty."""
+        if not self.package.has_uncertainty:
+            raise NoUncertaintyOutput(
+                f"{self.package.root}: this package has no distilled uncertainty output (its student was trained "
+                "without --set uncertainty_head=true); train and export one with it, or use the binary entropy "
+                "of --save-probabilities"
+            )
+        if not hasattr(self.backend, "with_uncertainty"):
+            raise NoUncertaintyOutput(f"{self.package.root}: backend {self.backend.spec.label} does not return the "
+                                      "distilled uncertainty output; use the torch or onnxruntime backend")  # fmt: skip
+
+    def infer_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Probabilities and the distilled uncertainty, both ``(3, *S)`` float32, for preprocessed ``images (C, *S)``.
+
+        Tiles blend both outputs with the same window (a weighted mean of spreads stays in [0, 0.5]).
+        """
+        self.check_distilled_uncertainty()
+        tile = self.tile_for(images.shape[1:])
+        batch = torch.from_numpy(np.ascontiguousarray(images[None], dtype=np.float32)).to(self.backend.device)
+        both = predict_logits(self.backend.with_uncertainty, batch, tile, self.settings.overlap)[0].float()
+        k = len(self.package.regions)
+        probabilities = torch.sigmoid(both[:k]).cpu().numpy()
+        uncertainty = both[k:].clamp(0.0, MAX_UNCERTAINTY).cpu().numpy()
+        return probabilities, uncertainty, tile is not None
+
     def finish(self, prepared: PreprocessedCase, probabilities: np.ndarray, affine: np.ndarray,
-               convention: LabelConvention, return_probabilities: bool, return_uncertainty: bool) -> Segmentation:
-        """Back to the input grid, thresholds, post-processing, labels in ``convention``."""
+               convention: LabelConvention, return_probabilities: bool, return_uncertainty: bool,
+               distilled_uncertainty: np.ndarray | None = None) -> Segmentation:
+        """Back to the input grid, thresholds, post-processing, labels in ``convention``; a given
+        ``distilled_uncertainty`` (on the preprocessed grid) is resampled back like the probabilities."""
+        result = self._finish_labels(prepared, probabilities, affine, convention, return_probabilities,
+                                     return_uncertainty)  # fmt: skip
+        if distilled_uncertainty is not None:
+            restored = restore_probabilities_in_crop(distilled_uncertainty, prepared.record)
+            result.distilled_uncertainty = uncrop(restored, prepared.record)
+        return result
+
+    def _finish_labels(self, prepared: PreprocessedCase, probabilities: np.ndarray, affine: np.ndarray,
+                       convention: LabelConvention, return_probabilities: bool,
+                       return_uncertainty: bool) -> Segmentation:  # fmt: skip
         record = prepared.record
         thresholds = np.asarray(self.package.thresholds, dtype=np.float32)
         spacing = voxel_spacing(affine)
@@ -226,7 +283,7 @@ class Predictor:
 
     def segment(self, images: np.ndarray, affine: np.ndarray, modalities: Sequence[str] | None = None,
                 label_convention: str | None = None, return_probabilities: bool = False,
-                return_uncertainty: bool = False) -> Segmentation:
+                return_uncertainty: bool = False, return_distilled_uncertainty: bool = False) -> Segmentation:
         """Labels on the input grid for one case.
 
         Args:
@@ -235,15 +292,25 @@ class Predictor:
             affine: 4x4 voxel-to-world matrix of the input grid.
             modalities: optional name (or alias) of each channel.
             label_convention: output convention (default: the package's).
+            return_probabilities, return_uncertainty: also the probabilities and their binary entropy.
+            return_distilled_uncertainty: also the uncertainty head's map (packages that have it;
+                else :class:`NoUncertaintyOutput`, raised before any work).
         """
         convention = get_convention(label_convention) if label_convention else self.package.convention
+        if return_distilled_uncertainty:
+            self.check_distilled_uncertainty()
         start = time.perf_counter()
         prepared = self.prepare(images, affine, modalities)
         prepared_at = time.perf_counter()
-        probabilities, tiled = self.infer(prepared.images)
+        distilled = None
+        if return_distilled_uncertainty:
+            probabilities, distilled, tiled = self.infer_maps(prepared.images)
+        else:
+            probabilities, tiled = self.infer(prepared.images)
         self.backend.synchronize()
         inferred_at = time.perf_counter()
-        result = self.finish(prepared, probabilities, affine, convention, return_probabilities, return_uncertainty)
+        result = self.finish(prepared, probabilities, affine, convention, return_probabilities, return_uncertainty,
+                             distilled)  # fmt: skip
         result.tiled = tiled
         result.timings = {"preprocess": prepared_at - start, "model": inferred_at - prepared_at,
                           "postprocess": time.perf_counter() - inferred_at}  # fmt: skip
@@ -255,4 +322,4 @@ class Predictor:
                 "ready": self.ready}  # fmt: skip
 
 
-__all__ = ["InputMismatchError", "Predictor", "Segmentation", "binary_entropy"]
+__all__ = ["InputMismatchError", "NoUncertaintyOutput", "Predictor", "Segmentation", "binary_entropy"]

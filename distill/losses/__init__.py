@@ -14,6 +14,8 @@
 * :mod:`~distill.losses.region_affinity`: region affinity and importance maps (Qin et al.,
   IEEE TMI 2021).
 * :mod:`~distill.losses.boundary`: boundary loss (Kervadec et al., Med Image Anal 2021).
+* :mod:`~distill.losses.uncertainty_regression`: the distilled-uncertainty head's regression of
+  the teacher ensemble's spread (after DUDES, Landgraf et al., PFG 2024).
 * :mod:`~distill.losses.composite`: weighted, scheduled sum of terms with per-term logs.
 * :mod:`~distill.losses.registry`: every loss by name (:data:`LOSSES`, :func:`build_loss`).
 
@@ -69,6 +71,7 @@ from distill.losses.region_affinity import (
     region_prototypes,
 )
 from distill.losses.registry import LOSSES, UnknownLossError, build_loss
+from distill.losses.uncertainty_regression import uncertainty_regression
 
 __all__ = [
     "BALANCES",
@@ -115,6 +118,7 @@ __all__ = [
     "soft_dice_loss",
     "step_on",
     "tempered_teacher_logits",
+    "uncertainty_regression",
     "uncertainty_weight",
     "variation_graph",
     "vertex_loss",

@@ -41,6 +41,7 @@ from distill.losses.kd_softmax import kd_softmax
 from distill.losses.kd_teachers import kd_sigmoid_teachers, kd_softmax_teachers
 from distill.losses.paraphraser import reconstruction_loss
 from distill.losses.region_affinity import importance_map_loss, region_affinity_loss
+from distill.losses.uncertainty_regression import uncertainty_regression
 
 Inputs = Mapping[str, str] | Sequence[str]
 
@@ -103,6 +104,8 @@ LOSSES: dict[str, Callable[..., LossTerm]] = {
     "region_affinity": functools.partial(loss_term, region_affinity_loss),
     "importance_map": functools.partial(loss_term, importance_map_loss),
     "paraphraser_reconstruction": functools.partial(loss_term, reconstruction_loss),
+    # the distilled-uncertainty head against the cached teacher spread
+    "uncertainty_regression": functools.partial(loss_term, uncertainty_regression),
 }
 
 

@@ -15,6 +15,7 @@ from distill.package.folder import (
     PACKAGE_FORMAT,
     REGIONS,
     REQUIRED_FILES,
+    UNCERTAINTY_NAME,
     WEIGHTS_NAME,
     EngineEntry,
     FileEntry,
@@ -42,6 +43,7 @@ from distill.package.manifest import (
     PreprocessingSection,
     SourceSection,
     TensorSpec,
+    UncertaintySection,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "PACKAGE_FORMAT",
     "REGIONS",
     "REQUIRED_FILES",
+    "UNCERTAINTY_NAME",
     "WEIGHTS_NAME",
     "EngineEntry",
     "FileEntry",
@@ -80,4 +83,5 @@ __all__ = [
     "PreprocessingSection",
     "SourceSection",
     "TensorSpec",
+    "UncertaintySection",
 ]

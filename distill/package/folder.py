@@ -15,6 +15,7 @@ Manifest (``model.json``) sections: ``format``/``format_version``/``toolkit_vers
 ``model`` (file names, tensor names and layouts, exporter, opset, student config, parameters,
 MACs); ``inputs`` (channels in order: modality and accepted file-name aliases); ``output``
 (kind, region names, thresholds); ``labels`` (default convention and its legend);
+optional ``uncertainty`` (the distilled teacher-spread output: units, range, source);
 ``preprocessing`` (crop, normalisation, target spacing, padding divisor); ``inference``
 (whole-volume limit, tile, overlap, TensorRT optimisation profile); ``postprocessing``;
 ``source`` (student card summary and hashes, teacher identity); ``parity`` (figures measured
@@ -62,6 +63,8 @@ WEIGHTS_NAME = "model.pt"
 ENGINES_DIR = "engines"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+#: The second ONNX output of packages whose student has the distilled-uncertainty head.
+UNCERTAINTY_NAME = "uncertainty"
 REQUIRED_FILES = (ONNX_NAME, WEIGHTS_NAME)
 
 
@@ -260,6 +263,11 @@ class ModelPackage:
         return self.manifest.output.regions
 
     @property
+    def has_uncertainty(self) -> bool:
+        """Whether the package carries the distilled-uncertainty output (``model.json``'s ``uncertainty``)."""
+        return self.manifest.uncertainty is not None
+
+    @property
     def thresholds(self) -> tuple[float, ...]:
         """Probability threshold per output region, in output order."""
         return tuple(self.manifest.output.thresholds[r] for r in self.regions)
@@ -355,7 +363,8 @@ def check_single_file_onnx(path: Path) -> None:
 
 __all__ = [
     "ENGINES_DIR", "FORMAT_VERSION", "INPUT_NAME", "MANIFEST_NAME", "ONNX_NAME", "OUTPUT_NAME", "PACKAGE_FORMAT",
-    "REGIONS", "REQUIRED_FILES", "WEIGHTS_NAME", "EngineEntry", "FileEntry", "InferenceSettings", "Manifest",
+    "REGIONS", "REQUIRED_FILES", "UNCERTAINTY_NAME", "WEIGHTS_NAME", "EngineEntry", "FileEntry", "InferenceSettings",
+    "Manifest",
     "ModelPackage", "PackageError", "PostprocessConfig", "check_format", "check_single_file_onnx",
     "default_inference_settings", "inputs_section", "labels_section", "list_package_files", "preprocessing_section",
     "read_manifest", "safe_relative_path", "write_manifest",

@@ -137,6 +137,59 @@ class OutputSection:
                    threshold_source=None if source is None else str(source))  # fmt: skip
 
 
+#: What a package's distilled uncertainty map is, and what it is not (repeated in every manifest that has one).
+UNCERTAINTY_MEANING = (
+    "the student's prediction of how much the teacher ensemble's forward passes disagree on each region at each "
+    "voxel (the standard deviation of their probabilities); high where the teacher's passes disagree, near 0 where "
+    "they agree. It is not a calibrated probability that the segmentation is wrong: an ensemble that is confidently "
+    "wrong has a spread near 0, and the map is 0 outside the brain's bounding box"
+)
+UNCERTAINTY_UNITS = "probability (standard deviation of probabilities)"
+UNCERTAINTY_RANGE = (0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class UncertaintySection:
+    """The optional distilled-uncertainty output (students trained with ``uncertainty_head``).
+
+    Attributes:
+        output: the ONNX output (``uncertainty``, ``B,K,X,Y,Z`` float32).
+        regions: region of each channel, the order of ``output.regions``.
+        quantity, units, range: what the values are: the predicted per-region standard deviation of
+            the teacher's per-pass probabilities, in probability units, within ``range`` ([0, 0.5]).
+        source: whose spread the head learnt (the teacher cache: teacher, members, TTA, mode).
+        passes: forward passes of the teacher that spread was taken over (e.g. 5 folds x 8 = 40),
+            ``None`` when not known.
+        parameters: the head's parameters (part of ``model.parameters``).
+        meaning: what the map means and what it does not (:data:`UNCERTAINTY_MEANING`).
+    """
+
+    output: TensorSpec
+    regions: tuple[str, ...]
+    source: str
+    parameters: int
+    passes: int | None = None
+    quantity: str = "predicted standard deviation of the teacher's per-pass probabilities, per region"
+    units: str = UNCERTAINTY_UNITS
+    range: tuple[float, float] = UNCERTAINTY_RANGE
+    meaning: str = UNCERTAINTY_MEANING
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"output": self.output.to_dict(), "regions": list(self.regions), "quantity": self.quantity,
+                "units": self.units, "range": list(self.range), "source": self.source, "passes": self.passes,
+                "parameters": self.parameters, "meaning": self.meaning}  # fmt: skip
+        return {k: v for k, v in data.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UncertaintySection:
+        passes = data.get("passes")
+        low, high = (float(v) for v in data["range"])
+        return cls(output=TensorSpec(**data["output"]), regions=tuple(str(r) for r in data["regions"]),
+                   source=str(data["source"]), parameters=int(data["parameters"]),
+                   passes=None if passes is None else int(passes), quantity=str(data["quantity"]),
+                   units=str(data["units"]), range=(low, high), meaning=str(data["meaning"]))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class LabelsSection:
     """The default label convention of the output map and its legend."""
@@ -253,12 +306,15 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     format: str = PACKAGE_FORMAT
     format_version: int = FORMAT_VERSION
+    #: the distilled-uncertainty output; ``None`` (and no ``uncertainty`` key) for packages without one
+    uncertainty: UncertaintySection | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format, "format_version": self.format_version, "toolkit_version": self.toolkit_version,
             "created_utc": self.created_utc, "model": self.model.to_dict(),
             "inputs": [c.to_dict() for c in self.inputs], "output": self.output.to_dict(),
+            **({"uncertainty": self.uncertainty.to_dict()} if self.uncertainty is not None else {}),
             "labels": self.labels.to_dict(), "preprocessing": self.preprocessing.to_dict(),
             "inference": self.inference.to_dict(), "postprocessing": postprocess_to_dict(self.postprocessing),
             "source": self.source.to_dict(), "parity": dict(self.parity),
@@ -293,6 +349,8 @@ class Manifest:
             files=check.parse("files", lambda: {str(k): FileEntry(str(v["sha256"]), int(v["bytes"]))
                                                 for k, v in get(data, "files").items()}),
             format=str(data.get("format")), format_version=int(data.get("format_version", 0)),
+            uncertainty=check.parse("uncertainty", lambda: None if data.get("uncertainty") is None
+                                    else UncertaintySection.from_dict(data["uncertainty"])),
         )  # fmt: skip
         manifest.check_values(check)
         return manifest
@@ -309,6 +367,8 @@ class Manifest:
             if value is None or not 0.0 < value < 1.0:
                 raise check.fail(f"output.thresholds.{region}",
                                  f"{value!r} is not a probability strictly between 0 and 1")
+        if self.uncertainty is not None:
+            _check_uncertainty(check, self.uncertainty, output.regions)
         _check_indices(check, [c.index for c in self.inputs])
         try:
             get_convention(self.labels.convention)
@@ -328,6 +388,16 @@ class Manifest:
         for name, entry in self.files.items():
             if not _SHA256.match(entry.sha256):
                 raise check.fail(f"files.{name}.sha256", f"{entry.sha256[:20]!r} is not a sha256")
+
+
+def _check_uncertainty(check: _Checker, section: UncertaintySection, regions: Sequence[str]) -> None:
+    """The uncertainty output must be the graph's ``uncertainty`` tensor, over the output's regions, in [0, 0.5]."""
+    if section.output.name != "uncertainty" or section.output.layout != "B,K,X,Y,Z":
+        raise check.fail("uncertainty.output", f"{section.output.to_dict()} is not the 'uncertainty' output B,K,X,Y,Z")
+    if tuple(section.regions) != tuple(regions):
+        raise check.fail("uncertainty.regions", f"{list(section.regions)} are not the output's {list(regions)}")
+    if tuple(section.range) != UNCERTAINTY_RANGE:
+        raise check.fail("uncertainty.range", f"{list(section.range)} is not {list(UNCERTAINTY_RANGE)}")
 
 
 def _check_indices(check: _Checker, indices: Sequence[int]) -> None:

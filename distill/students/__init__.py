@@ -4,6 +4,7 @@
     model = build_student(config)
     logits = model(x)                                      # (B, K, *S), any S
     logits, features = model(x, return_features=True)      # features: "enc0".., "bottleneck", "dec{D-1}".."dec0"
+    logits, u = model(x, return_uncertainty=True)          # StudentConfig(uncertainty_head=True) only
     print(describe_student(model, teacher_params))
 """
 
@@ -20,13 +21,21 @@ from distill.students.sizing import (
     count_macs,
     count_parameters,
     describe_student,
+    uncertainty_head_cost,
 )
-from distill.students.unet import StudentConfig, StudentConfigError, StudentUNet, run_padded
+from distill.students.unet import (
+    MAX_UNCERTAINTY,
+    StudentConfig,
+    StudentConfigError,
+    StudentUNet,
+    run_padded,
+    uncertainty_map,
+)
 
 __all__ = [
-    "MIN_STUDENT_PARAMS",
+    "MAX_UNCERTAINTY", "MIN_STUDENT_PARAMS",
     "StudentConfig", "StudentConfigError", "StudentSizingError", "StudentSummary", "StudentUNet",
     "assistant_sizes", "auto_assistants", "available_students", "build_student", "config_for_params",
     "config_for_ratio", "config_parameters", "count_macs", "count_parameters", "describe_student",
-    "register", "run_padded", "scaled_widths", "student_config",
+    "register", "run_padded", "scaled_widths", "student_config", "uncertainty_head_cost", "uncertainty_map",
 ]  # fmt: skip

@@ -123,6 +123,67 @@ class ThresholdCalibration:
 
 
 @dataclass(frozen=True)
+class UncertaintyHeadRecord:
+    """The student's distilled-uncertainty head (``train-student --set uncertainty_head=true``).
+
+    Attributes:
+        parameters: parameters of the head alone (counted in the card's ``parameters`` too).
+        macs_128: its MACs on a 128^3 tile (counted in ``macs_128`` too).
+        share_of_parameters: ``parameters`` over the whole student's.
+        target: what it learnt to predict: the teacher cache's per-region standard deviation of the
+            teacher's per-pass probabilities, in [0, 0.5]; ``source`` says whose passes.
+        passes: forward passes that spread was taken over (members x TTA flips), ``None`` if unknown.
+        loss: the loss description, ``weight``: its weight in each step's total.
+    """
+
+    parameters: int
+    macs_128: int
+    share_of_parameters: float
+    source: str
+    passes: int | None = None
+    loss: str = "Bernoulli cross-entropy of sigmoid(z) against spread / 0.5 (uncertainty_regression)"
+    weight: float | None = None
+    target: str = "per-region standard deviation of the teacher's per-pass probabilities (probability units, [0, 0.5])"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"parameters": self.parameters, "macs_128": self.macs_128,
+                "share_of_parameters": round(self.share_of_parameters, 6), "target": self.target,
+                "source": self.source, "passes": self.passes, "loss": self.loss, "weight": self.weight}  # fmt: skip
+        return {k: v for k, v in data.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UncertaintyHeadRecord:
+        passes, weight = data.get("passes"), data.get("weight")
+        return cls(parameters=int(data["parameters"]), macs_128=int(data["macs_128"]),
+                   share_of_parameters=float(data["share_of_parameters"]), source=str(data["source"]),
+                   passes=None if passes is None else int(passes), loss=str(data.get("loss", cls.loss)),
+                   weight=None if weight is None else float(weight),
+                   target=str(data.get("target", cls.target)))  # fmt: skip
+
+
+def uncertainty_head_record(config: StudentConfig, parameters: int, source: str, passes: int | None = None,
+                            weight: float | None = None) -> UncertaintyHeadRecord:
+    """The card's record of ``config``'s uncertainty head; ``parameters``: the whole student's."""
+    from distill.students.sizing import uncertainty_head_cost
+
+    head_parameters, head_macs = uncertainty_head_cost(config)
+    return UncertaintyHeadRecord(parameters=head_parameters, macs_128=head_macs,
+                                 share_of_parameters=head_parameters / parameters, source=source, passes=passes,
+                                 weight=weight)  # fmt: skip
+
+
+def teacher_passes(teacher: Mapping[str, Any]) -> int | None:
+    """Forward passes per case of a cached teacher description (``TeacherInfo.to_dict()``): members x TTA flips.
+
+    ``None`` for a TTA this function does not know. In an out-of-fold cache a training case
+    gets fewer (only the folds that did not train on it).
+    """
+    flips = {"mirror8": 8, "none": 1}.get(str(teacher.get("tta")))
+    members = teacher.get("members") or ()
+    return flips * len(members) if flips is not None and members else None
+
+
+@dataclass(frozen=True)
 class StudentCard:
     """``student.json`` as a typed object; :meth:`to_dict` / :meth:`from_dict` are its JSON form."""
 
@@ -141,6 +202,8 @@ class StudentCard:
     toolkit_version: str = __version__
     #: thresholds calibrated on the validation cases (``calibrate_thresholds``); cards without it still read
     calibration: ThresholdCalibration | None = None
+    #: the distilled-uncertainty head's cost and target (``uncertainty_head``); absent for students without one
+    uncertainty_head: UncertaintyHeadRecord | None = None
 
     @property
     def output_kind(self) -> str:
@@ -153,7 +216,7 @@ class StudentCard:
         """The card fields a model package repeats (cases, losses and timings stay with the run)."""
         full = self.to_dict()
         keys = ("format", "version", "toolkit_version", "family", "parameters", "macs_128", "ratio_to_teacher",
-                "output_kind", "channels", "validation", "calibration")  # fmt: skip
+                "output_kind", "channels", "validation", "calibration", "uncertainty_head")  # fmt: skip
         return {k: full[k] for k in keys if k in full}
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +239,8 @@ class StudentCard:
             card["total_seconds"] = self.total_seconds
         if self.calibration is not None:
             card["calibration"] = self.calibration.to_dict()
+        if self.uncertainty_head is not None:
+            card["uncertainty_head"] = self.uncertainty_head.to_dict()
         return card
 
     @classmethod
@@ -217,6 +282,7 @@ class StudentCard:
             validation=dict(card.get("validation", {})), total_seconds=card.get("total_seconds"),
             toolkit_version=str(card.get("toolkit_version", "unknown")),
             calibration=_calibration(card, source),
+            uncertainty_head=_uncertainty_head(card, student, source),
         )  # fmt: skip
 
 
@@ -231,6 +297,19 @@ def _calibration(card: Mapping[str, Any], source: str) -> ThresholdCalibration |
     if bad:
         raise StudentCardError(f"{source}: calibrated thresholds {bad} are not probabilities strictly between 0 and 1")
     return calibration
+
+
+def _uncertainty_head(card: Mapping[str, Any], student: StudentConfig, source: str) -> UncertaintyHeadRecord | None:
+    record = card.get("uncertainty_head")
+    if (record is not None) != student.uncertainty_head:
+        raise StudentCardError(f"{source}: the uncertainty_head section and the student config disagree on whether "
+                               "the student has an uncertainty head")  # fmt: skip
+    if record is None:
+        return None
+    try:
+        return UncertaintyHeadRecord.from_dict(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StudentCardError(f"{source}: unreadable uncertainty_head section ({exc})") from exc
 
 
 def read_card(path: str | Path) -> StudentCard:

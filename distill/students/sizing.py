@@ -74,6 +74,18 @@ def config_parameters(config: StudentConfig) -> int:
         return count_parameters(StudentUNet(config))
 
 
+def uncertainty_head_cost(config: StudentConfig) -> tuple[int, int]:
+    """``(parameters, MACs at 128^3)`` that the distilled-uncertainty head adds to ``config``'s student.
+
+    Both counted on meta-device copies (no weights allocated), as the difference between the
+    student with and without the head.
+    """
+    with_head, without = config.replace(uncertainty_head=True), config.replace(uncertainty_head=False)
+    with torch.device("meta"):
+        macs = count_macs(StudentUNet(with_head)) - count_macs(StudentUNet(without))
+    return config_parameters(with_head) - config_parameters(without), macs
+
+
 # ---------------------------------------------------------------------------------------------
 # Budgets
 
@@ -295,4 +307,5 @@ def _check_pair(teacher_params: int, student_params: int) -> None:
 __all__ = [
     "MIN_STUDENT_PARAMS", "StudentSizingError", "StudentSummary", "assistant_sizes", "auto_assistants",
     "config_for_params", "config_for_ratio", "config_parameters", "count_macs", "count_parameters", "describe_student",
+    "uncertainty_head_cost",
 ]  # fmt: skip

@@ -24,6 +24,14 @@ Layout, for ``widths = (w0, ..., wD)`` and stem stride ``s`` (1 or 2)::
     head        stride 1          K             upsample by s (if s = 2) and project to K logits
     logits cropped back to (B, K, *S)
 
+Optional distilled-uncertainty head (``uncertainty_head=True``): a 3x3x3 conv from ``dec0`` to K
+channels at ``dec0``'s resolution, upsampled trilinearly by ``s``; its output, through
+:func:`uncertainty_map`, predicts the teacher ensemble's per-voxel standard deviation of each
+region's probability (the spread the teacher cache stores, in [0, 0.5]). It costs
+``27 * w0 * K + K`` parameters (327 for ``w0 = 4``, K = 3). Off by default, and then nothing of the
+network changes: the head is built after every other layer is initialised, so a student
+with the head has the same initial segmentation weights as one without, for the same seed.
+
 Feature names (``return_features=True``), in the order they are computed:
 ``enc0 .. enc{D-1}, bottleneck, dec{D-1} .. dec0``. ``enc{i}`` and ``dec{i}`` share stride
 and channel count, so a shallow/deep pair for graph-flow distillation can be named directly,
@@ -50,6 +58,9 @@ ACTIVATIONS = ("leakyrelu", "relu", "gelu")
 UPSAMPLES = ("transpose", "trilinear")
 STEM_STRIDES = (1, 2)
 LEAKY_SLOPE = 0.01  # nnU-Net's slope: the teachers were trained with it
+#: The largest standard deviation a quantity in [0, 1] can have (a Bernoulli at p = 1/2): the
+#: range of the teacher cache's uncertainty map, and of the distilled head's output.
+MAX_UNCERTAINTY = 0.5
 
 
 class StudentConfigError(DistillError):
@@ -79,6 +90,9 @@ class StudentConfig:
             ``"trilinear"`` (1x1x1 conv, then trilinear resize; the two commute, and projecting
             first interpolates fewer channels). The full-resolution head is always a transposed conv.
         deep_supervision: must stay ``False``; kept so a stored config states it explicitly.
+        uncertainty_head: add the distilled-uncertainty head (module docstring). Written by
+            :meth:`to_dict` only when ``True``, so the configs (and cards, manifests) of students
+            without it read exactly as before the field existed.
     """
 
     family: str = "unet"
@@ -93,6 +107,7 @@ class StudentConfig:
     stem_stride: int = 2
     upsample: str = "transpose"
     deep_supervision: bool = False
+    uncertainty_head: bool = False
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON; freeze them so configs hash and compare by value.
@@ -136,8 +151,11 @@ class StudentConfig:
         return StudentConfig(**{**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (widths as a list)."""
-        return {**asdict(self), "widths": list(self.widths)}
+        """JSON-ready dict (widths as a list; ``uncertainty_head`` only when set)."""
+        data = {**asdict(self), "widths": list(self.widths)}
+        if not self.uncertainty_head:
+            del data["uncertainty_head"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudentConfig:
@@ -310,7 +328,11 @@ class StudentUNet(nn.Module):
 
     ``forward(x)`` returns logits ``(B, K, *S)`` for any spatial size ``S``;
     ``forward(x, return_features=True)`` returns ``(logits, features)``, ``features`` an ordered
-    dict ``name -> (B, c, *ceil(S / stride))`` (names and order in :meth:`feature_channels`).
+    dict ``name -> (B, c, *ceil(S / stride))`` (names and order in :meth:`feature_channels`);
+    with ``return_uncertainty=True`` (a student with ``uncertainty_head`` only) the head's
+    logits ``(B, K, *S)`` come last: ``(logits, uncertainty_logits)`` or
+    ``(logits, features, uncertainty_logits)``; :func:`uncertainty_map` turns them into standard
+    deviations.
     """
 
     def __init__(self, config: StudentConfig) -> None:
@@ -328,6 +350,11 @@ class StudentUNet(nn.Module):
         self.decoders = nn.ModuleList(DecoderStage(config, w[i + 1], w[i]) for i in range(config.depth))
         self.head = self._make_head()
         self.apply(init_weights)
+        # Built (and initialised) after everything else, so the RNG draws of the layers above are
+        # the same with and without it; None adds nothing to the state dict.
+        self.uncertainty_head = self._make_uncertainty_head() if config.uncertainty_head else None
+        if self.uncertainty_head is not None:
+            self.uncertainty_head.apply(init_weights)
 
     def _make_head(self) -> nn.Module:
         """dec0 features -> K logits at full resolution: a 1x1x1 conv, or a 2x upsample if the stem strided.
@@ -340,6 +367,16 @@ class StudentUNet(nn.Module):
         if c.stem_stride == 1:
             return nn.Conv3d(c.widths[0], c.out_channels, 1)
         return Upsample2x("transpose", c.widths[0], c.out_channels, kernel=3, bias=True)
+
+    def _make_uncertainty_head(self) -> nn.Module:
+        """dec0 features -> K uncertainty logits: a 3x3x3 conv at dec0's resolution, then a trilinear 2x
+        upsample if the stem strided (the teacher's spread varies smoothly, so the cheap resize
+        loses little, and the full-resolution grid gets no second conv)."""
+        c = self.config
+        conv = nn.Conv3d(c.widths[0], c.out_channels, 3, padding=1)
+        if c.stem_stride == 1:
+            return conv
+        return nn.Sequential(conv, nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False))
 
     @property
     def divisor(self) -> int:
@@ -368,22 +405,40 @@ class StudentUNet(nn.Module):
         for i in reversed(range(len(self.decoders))):
             x = self.decoders[i](x, skips[i])
             features[f"dec{i}"] = x
-        return self.head(x), features
+        if self.uncertainty_head is None:
+            return self.head(x), features
+        # one tensor of 2K channels, so run_padded crops both outputs together
+        return torch.cat([self.head(x), self.uncertainty_head(x)], dim=1), features
 
-    def forward(
-        self, x: torch.Tensor, return_features: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(B, C_in, *S)`` -> logits ``(B, K, *S)``, or ``(logits, features)`` with ``return_features``."""
+    def forward(self, x: torch.Tensor, return_features: bool = False, return_uncertainty: bool = False) -> Any:
+        """``(B, C_in, *S)`` -> logits ``(B, K, *S)``; ``features`` and the uncertainty logits follow
+        when asked for (class docstring)."""
         # Skipped while tracing: the tracer would bake the comparison into the graph as a constant.
         if not torch.jit.is_tracing() and (x.dim() != 5 or x.shape[1] != self.config.in_channels):
             raise ValueError(f"expected input (B, {self.config.in_channels}, D, H, W), got {tuple(x.shape)}")
+        if return_uncertainty and self.uncertainty_head is None:
+            raise ValueError("this student has no uncertainty head (StudentConfig.uncertainty_head is False)")
         strides = self.feature_strides() if return_features else None
         logits, features = run_padded(self._body, x, self.divisor, strides)
-        return (logits, features) if return_features else logits
+        uncertainty = None
+        if self.uncertainty_head is not None:
+            k = self.config.out_channels
+            logits, uncertainty = logits[:, :k], logits[:, k:]
+        outputs = (logits, *((features,) if return_features else ()), *((uncertainty,) if return_uncertainty else ()))
+        return outputs if len(outputs) > 1 else logits
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid per channel for region students, softmax over channels otherwise."""
         return torch.sigmoid(logits) if self.config.output_kind == SIGMOID else torch.softmax(logits, dim=1)
+
+
+def uncertainty_map(uncertainty_logits: torch.Tensor) -> torch.Tensor:
+    """The head's logits -> the predicted standard deviation ``MAX_UNCERTAINTY * sigmoid(z)``, in [0, 0.5].
+
+    The same units as the teacher cache's uncertainty (a standard deviation of probabilities);
+    :func:`distill.losses.uncertainty_regression` trains ``z`` against it.
+    """
+    return MAX_UNCERTAINTY * torch.sigmoid(uncertainty_logits)
 
 
 def feature_names(depth: int) -> list[str]:

@@ -38,6 +38,8 @@ from distill.students.card import (
     LinkRecord,
     StudentCard,
     TrainingData,
+    teacher_passes,
+    uncertainty_head_record,
     write_student_run,
 )
 from distill.train.calibrate import calibrate_thresholds
@@ -86,6 +88,13 @@ def plan_chain(config: TrainConfig, teacher_params: int, student_params: int) ->
 
 
 def _final_config(config: TrainConfig, teacher_params: int, out_channels: int, output_kind: str):
+    """The final student's config: sized to the budget, then given the uncertainty head if asked
+    (the head's few hundred parameters come on top of the budget and are reported on the card)."""
+    sized = _sized_final_config(config, teacher_params, out_channels, output_kind)
+    return sized.replace(uncertainty_head=True) if config.uncertainty_head else sized
+
+
+def _sized_final_config(config: TrainConfig, teacher_params: int, out_channels: int, output_kind: str):
     # the option is passed only when set, so a default run sizes exactly as before it existed
     width = {"min_first_width": config.min_first_width} if config.min_first_width else {}
     if config.params is not None:
@@ -133,6 +142,8 @@ def _card(config, cache, final_config, summary, chain_results, links, train_ids,
             "temperature": config.temperature, "dense_guidance": config.dense_guidance,
             "uncertainty_weighting": config.uncertainty_weighting, "graph_flow_weight": config.graph_flow_weight,
             "graph_flow_stages": list(config.graph_flow_stages), "boundary_weight": config.boundary_weight,
+            **({"uncertainty_head": "Bernoulli cross-entropy against the cached teacher spread / 0.5",
+                "uncertainty_head_weight": config.uncertainty_head_weight} if config.uncertainty_head else {}),
         },
         training={**config.to_dict(), "world_size": world_size},
         data=TrainingData(
@@ -143,7 +154,23 @@ def _card(config, cache, final_config, summary, chain_results, links, train_ids,
         ),
         validation=links[-1].metrics if links else {},
         calibration=calibration,
+        uncertainty_head=_head_record(config, cache, final_config, summary.parameters),
     )  # fmt: skip
+
+
+def _head_record(config: TrainConfig, cache, final_config, parameters: int):
+    """The card's record of the uncertainty head (``None`` without one): cost, and whose spread it learnt."""
+    if not final_config.uncertainty_head:
+        return None
+    spec = cache.spec
+    passes = teacher_passes(spec.teacher)
+    members = ", ".join(spec.teacher.get("members") or ()) or "?"
+    # no local path: the record travels into packages
+    source = (f"teacher cache ({spec.mode} mode) of {spec.teacher['name']}: members {members}, "
+              f"TTA {spec.teacher.get('tta')}" + (f" = {passes} passes per case" if passes else ""))
+    if spec.mode == "oof":
+        source += " (out-of-fold: a training case has only the folds that did not train on it)"
+    return uncertainty_head_record(final_config, parameters, source, passes, weight=config.uncertainty_head_weight)
 
 
 KD_DESCRIPTIONS = {
@@ -154,22 +181,27 @@ KD_DESCRIPTIONS = {
 
 
 def save_untrained_student(folder: Path, params: int, family: str = "unet", seed: int = 0,
-                           validation: dict[str, float] | None = None) -> Path:
+                           validation: dict[str, float] | None = None, uncertainty_head: bool = False) -> Path:
     """A run folder (``student.pt`` + a minimal card) holding a randomly initialised student.
 
     For latency benchmarks and tests of export and inference, where what the network learnt
-    does not matter; the card says so in place of a teacher.
+    does not matter; the card says so in place of a teacher. ``uncertainty_head`` adds the
+    (untrained) distilled-uncertainty head.
     """
     torch.manual_seed(seed)
     config = config_for_params(family, params)
+    if uncertainty_head:
+        config = config.replace(uncertainty_head=True)
     model = build_student(config)
     summary = describe_student(model)
+    head = uncertainty_head_record(config, summary.parameters, NO_TEACHER) if uncertainty_head else None
     card = StudentCard(
         student=config, parameters=summary.parameters, macs_128=summary.macs_128, family=family,
         channels=("WT", "TC", "ET"), validation=dict(validation or {}),
         data=TrainingData(teacher=NO_TEACHER, teacher_identity_hash="0" * 64,
                           preprocessing={"target_spacing": None, "divisor": 1, "image_order": 1,
                                          "normalisation": "zscore_in_brain_mask"}),
+        uncertainty_head=head,
     )  # fmt: skip
     write_student_run(folder, model.state_dict(), card)
     return Path(folder)

@@ -71,6 +71,13 @@ class TrainConfig:
             and the live teacher's ``region_affinity_stage`` features (needs ground truth).
         boundary_weight: Kervadec boundary loss, ramped in over the second half of each link.
         uncertainty_weighting: down-weight KD where the teacher ensemble disagrees.
+        uncertainty_head: give the final student a distilled-uncertainty head (a 3x3x3 conv on
+            ``dec0``, ~27·w0·3 parameters, :class:`~distill.students.StudentConfig`) trained in the
+            same steps to predict the cache's per-region teacher spread (the standard deviation
+            of the teacher's passes, in [0, 0.5]) with
+            :func:`~distill.losses.uncertainty_regression`; its cost is on the student card and
+            ``distill export`` packages it as a second output. Assistants never get it.
+        uncertainty_head_weight: weight of that loss term in the link's total.
         val_cases: held-out cache cases scored by sliding-window inference (chosen by hash).
     """
 
@@ -105,6 +112,8 @@ class TrainConfig:
     region_affinity_stage: str = "dec1"
     boundary_weight: float = 0.0
     uncertainty_weighting: bool = False
+    uncertainty_head: bool = False
+    uncertainty_head_weight: float = 1.0
     foreground_fraction: float = 0.33
     et_fraction: float = 0.0
     min_first_width: int = 0
@@ -165,6 +174,15 @@ class TrainConfig:
             raise TrainConfigError(f"region_affinity_weight must be non-negative; got {self.region_affinity_weight}")
         if self.teacher_fold is not None and self.teacher_model_dir is None:
             raise TrainConfigError("teacher_fold names a fold of teacher_model_dir: set teacher_model_dir too")
+        if isinstance(self.uncertainty_head_weight, bool) or not self.uncertainty_head_weight >= 0:
+            raise TrainConfigError(f"uncertainty_head_weight must be a non-negative number; "
+                                   f"got {self.uncertainty_head_weight!r}")
+        if self.uncertainty_head and self.uncertainty_head_weight == 0:
+            raise TrainConfigError("uncertainty_head=true with uncertainty_head_weight=0 would leave the head "
+                                   "untrained; give it a positive weight")
+        if self.uncertainty_head_weight != 1.0 and not self.uncertainty_head:
+            raise TrainConfigError("uncertainty_head_weight weights the uncertainty head's loss: "
+                                   "set uncertainty_head=true too")
         if self.calibrate_thresholds and self.val_cases < 1:
             raise TrainConfigError("calibrate_thresholds needs validation cases: set val_cases to 1 or more")
 
@@ -203,7 +221,8 @@ class TrainConfig:
 #: Options added after run folders were first written; hashed only when not at their default.
 LATER_OPTIONS = ("kd_correction", "kd_balance", "kd_warmup_steps", "lr_schedule", "lr_warmup_steps", "et_fraction",
                  "min_first_width", "calibrate_thresholds", "paraphraser_batches", "teacher_fold",
-                 "region_affinity_weight", "region_affinity_stage")  # fmt: skip
+                 "region_affinity_weight", "region_affinity_stage", "uncertainty_head",
+                 "uncertainty_head_weight")  # fmt: skip
 
 
 def option_defaults() -> dict[str, Any]:

@@ -97,12 +97,16 @@ KD_OVER_TEACHERS = {"sigmoid": "kd_sigmoid_teachers", "softmax": "kd_softmax_tea
 
 
 def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: bool,
-                    graph_flow: dict[str, Any] | None = None, live_teacher: bool = False) -> CompositeLoss:
+                    graph_flow: dict[str, Any] | None = None, live_teacher: bool = False,
+                    uncertainty_head: bool = False) -> CompositeLoss:
     """The composite loss of a link (terms with weight 0 are left out).
 
     ``graph_flow``: the :class:`~distill.losses.GraphFlowLoss` options (from a live teacher), or
     ``None`` for no graph-flow term. ``live_teacher``: a teacher runs in the loop, so feature
-    terms (region affinity) can be built. Terms come from :func:`distill.losses.build_loss`.
+    terms (region affinity) can be built. ``uncertainty_head``: the model of the link has the
+    distilled-uncertainty head, so the ``uncertainty_head`` term regresses it on the cache's
+    teacher spread (whichever teacher the link's KD comes from). Terms come from
+    :func:`distill.losses.build_loss`.
     """
     terms = []
     supervised_weight = 1.0 - config.kd_weight
@@ -144,6 +148,11 @@ def build_link_loss(config: TrainConfig, output_kind: str, has_ground_truth: boo
         terms.append(build_loss("boundary", weight=config.boundary_weight,
                                 schedule=ramp_in(config.steps // 2, config.steps // 4),
                                 inputs={"student_logits": "student_logits", "regions": "regions"}))  # fmt: skip
+    if uncertainty_head:
+        terms.append(build_loss("uncertainty_regression", term_name="uncertainty_head",
+                                weight=config.uncertainty_head_weight,
+                                inputs={"uncertainty_logits": "student_uncertainty_logits",
+                                        "teacher_uncertainty": "teacher_uncertainty"}))  # fmt: skip
     if not terms:
         raise TrainConfigError("every loss term is switched off")
     return CompositeLoss(terms)
@@ -360,8 +369,13 @@ def _build_link_loss(
             if stage not in model.feature_channels():
                 raise TrainConfigError(f"region_affinity_stage {stage!r} is not a feature of "
                                        f"{type(model).__name__} ({', '.join(model.feature_channels())})")
-    return build_link_loss(config, link.output_kind, link.has_ground_truth, graph_flow,
-                           live_teacher=bool(live)).to(device)
+    return build_link_loss(config, link.output_kind, link.has_ground_truth, graph_flow, live_teacher=bool(live),
+                           uncertainty_head=has_uncertainty_head(student)).to(device)
+
+
+def has_uncertainty_head(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a student built with the distilled-uncertainty head."""
+    return bool(getattr(getattr(model, "config", None), "uncertainty_head", False))
 
 
 def _resume(link: LinkConfig, training: _Training, sampler: PatchSampler, dist: DistInfo) -> None:
@@ -396,9 +410,17 @@ def _train_step(
     need_features = any(t.weight_at(training.step) > 0 for t in feature_terms)
     teachers, uncertainties, teacher_features = _teacher_inputs(batch, live, config, training.rng, need_features,
                                                                 link.output_kind)  # fmt: skip
+    with_head = has_uncertainty_head(training.student)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
-        logits, features = training.model(batch.images, return_features=True)
+        if with_head:
+            logits, features, uncertainty_logits = training.model(batch.images, return_features=True,
+                                                                  return_uncertainty=True)  # fmt: skip
+        else:
+            logits, features = training.model(batch.images, return_features=True)
     tensors = {"student_logits": logits.float(), "teachers": teachers, "uncertainties": uncertainties}
+    if with_head:  # the target is always the cache's spread of the teacher ensemble
+        tensors.update(student_uncertainty_logits=uncertainty_logits.float(),
+                       teacher_uncertainty=batch.teacher_uncertainty)
     if batch.regions is not None:
         tensors["regions"] = batch.regions
     if teacher_features is not None:

@@ -27,8 +27,11 @@ router = APIRouter()
 LabelChoice = Enum("LabelChoice", {name: name for name in inference.LABEL_CHOICES}, type=str)
 LABELS_HELP = ("Output label convention (default: the package's); `regions` returns the WT, TC, ET masks as a 4D "
                "uint8 NIfTI (X, Y, Z, region) instead.")  # fmt: skip
-OUTPUTS_HELP = ("Comma-separated: `labels` (default), `probabilities`, `uncertainty`. With either map the answer is "
-                "a zip of NIfTI files (label map, float32 maps X, Y, Z, region, and outputs.json).")  # fmt: skip
+OUTPUTS_HELP = ("Comma-separated: `labels` (default), `probabilities`, `uncertainty` (the distilled teacher spread: "
+                "the predicted standard deviation of the teacher ensemble's passes, in [0, 0.5], not a calibrated "
+                "error probability; packages trained with an uncertainty head only, else 422 `output_unavailable`), "
+                "`entropy` (binary entropy of the student's probabilities, bits). With any map the answer is a zip "
+                "of NIfTI files (label map, float32 maps X, Y, Z, region, and outputs.json).")  # fmt: skip
 MODALITY_FIELD = {"type": "string", "format": "binary"}
 SEGMENT_BODY = {
     "required": True,
@@ -90,6 +93,7 @@ async def segment(request: Request, labels: LabelChoice | None = Query(None, des
                   predictor: Any = Depends(get_predictor)) -> Response:  # fmt: skip
     service = get_service(request)
     chosen = inference.parse_outputs(outputs)
+    inference.check_outputs_available(chosen, predictor.package)  # before the body is read
     label_name = labels.value if labels is not None else None
     async with service.ticket("/segment") as ticket:
         plan = inference.FieldPlan(predictor.package.modalities, predictor.package.aliases)

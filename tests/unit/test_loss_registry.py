@@ -155,6 +155,14 @@ CASES = {
         graph_flow_case,
         None,
     ),
+    # Head logit ln 3 -> u_hat = 0.75; cached spread 0.25 -> target u = 0.25 / 0.5 = 0.5:
+    # -(0.5 ln 0.75 + 0.5 ln 0.25) = 0.5 ln(16/3) at every voxel and region, so also the mean.
+    "uncertainty_regression": (
+        {},
+        lambda: {"uncertainty_logits": grad(torch.full((1, 3, 2, 2, 2), math.log(3.0))),
+                 "teacher_uncertainty": torch.full((1, 3, 2, 2, 2), 0.25)},  # fmt: skip
+        0.5 * math.log(16.0 / 3.0),
+    ),
     "paraphraser_reconstruction": (
         {"paraphraser": Paraphraser(4, 2, kernel_size=1)},
         lambda: {"features": grad(torch.randn(1, 4, 2, 2, 2, generator=torch.Generator().manual_seed(1)))},

@@ -43,6 +43,9 @@ def config(**changes) -> TrainConfig:
     (dict(et_fraction=0.8, foreground_fraction=0.33), "foreground_fraction + et_fraction must not exceed 1"),
     (dict(min_first_width=-4), "min_first_width must be a channel count"),
     (dict(calibrate_thresholds=True, val_cases=0), "calibrate_thresholds needs validation cases"),
+    (dict(uncertainty_head=True, uncertainty_head_weight=0.0), "would leave the head untrained"),
+    (dict(uncertainty_head_weight=-1.0), "uncertainty_head_weight must be a non-negative number"),
+    (dict(uncertainty_head_weight=0.5), "set uncertainty_head=true too"),
 ])  # fmt: skip
 def test_bad_values_are_refused_in_one_line(changes, message):
     with pytest.raises(TrainConfigError) as error:
@@ -55,6 +58,8 @@ def test_new_options_default_to_todays_behaviour_and_keep_the_hash():
     assert {k: defaults[k] for k in LATER_OPTIONS} == {
         "kd_correction": "none", "kd_balance": "voxel", "kd_warmup_steps": 0, "lr_schedule": "poly",
         "lr_warmup_steps": 0, "et_fraction": 0.0, "min_first_width": 0, "calibrate_thresholds": False,
+        "paraphraser_batches": 4, "teacher_fold": None, "region_affinity_weight": 0.0, "region_affinity_stage": "dec1",
+        "uncertainty_head": False, "uncertainty_head_weight": 1.0,
     }  # fmt: skip
     plain = config()
     # the hash of a default config is the hash of its options without the later ones, as written before they existed
@@ -64,7 +69,8 @@ def test_new_options_default_to_todays_behaviour_and_keep_the_hash():
     old_style = {k: v for k, v in plain.to_dict().items() if k not in left_out}
     assert plain.training_hash() == canonical_hash(old_style)
     assert config(recipe="brats-30k").training_hash() == plain.training_hash()  # a label, not an option
-    changes = [("kd_correction", "mask"), ("kd_balance", "dice"), ("et_fraction", 0.1), ("calibrate_thresholds", True)]
+    changes = [("kd_correction", "mask"), ("kd_balance", "dice"), ("et_fraction", 0.1), ("calibrate_thresholds", True),
+               ("uncertainty_head", True)]
     for name, value in changes:
         assert config(**{name: value}).training_hash() != plain.training_hash(), name
 
