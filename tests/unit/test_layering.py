@@ -36,6 +36,7 @@ ALLOWED = {
     "export": {"cache", "core", "data", "errors", "infer", "package", "students"},
     "train": {"cache", "core", "data", "errors", "eval", "infer", "losses", "students", "teacher"},
     "serve": {"core", "data", "errors", "infer", "package"},
+    "report": {"core", "data", "errors"},
 }
 TOP = {"cli", "cli_infer", "demo", "__main__", "__init__"}
 #: ``distill/__init__.py`` holds only the version, which every stage may record.
