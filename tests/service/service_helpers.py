@@ -118,7 +118,7 @@ class FakePredictor:
         return (1.0 / (1.0 + np.exp(-scaled))).astype(np.float32)
 
     def segment(self, images, affine, modalities=None, label_convention=None, return_probabilities=False,
-                return_uncertainty=False) -> Segmentation:  # fmt: skip
+                return_uncertainty=False, return_distilled_uncertainty=False) -> Segmentation:  # fmt: skip
         self._enter()
         try:
             if self.error is not None:

@@ -98,14 +98,24 @@ def test_label_conventions_regions_and_the_maps_zip(client):
     regions = np.asanyarray(read_nifti_response(good(client, params={"labels": "regions"}).content).dataobj)
     assert regions.shape == (*SHAPE, 3) and regions.dtype == np.uint8
     np.testing.assert_array_equal(regions[..., 0] > 0, default > 0)
-    zipped = good(client, params={"outputs": "probabilities,uncertainty"})
+    zipped = good(client, params={"outputs": "probabilities,entropy"})
     assert zipped.headers["content-type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(zipped.content))
-    assert sorted(archive.namelist()) == ["labels.nii.gz", "outputs.json", "probabilities.nii.gz", "uncertainty.nii.gz"]
+    assert sorted(archive.namelist()) == ["entropy.nii.gz", "labels.nii.gz", "outputs.json", "probabilities.nii.gz"]
     maps = read_nifti_response(archive.read("probabilities.nii.gz"))
     assert maps.shape == (*SHAPE, 3) and maps.get_data_dtype() == np.float32
-    assert json.loads(archive.read("outputs.json"))["regions"] == ["WT", "TC", "ET"]
+    description = json.loads(archive.read("outputs.json"))
+    assert description["regions"] == ["WT", "TC", "ET"] and "binary entropy" in description["entropy"]
     assert archive.read("labels.nii.gz") == good(client).content
+
+
+def test_uncertainty_from_a_package_without_the_head_is_refused_before_the_body(client, fake):
+    """The committed package has no distilled-uncertainty output: a 422 that says so, and the model never runs."""
+    response = client.post("/segment", params={"outputs": "labels,uncertainty"}, files=case_files())
+    error = assert_error(response, 422, "output_unavailable")
+    assert "no distilled uncertainty output" in error["message"] and "outputs=entropy" in error["message"]
+    assert fake.calls == 0
+    assert client.get("/healthz").status_code == 200
 
 
 def test_segment_raw_round_trip(client, fake):
