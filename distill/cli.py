@@ -369,24 +369,40 @@ def demo_command(
     out: Annotated[
         Path, typer.Option(help="Working folder for the demo (resumed if it exists).")
     ] = Path("distill-demo"),
-    n_cases: Annotated[int, typer.Option("--n-cases", "-n", min=5, help="Training phantoms (5 folds need 5).")] = 6,
-    n_test: Annotated[int, typer.Option(min=1, help="Held-out test phantoms.")] = 2,
-    teacher_iterations: Annotated[int, typer.Option(min=0, help="nnU-Net training iterations per fold.")] = 20,
-    params: Annotated[int, typer.Option(help="Student parameter budget.")] = 30_000,
-    steps: Annotated[int, typer.Option(min=1, help="Student training steps.")] = 600,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Every stage on the smallest budgets (a few minutes; no accuracy promise).")
+    ] = False,
+    cases: Annotated[
+        Optional[Path], typer.Option(help="Labelled BraTS cases (any supported layout) instead of phantoms.")
+    ] = None,
+    n_cases: Annotated[
+        Optional[int], typer.Option("--n-cases", "-n", min=5, help="Training phantoms (5 folds need 5).")
+    ] = None,
+    n_test: Annotated[Optional[int], typer.Option(min=1, help="Held-out cases.")] = None,
+    teacher_iterations: Annotated[
+        Optional[int], typer.Option(min=1, help="nnU-Net training iterations per fold.")
+    ] = None,
+    params: Annotated[Optional[int], typer.Option(help="Student parameter budget.")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Student training steps per link.")] = None,
+    assistants: Annotated[
+        Optional[str], typer.Option(help="Teacher assistants: auto, a count, or sizes (e.g. 300000,100000).")
+    ] = None,
     larger: Annotated[
         bool, typer.Option(help="64x64x40 phantoms and 48-voxel patches (slower, closer to real work).")
     ] = False,
+    serve: Annotated[bool, typer.Option(help="Serve the package over HTTP and POST a held-out case.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """The whole pipeline on embedded phantoms: nnU-Net teacher, cache, student, export, predict, evaluate."""
+    """What distillation gains, end to end: data, nnU-Net teacher, cache, student, export, serve, evaluate, report."""
     from distill.demo import DemoConfig, run_demo
 
-    config = DemoConfig(
-        out_dir=out, n_cases=n_cases, n_test=n_test, seed=seed, teacher_iterations=teacher_iterations,
-        student_params=params, steps=steps, phantom_shape=(64, 64, 40) if larger else (48, 48, 32),
-        patch=48 if larger else 32,
-    )  # fmt: skip
+    given = {"n_cases": n_cases, "n_test": n_test, "teacher_iterations": teacher_iterations,
+             "student_params": params, "steps": steps, "assistants": assistants}
+    options = {k: v for k, v in given.items() if v is not None}
+    options.update(out_dir=out, cases=cases, seed=seed, serve=serve)
+    if larger:
+        options.update(phantom_shape=(64, 64, 40), patch=48)
+    config = DemoConfig.quick_run(**options) if quick else DemoConfig(**options)
     result = run_demo(config, report=lambda line: console.print(line, highlight=False, markup=False))
     typer.echo(result.table())
 

@@ -36,9 +36,10 @@ class ReportFiles:
     figures: tuple[Path, ...]
 
 
-def _regions(path: Path, convention: str | None) -> np.ndarray:
+def _regions(path: Path, convention: str | None, layout: str | None = None) -> np.ndarray:
+    """Boolean WT/TC/ET of a label map; ``auto`` detects the convention as ``distill evaluate`` does."""
     labels = read_nifti(path).data.astype(np.uint8)
-    found = resolve_convention(convention, np.unique(labels), None, source=str(path)) if convention in (
+    found = resolve_convention(convention, np.unique(labels), layout, source=str(path)) if convention in (
         None, "auto") else get_convention(convention)  # fmt: skip
     return found.to_regions(labels, source=str(path))
 
@@ -55,7 +56,7 @@ def uncertainty_map(path: Path | None) -> np.ndarray | None:
 def slices(inputs: ReportInputs) -> Figure:
     case = inputs.record("predict")["report_case"]
     flair = read_nifti(resolve(inputs, case["flair"]))
-    truth = _regions(resolve(inputs, case["label"]), case.get("label_convention"))
+    truth = _regions(resolve(inputs, case["label"]), case.get("label_convention"), case.get("label_layout"))
     panels = {"ground truth": truth}
     for model in ("teacher", "student"):
         if case.get(model):
@@ -143,7 +144,7 @@ color:#222;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-img{max-width:100%;height:auto;display:block;margin:.5em 0}.note{color:#555;font-size:.88em}
+img{max-width:100%;height:auto;display:block;margin:.5em 0}td.text{text-align:left}.note{color:#555;font-size:.88em}
 .intro{background:#f6f8fa;border-left:4px solid #009E73;padding:.6em 1em}
 """
 

@@ -10,9 +10,9 @@ import pytest
 from distill.data.nifti import read_nifti, write_nifti
 
 
-def run_cli(*args, cwd=None):
+def run_cli(*args, cwd=None, timeout=600):
     return subprocess.run(
-        [sys.executable, "-m", "distill", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "distill", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
 
 
@@ -63,24 +63,42 @@ def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path):
     assert seg.name.replace("_seg", "") in result.stderr.replace("\n", "")
 
 
+STAGES = ("data", "teacher", "teacher_cache", "student", "export", "serve", "predict", "evaluate")
+
+
 @pytest.mark.slow
 @pytest.mark.nnunet
-def test_demo_runs_the_whole_pipeline(tmp_path):
-    """nnU-Net teacher -> cache -> student -> ONNX package -> predict -> evaluate, at a tiny budget."""
-    args = ["demo", "--out", tmp_path / "demo", "-n", "5", "--n-test", "1", "--teacher-iterations", "1",
-            "--steps", "4", "--params", "6000"]  # fmt: skip
-    result = run_cli(*args)
+def test_demo_quick_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
+    """`distill demo --quick`: data -> nnU-Net teacher -> cache -> student -> ONNX package -> HTTP
+    service -> predict -> evaluate -> report, a line per stage; a rerun retrains nothing."""
+    demo = tmp_path / "demo"
+    result = run_cli("demo", "--quick", "--out", demo, timeout=1800)  # ~4 min on 2 idle cores
     assert result.returncode == 0, result.stderr[-3000:]
     for model in ("teacher: nnU-Net 5x8 TTA", "student (onnxruntime)", "threshold baseline"):
         assert model in result.stdout
-    demo = tmp_path / "demo"
+    lines = " ".join(result.stderr.split())  # the stage lines, unwrapped
+    for number, stage in enumerate(("data", "teacher", "teacher-cache", "train-student", "export", "serve",
+                                    "predict", "evaluate", "report"), start=1):  # fmt: skip
+        assert f"{number}. {stage}" in lines, f"no line for stage {number} ({stage})"
     assert (demo / "package" / "model.onnx").is_file() and (demo / "cache" / "manifest.json").is_file()
+    records = {s: json.loads((demo / "stages" / f"{s}.json").read_text()) for s in STAGES}
+    served = records["serve"]
+    assert served["status"] == 200 and served["clean_shutdown"] and served["shape"] == [48, 48, 32]
+    assert 20_000 < records["student"]["parameters"] < 40_000 and records["student"]["recipe"] == "brats-30k"
+    assert records["export"]["parity_passed"]
     summaries = {
         m: json.loads((demo / "evaluation" / m / "summary.json").read_text())
         for m in ("teacher", "student", "threshold")
     }
     assert all(s["n_cases"] == 1 for s in summaries.values())
-    again = run_cli(*args)  # every stage resumes: nothing retrained, same scores
+    page = (demo / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
+    assert (demo / "report.md").is_file() and len(list((demo / "report_files").glob("*.png"))) == 3
+
+    again = run_cli("demo", "--quick", "--out", demo)  # every stage resumes: nothing retrained, same scores
     assert again.returncode == 0, again.stderr[-3000:]
+    assert " ".join(again.stderr.split()).count("reused from an earlier run") == len(STAGES)
+    for stage in STAGES:
+        assert json.loads((demo / "stages" / f"{stage}.json").read_text()) == records[stage]
     student_again = json.loads((demo / "evaluation" / "student" / "summary.json").read_text())
     assert student_again["per_region"] == summaries["student"]["per_region"]
