@@ -96,9 +96,37 @@ def fold_split(p: rr.Pipeline, fold: int) -> tuple[list[str], list[str]]:
     splits = (p.work / "teacher" / "nnUNet_preprocessed" / f"Dataset{rr.DATASET_ID:03d}_{rr.DATASET_NAME}"
               / "splits_final.json")  # fmt: skip
     if not splits.is_file():
-        raise SystemExit(f"{splits}: missing; the teacher's planning (run_realdata.py --until teacher) makes it")
+        write_nnunet_splits(p, splits)
     entry = json.loads(splits.read_text())[fold]
     return sorted(entry["train"]), sorted(entry["val"])
+
+
+def write_nnunet_splits(p: rr.Pipeline, splits: Path) -> None:
+    """Write the 5-fold split nnU-Net's trainer would make (its own function, seed 12345, sorted ids).
+
+    The trainer writes ``splits_final.json`` only when it first trains a fold, so a fresh machine
+    that restored its folds from the committed assets has none. The result is checked against the
+    held-out cases nnU-Net validated each committed fold on, so a different split cannot slip in.
+    """
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    labels = p.work / "nnunet_raw" / f"Dataset{rr.DATASET_ID:03d}_{rr.DATASET_NAME}" / "labelsTr"
+    identifiers = sorted(path.name.split(".")[0] for path in labels.glob("*.nii.gz"))
+    folds = [{"train": [str(c) for c in f["train"]], "val": [str(c) for c in f["val"]]}
+             for f in generate_crossval_split(identifiers, seed=12345, n_splits=5)]  # fmt: skip
+    import teacher_assets
+
+    for summary in sorted(teacher_assets.assets_for(p.args.teacher_iterations).glob("fold_*/validation/summary.json")):
+        fold = int(summary.parent.parent.name.split("_")[1])
+        validated = sorted(Path(c["reference_file"]).name.split(".")[0]
+                           for c in json.loads(summary.read_text())["metric_per_case"])  # fmt: skip
+        if validated != sorted(folds[fold]["val"]):
+            raise SystemExit(f"{summary}: fold {fold} was validated on {validated}, the split gives "
+                             f"{sorted(folds[fold]['val'])}")  # fmt: skip
+    splits.parent.mkdir(parents=True, exist_ok=True)
+    tmp = splits.with_name(".splits_final.json.partial")
+    tmp.write_text(json.dumps(folds, indent=4) + "\n")
+    os.replace(tmp, splits)
 
 
 def fold_dir(p: rr.Pipeline, fold: int) -> Path:

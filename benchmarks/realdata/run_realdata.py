@@ -133,7 +133,9 @@ def stage_convert(p: Pipeline) -> dict:
     result = convert_to_nnunet(ConvertConfig(source=p.work / "split" / "train", out_root=p.work / "nnunet_raw",
                                              dataset_id=DATASET_ID, dataset_name=DATASET_NAME,
                                              target_spacing=(2.0, 2.0, 2.0), progress=False))  # fmt: skip
-    return {"dataset_dir": str(result.dataset_dir), "n_training": result.n_training, "spacing_mm": 2.0}
+    # relative to the work folder: the record is committed and must not name this machine's paths
+    dataset_dir = result.dataset_dir.relative_to(p.work).as_posix()
+    return {"dataset_dir": dataset_dir, "n_training": result.n_training, "spacing_mm": 2.0}
 
 
 def teacher_config(p: Pipeline, folds=(0, 1, 2, 3, 4)):
@@ -162,7 +164,8 @@ def stage_teacher(p: Pipeline) -> dict:
     checkpoints = {f"fold_{f}": file_sha256(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in folds}
     sizes = [(model_dir / f"fold_{f}" / "checkpoint_final.pth").stat().st_size for f in folds]
     return {
-        "model_dir": str(model_dir), "parameters_per_member": sum(p.numel() for p in network.parameters()),
+        "model_dir": model_dir.relative_to(p.work).as_posix(),
+        "parameters_per_member": sum(p.numel() for p in network.parameters()),
         "macs_128": int(count_macs(network, (1, 4, 128, 128, 128))), "compact_plan": plans.get("distill_compact_plan"),
         "iterations_per_fold": p.args.teacher_iterations, "folds": fold_records,
         # Seconds of the run that trained each fold (restored folds keep the figure of the run that made them).

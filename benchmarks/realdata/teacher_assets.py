@@ -45,6 +45,21 @@ def _copy(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def _copy_validation_summary(source: Path, target: Path) -> None:
+    """nnU-Net's validation summary with its file paths cut to ``folder/file`` (the absolute paths
+    name the machine that trained the fold and mean nothing on another)."""
+    summary = json.loads(source.read_text())
+    for case in summary.get("metric_per_case", []):
+        for key in ("reference_file", "prediction_file"):
+            if key in case:
+                path = Path(case[key])
+                case[key] = f"{path.parent.name}/{path.name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.write_text(json.dumps(summary, indent=4) + "\n")
+    os.replace(tmp, target)
+
+
 def _record_sums(assets: Path) -> dict[str, str]:
     sums = {p.relative_to(assets).as_posix(): file_sha256(p) for p in sorted(assets.rglob("*"))
             if p.is_file() and p.name != SUMS and not p.name.startswith(".")}  # fmt: skip
@@ -61,7 +76,8 @@ def save_fold(model_dir: Path, fold: int, assets: Path = ASSETS) -> dict[str, st
     for name in FOLD_FILES:
         source = model_dir / f"fold_{fold}" / name
         if source.is_file():
-            _copy(source, assets / f"fold_{fold}" / name)
+            copy = _copy_validation_summary if name.endswith("summary.json") else _copy
+            copy(source, assets / f"fold_{fold}" / name)
     (assets / f"fold_{fold}" / "checkpoint_latest.pth").unlink(missing_ok=True)
     return _record_sums(assets)
 
