@@ -61,6 +61,8 @@ VARIANTS = {
     # of the recipe; paraphrasers pre-trained for 300 steps on 32 batches of its features
     "recipe_graph_flow": {"live_teacher": True, "graph_flow_weight": 1.0, "paraphraser_steps": 300,
                           "paraphraser_batches": 32},
+    # the recipe plus the distilled-uncertainty head (issue 15): its Dice is paired with "recipe"'s
+    "recipe_uncertainty": {"uncertainty_head": True},
 }  # fmt: skip
 BASELINE = "gt"
 
