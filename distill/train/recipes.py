@@ -111,10 +111,29 @@ def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: Warm-ups counted in steps: a recipe run for another number of steps keeps their proportion.
+WARMUP_KEYS = ("kd_warmup_steps", "lr_warmup_steps")
+
+
+def scaled_warmups(recipe: Mapping[str, Any], chosen: Mapping[str, Any]) -> dict[str, int]:
+    """The recipe's warm-ups rescaled to the steps ``chosen`` sets (only those ``chosen`` leaves unset).
+
+    ``brats-30k --steps 200`` then warms KD up over 20 steps, a tenth of the run as in the
+    recipe's 200 of 2,000, instead of being refused for a warm-up longer than the run.
+    """
+    steps, planned = chosen.get("steps"), recipe.get("steps")
+    if steps is None or not planned or steps == planned:
+        return {}
+    return {key: round(recipe[key] * steps / planned) for key in WARMUP_KEYS if key in recipe and key not in chosen}
+
+
 def build_config(cache: Path, out: Path, recipe: str | None = None, *layers: Mapping[str, Any]) -> TrainConfig:
-    """The TrainConfig of ``recipe`` (if any) with ``layers`` (flags, then ``--set`` values) on top."""
+    """The TrainConfig of ``recipe`` (if any) with ``layers`` (flags, then ``--set`` values) on top;
+    a recipe's warm-ups follow a ``steps`` the layers change (:func:`scaled_warmups`)."""
     base = recipe_options(recipe) if recipe is not None else {}
-    return TrainConfig(cache=Path(cache), out=Path(out), recipe=recipe, **merge_options(base, *layers))
+    chosen = merge_options(*layers)
+    merged = merge_options(base, scaled_warmups(base, chosen), *layers)
+    return TrainConfig(cache=Path(cache), out=Path(out), recipe=recipe, **merged)
 
 
 def check_recipes(recipes: Mapping[str, Recipe] = RECIPES) -> None:

@@ -19,7 +19,7 @@ from distill.train.config import (
     save_config,
 )
 from distill.train.link import _lr_at, build_link_loss
-from distill.train.recipes import RECIPES, Recipe, build_config, check_recipes, merge_options
+from distill.train.recipes import RECIPES, Recipe, build_config, check_recipes, merge_options, scaled_warmups
 
 BASE = dict(cache=Path("cache"), out=Path("out"), params=6000)
 
@@ -209,3 +209,15 @@ def test_later_layers_win_and_a_size_replaces_the_other_size():
     built = build_config(Path("c"), Path("o"), "brats-100k", {"kd_balance": "dice"},
                          {"steps": 300, "kd_warmup_steps": 30})
     assert (built.kd_balance, built.steps, built.kd_warmup_steps, built.params) == ("dice", 300, 30, 100_000)
+
+
+def test_a_recipe_run_for_fewer_steps_keeps_its_warmups_in_proportion():
+    # brats-30k: 2000 steps, KD warm-up 200, learning-rate warm-up 50
+    short = build_config(Path("c"), Path("o"), "brats-30k", {"steps": 30})
+    assert (short.steps, short.kd_warmup_steps, short.lr_warmup_steps) == (30, 3, 1)
+    # a warm-up given explicitly is kept as given; the other one still follows the steps
+    kept = build_config(Path("c"), Path("o"), "brats-30k", {"steps": 300}, {"kd_warmup_steps": 0})
+    assert (kept.kd_warmup_steps, kept.lr_warmup_steps) == (0, 8)
+    # the recipe's own length, or no recipe at all, changes nothing
+    assert build_config(Path("c"), Path("o"), "brats-30k", {"steps": 2000}).kd_warmup_steps == 200
+    assert scaled_warmups({}, {"steps": 10}) == {}
