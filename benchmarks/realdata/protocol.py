@@ -283,6 +283,32 @@ def stage_fold_student(p: rr.Pipeline, fold: int, size: int, variant: str, seed:
     }  # fmt: skip
 
 
+def default_thresholds_stage(fold: int, size: int, variant: str, seed: int) -> str:
+    return student_stage(fold, size, variant, seed) + "_t050"
+
+
+def stage_fold_student_default_thresholds(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> dict:
+    """The same trained student exported with 0.5 for every region instead of the thresholds the
+    recipe calibrated on its one validation case, and scored the same way: the calibration's
+    effect, paired on the same network, for the price of one export and one prediction."""
+    from distill.export.run import ExportConfig, export_package
+    from distill.infer.backends import BackendSpec
+    from distill.infer.predict import PredictConfig, predict_folder
+
+    name = student_stage(fold, size, variant, seed).removeprefix("protocol_")
+    run, package = fold_dir(p, fold) / "students" / name, fold_dir(p, fold) / "packages" / f"{name}_t050"
+    held_out = fold_dir(p, fold) / "held_out"
+    export_package(ExportConfig(run_dir=run, out=package, held_out=held_out, max_held_out=1, overwrite=True,
+                                thresholds=(0.5, 0.5, 0.5)))  # fmt: skip
+    predictions = fold_dir(p, fold) / "predictions" / f"{name}_t050"
+    predict_folder(PredictConfig(package=package, input_dir=held_out, output_dir=predictions,
+                                 backend=BackendSpec.parse("onnxruntime", threads=p.args.threads),
+                                 label_convention="brats2017", progress=False))  # fmt: skip
+    scores = evaluate_folder(predictions, held_out, fold_dir(p, fold) / "evaluation" / f"{name}_t050")
+    return {"fold": fold, "size": size, "variant": variant, "seed": seed, "thresholds": [0.5, 0.5, 0.5],
+            "vs_ground_truth": scores}
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -316,13 +342,18 @@ def summarise(p: rr.Pipeline, folds, sizes, variants, seeds) -> dict:
                for case, score in case_scores(p.done(f"protocol_fold{fold}_teacher")).items()}  # fmt: skip
     summary: dict = {"folds": list(folds), "seeds": list(seeds), "cases": sorted(teacher), "sizes": {}}
 
-    def matrix(size, variant, metric="mean_dice"):
+    def matrix(size, variant, metric="mean_dice", stage=student_stage):
         """``(cases, seeds)`` scores, cases in fold order then by name (the order ``teacher`` sorts into)."""
         rows = []
         for fold in folds:
-            per_seed = [case_scores(p.done(student_stage(fold, size, variant, s)), metric) for s in seeds]
+            per_seed = [case_scores(p.done(stage(fold, size, variant, s)), metric) for s in seeds]
             rows += [[scores[case] for scores in per_seed] for case in sorted(per_seed[0])]
         return np.asarray(rows)
+
+    def calibration_effect(size, variant, scores):
+        if not all(p.done(default_thresholds_stage(f, size, variant, s)) for f in folds for s in seeds):
+            return None
+        return paired_difference(scores, matrix(size, variant, stage=default_thresholds_stage)).to_dict()
 
     order = [case for fold in folds for case in sorted(case_scores(p.done(f"protocol_fold{fold}_teacher")))]
     for size in sizes:
@@ -338,6 +369,8 @@ def summarise(p: rr.Pipeline, folds, sizes, variants, seeds) -> dict:
                 # retention is a claim about distilled students: the label-only one gets none
                 "retention_of_teacher": None if variant == BASELINE
                 else retention_against_goal(retention(scores, teacher_matrix), size),
+                # the recipe's calibrated thresholds against 0.5 on the same students
+                "calibrated_minus_default": calibration_effect(size, variant, scores),
             }
         entry["teacher_mean_dice"] = round(float(np.mean(list(teacher.values()))), 4)
         summary["sizes"][str(size)] = entry
@@ -357,16 +390,18 @@ def write_summary(summary: dict, folder: Path) -> None:
                   f"Teacher (fold alone, 8-TTA) mean Dice {entry['teacher_mean_dice']:.3f}; teacher minus label-only "
                   f"student {t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}].", "",
                   "| variant | mean Dice | WT | TC | ET | minus label-only [95 % CI] "
-                  "| retention of teacher [95 % CI] |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| retention of teacher [95 % CI] | calibrated thresholds minus 0.5 [95 % CI] |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for variant, v in entry["variants"].items():
             diff = v["minus_gt"]
             shown = "-" if diff is None else f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
             r = v["retention_of_teacher"]
             kept = "-" if r is None else (f"{r['mean']:.1%} [{r['low']:.1%}, {r['high']:.1%}] "
                                           f"(goal {r['goal']:.0%}: {r['goal_reached']})")  # fmt: skip
+            c = v.get("calibrated_minus_default")
+            calibration = "-" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
             lines.append(f"| {variant} | {v['mean_dice']:.3f} | {v['WT_dice']:.3f} | {v['TC_dice']:.3f} | "
-                         f"{v['ET_dice']:.3f} | {shown} | {kept} |")
+                         f"{v['ET_dice']:.3f} | {shown} | {kept} | {calibration} |")
         lines.append("")
     (folder / "SUMMARY.md").write_text("\n".join(lines))
 
@@ -412,6 +447,8 @@ def main() -> None:
                     for variant in args.variants:
                         p.run(student_stage(fold, size, variant, seed),
                               lambda a=(fold, size, variant, seed): stage_fold_student(p, *a))
+                        p.run(default_thresholds_stage(fold, size, variant, seed),
+                              lambda a=(fold, size, variant, seed): stage_fold_student_default_thresholds(p, *a))
     finished = [f for f in args.folds if p.done(f"protocol_fold{f}_teacher")
                 and all(p.done(student_stage(f, s, v, seed)) for s in args.sizes for v in args.variants
                         for seed in args.seeds)]  # fmt: skip

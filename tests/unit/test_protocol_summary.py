@@ -65,3 +65,16 @@ def test_the_summary_table_names_every_variant(protocol, tmp_path):
     protocol.write_summary(summary, tmp_path)
     table = (tmp_path / "SUMMARY.md").read_text()
     assert "| gt | 0.500 |" in table and "| recipe | 0.780 |" in table and "(goal 97%:" in table
+
+
+def test_calibration_is_paired_with_the_same_students_at_half(protocol):
+    # the recipe's students score 0.6 with their calibrated thresholds and 0.55 / 0.65 at 0.5
+    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.6})}
+    records[protocol.student_stage(0, 30_000, "gt", 0)] = scores({"a": 0.5, "b": 0.5})
+    records[protocol.student_stage(0, 30_000, "recipe", 0)] = scores({"a": 0.6, "b": 0.6})
+    summary = protocol.summarise(Records(records), [0], [30_000], ["gt", "recipe"], [0])
+    assert summary["sizes"]["30000"]["variants"]["recipe"]["calibrated_minus_default"] is None  # not scored yet
+    records[protocol.default_thresholds_stage(0, 30_000, "recipe", 0)] = scores({"a": 0.55, "b": 0.45})
+    summary = protocol.summarise(Records(records), [0], [30_000], ["gt", "recipe"], [0])
+    effect = summary["sizes"]["30000"]["variants"]["recipe"]["calibrated_minus_default"]
+    assert effect["mean"] == pytest.approx(0.1, abs=1e-4) and effect["n_cases"] == 2
