@@ -289,14 +289,12 @@ def teacher_macs(model_dir: Path) -> int | None:
 
 def train(config: DemoConfig, out: Path, cache_dir: str) -> dict[str, Any]:
     from distill.train import train_student
-    from distill.train.recipes import build_config, recipe_options
+    from distill.train.recipes import build_config
 
     recipe = RECIPE_100K if config.student_params >= RECIPE_SWITCH else RECIPE_30K
-    shipped = recipe_options(recipe)
+    # build_config keeps the recipe's warm-ups in proportion to these steps
     overrides = {"params": config.student_params, "steps": config.steps, "patch_size": (config.patch,) * 3,
                  "seed": config.seed, "progress": config.progress, "assistants": config.assistants}  # fmt: skip
-    for key in ("kd_warmup_steps", "lr_warmup_steps"):  # a shorter run keeps the recipe's proportions
-        overrides[key] = round(shipped.get(key, 0) * config.steps / shipped["steps"])
     trained = train_student(build_config(Path(cache_dir), out / "student", recipe, overrides))
     return {"run_dir": str(out / "student"), "card": str(trained.card), "parameters": trained.parameters,
             "macs_128": trained.macs_128, "recipe": recipe, "chain": list(trained.chain)}  # fmt: skip

@@ -244,32 +244,39 @@ def student_stage(fold: int, size: int, variant: str, seed: int) -> str:
     return f"protocol_fold{fold}_{size // 1000}k_{variant}_seed{seed}"
 
 
-def stage_fold_student(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> dict:
-    """Train one student on fold ``fold``'s cache, export it, score it on the fold's held-out cases."""
+def export_and_predict(p: rr.Pipeline, fold: int, run: Path, name: str, thresholds=None) -> Path:
+    """Export ``run`` as package ``name`` (``thresholds`` as given, else the card's) and predict the
+    fold's held-out cases at 1 mm with it; returns the predictions folder."""
     from distill.export.run import ExportConfig, export_package
     from distill.infer.backends import BackendSpec
     from distill.infer.predict import PredictConfig, predict_folder
-    from distill.train import train_student
-    from distill.train.recipes import build_config, recipe_options
 
-    name = student_stage(fold, size, variant, seed).removeprefix("protocol_")
-    run, package = fold_dir(p, fold) / "students" / name, fold_dir(p, fold) / "packages" / name
-    overrides = {"params": size, "seed": seed, "progress": False, **VARIANTS[variant]}
-    if overrides.pop("live_teacher", False):
-        overrides.update(teacher_model_dir=str(rr.teacher_model_dir(p)), teacher_fold=str(fold))
-    if p.args.steps is not None:  # a shorter (or longer) run keeps the recipe's proportions
-        recipe = recipe_options(RECIPE_FOR_SIZE[size])
-        overrides["steps"] = p.args.steps
-        for key in ("kd_warmup_steps", "lr_warmup_steps"):
-            overrides.setdefault(key, round(recipe.get(key, 0) * p.args.steps / recipe["steps"]))
-    config = build_config(ensure_fold_cache(p, fold), run, RECIPE_FOR_SIZE[size], overrides)
-    trained = train_student(config)
-    held_out = fold_dir(p, fold) / "held_out"
-    export_package(ExportConfig(run_dir=run, out=package, held_out=held_out, max_held_out=1, overwrite=True))
+    package, held_out = fold_dir(p, fold) / "packages" / name, fold_dir(p, fold) / "held_out"
+    export_package(ExportConfig(run_dir=run, out=package, held_out=held_out, max_held_out=1, overwrite=True,
+                                thresholds=thresholds))  # fmt: skip
     predictions = fold_dir(p, fold) / "predictions" / name
     predict_folder(PredictConfig(package=package, input_dir=held_out, output_dir=predictions,
                                  backend=BackendSpec.parse("onnxruntime", threads=p.args.threads),
                                  label_convention="brats2017", progress=False))  # fmt: skip
+    return predictions
+
+
+def stage_fold_student(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> dict:
+    """Train one student on fold ``fold``'s cache, export it, score it on the fold's held-out cases."""
+    from distill.train import train_student
+    from distill.train.recipes import build_config
+
+    name = student_stage(fold, size, variant, seed).removeprefix("protocol_")
+    run = fold_dir(p, fold) / "students" / name
+    overrides = {"params": size, "seed": seed, "progress": False, **VARIANTS[variant]}
+    if overrides.pop("live_teacher", False):
+        overrides.update(teacher_model_dir=str(rr.teacher_model_dir(p)), teacher_fold=str(fold))
+    if p.args.steps is not None:  # build_config keeps the recipe's warm-ups in proportion
+        overrides["steps"] = p.args.steps
+    config = build_config(ensure_fold_cache(p, fold), run, RECIPE_FOR_SIZE[size], overrides)
+    trained = train_student(config)
+    held_out = fold_dir(p, fold) / "held_out"
+    predictions = export_and_predict(p, fold, run, name)
     card = json.loads(trained.card.read_text())
     return {
         "fold": fold, "size": size, "variant": variant, "seed": seed, "recipe": RECIPE_FOR_SIZE[size],
@@ -291,19 +298,9 @@ def stage_fold_student_default_thresholds(p: rr.Pipeline, fold: int, size: int, 
     """The same trained student exported with 0.5 for every region instead of the thresholds the
     recipe calibrated on its one validation case, and scored the same way: the calibration's
     effect, paired on the same network, for the price of one export and one prediction."""
-    from distill.export.run import ExportConfig, export_package
-    from distill.infer.backends import BackendSpec
-    from distill.infer.predict import PredictConfig, predict_folder
-
     name = student_stage(fold, size, variant, seed).removeprefix("protocol_")
-    run, package = fold_dir(p, fold) / "students" / name, fold_dir(p, fold) / "packages" / f"{name}_t050"
-    held_out = fold_dir(p, fold) / "held_out"
-    export_package(ExportConfig(run_dir=run, out=package, held_out=held_out, max_held_out=1, overwrite=True,
-                                thresholds=(0.5, 0.5, 0.5)))  # fmt: skip
-    predictions = fold_dir(p, fold) / "predictions" / f"{name}_t050"
-    predict_folder(PredictConfig(package=package, input_dir=held_out, output_dir=predictions,
-                                 backend=BackendSpec.parse("onnxruntime", threads=p.args.threads),
-                                 label_convention="brats2017", progress=False))  # fmt: skip
+    run, held_out = fold_dir(p, fold) / "students" / name, fold_dir(p, fold) / "held_out"
+    predictions = export_and_predict(p, fold, run, f"{name}_t050", thresholds=(0.5, 0.5, 0.5))
     scores = evaluate_folder(predictions, held_out, fold_dir(p, fold) / "evaluation" / f"{name}_t050")
     return {"fold": fold, "size": size, "variant": variant, "seed": seed, "thresholds": [0.5, 0.5, 0.5],
             "vs_ground_truth": scores}

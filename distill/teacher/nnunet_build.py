@@ -64,7 +64,7 @@ class CompactTeacherConfig:
             overlap with the network's step (faster on 2 cores, batch order not reproducible).
         progress_plot_every_epoch: nnU-Net redraws ``progress.png`` after every epoch (about
             1.3 s on 2 cores, a 3000x5400 px figure); ``False`` draws it once per fold at the end,
-            for budgets of many short epochs (the demo's) where the redraw costs a third of the time.
+            for budgets of many short epochs (the demo's 3 s epochs) where the redraw is over a quarter of the time.
     """
 
     work_dir: Path
