@@ -88,8 +88,8 @@ class DemoConfig:
     """
 
     out_dir: Path = Path("distill-demo")
-    # 16 training phantoms: with 6, each fold's teacher learnt from 4-5 cases and hallucinated
-    # whole tumours on held-out ones; more cases cost only preprocessing and cache time
+    # 16 training phantoms rather than 6 (4-5 per fold); more cases cost only preprocessing and
+    # cache time. The teacher still paints false tumours on held-out ones (benchmarks/demo)
     n_cases: int = 16
     n_test: int = 4  # two held-out cases let one case without ET swing the mean by 0.15
     seed: int = 0
