@@ -83,6 +83,7 @@ class DemoConfig:
         n_test: held-out cases (phantoms, or taken from ``cases``).
         teacher_iterations: nnU-Net training iterations per fold (split into nnU-Net epochs).
         student_params, steps, patch, assistants: the student run (steps per link).
+        uncertainty_head: train the student with the distilled-uncertainty head (``uncertainty_head``).
         quick: the budgets were cut by :meth:`quick`; recorded in the report.
         serve: run the HTTP stage (skipped anyway, with a line, without the ``serve`` extra).
     """
@@ -100,6 +101,9 @@ class DemoConfig:
     steps: int = 1500
     patch: int = 32
     assistants: str = "0"  # direct, as the shipped recipe (brats-30k) trains; chains are measured apart
+    # the distilled-uncertainty head (issue 15): the report shows its one-pass map beside the
+    # teacher's 40-pass spread
+    uncertainty_head: bool = True
     cases: Path | None = None
     cases_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
     quick: bool = False
@@ -294,7 +298,8 @@ def train(config: DemoConfig, out: Path, cache_dir: str) -> dict[str, Any]:
     recipe = RECIPE_100K if config.student_params >= RECIPE_SWITCH else RECIPE_30K
     # build_config keeps the recipe's warm-ups in proportion to these steps
     overrides = {"params": config.student_params, "steps": config.steps, "patch_size": (config.patch,) * 3,
-                 "seed": config.seed, "progress": config.progress, "assistants": config.assistants}  # fmt: skip
+                 "seed": config.seed, "progress": config.progress, "assistants": config.assistants,
+                 "uncertainty_head": config.uncertainty_head}  # fmt: skip
     trained = train_student(build_config(Path(cache_dir), out / "student", recipe, overrides))
     return {"run_dir": str(out / "student"), "card": str(trained.card), "parameters": trained.parameters,
             "macs_128": trained.macs_128, "recipe": recipe, "chain": list(trained.chain)}  # fmt: skip
@@ -501,6 +506,7 @@ def predict_all(config: DemoConfig, out: Path, teacher: dict, package: str, data
     files = find_cases(test_dir)[0]
     latency = measure_latency(ensemble, Path(teacher["model_dir"]), Path(package), files, threads)
     latency["threshold_s"] = threshold_seconds
+    distilled = _student_uncertainty(Path(package), files, predictions / "student_uncertainty", threads)
     n_passes = len(teacher["folds"]) * teacher["tta_passes"]
     case = {"id": files.case_id, "flair": str(files.images["flair"]), "label": str(files.label),
             "label_convention": "auto", "label_layout": files.layout,
@@ -510,10 +516,30 @@ def predict_all(config: DemoConfig, out: Path, teacher: dict, package: str, data
             "uncertainty_source": (f"Uncertainty: the teacher's own spread on this held-out case, the standard "
                                    f"deviation of the {n_passes} passes' probabilities (5 folds x 8 mirror flips; "
                                    "largest over WT/TC/ET), computed by the teacher at prediction time: the cache "
-                                   "holds only the training cases.")}  # fmt: skip
+                                   "holds only the training cases."),
+            **({"student_uncertainty": str(distilled)} if distilled else {})}  # fmt: skip
     return {"seconds_per_case": {"teacher": teacher_seconds, "threshold": threshold_seconds,
                                  "student": predicted.seconds / max(1, len(predicted.written))},
             "latency": latency, "report_case": case, "predictions": str(predictions)}  # fmt: skip
+
+
+def _student_uncertainty(package: Path, files: CaseFiles, folder: Path, threads: int) -> Path | None:
+    """The student's distilled uncertainty on one case, stored as the teacher's spread is (``.npz``,
+    key ``uncertainty``, ``(3, X, Y, Z)``), or ``None`` for a package without the head."""
+    import numpy as np
+
+    from distill.infer.backends import BackendSpec
+    from distill.infer.predictor import Predictor
+
+    predictor = Predictor.from_package(package, BackendSpec.parse("onnxruntime", threads=threads))
+    if not predictor.has_distilled_uncertainty():
+        return None
+    case = load_case(files, with_labels=False)
+    result = predictor.segment(case.images, case.affine, label_convention=LABELS, return_distilled_uncertainty=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{files.case_id}.npz"
+    np.savez_compressed(path, uncertainty=result.distilled_uncertainty.astype(np.float16))
+    return path
 
 
 def evaluate_all(config: DemoConfig, out: Path, predictions: str, data: dict) -> dict[str, Any]:
@@ -579,7 +605,8 @@ def run_demo(config: DemoConfig, report: Callable[[str], None] | None = None) ->
     cached = stages.run("teacher_cache", "teacher-cache: 5 folds x 8 mirror TTA, with uncertainty", {},
                         lambda: _cache(run_teacher_cache, TeacherCacheConfig, teacher, out, config.progress))
     student = stages.run("student", f"train-student --params {config.student_params} (assistants {config.assistants})",
-                         {k: options[k] for k in ("student_params", "steps", "patch", "assistants", "seed")},
+                         {k: options[k] for k in ("student_params", "steps", "patch", "assistants", "seed",
+                                                  "uncertainty_head")},
                          lambda: train(config, out, cached["cache_dir"]))  # fmt: skip
     exported = stages.run("export", "export: ONNX package with parity gate", {},
                           lambda: export(out, student["run_dir"], data["held_out"]))

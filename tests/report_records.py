@@ -25,8 +25,9 @@ def _labels(shift: int = 0) -> np.ndarray:
     return labels
 
 
-def write_fake_demo(out, with_uncertainty: bool = True):
-    """A demo folder as the stages leave it, with tiny hand-made files."""
+def write_fake_demo(out, with_uncertainty: bool = True, with_student_uncertainty: bool = False):
+    """A demo folder as the stages leave it, with tiny hand-made files (the student's distilled
+    map only with ``with_student_uncertainty``)."""
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
     rng = np.random.default_rng(0)
     write_nifti(out / "case" / "flair.nii.gz", rng.normal(100, 10, SHAPE).astype(np.float32) + 50 * (_labels() > 0),
@@ -38,6 +39,10 @@ def write_fake_demo(out, with_uncertainty: bool = True):
         spread = np.zeros((3, *SHAPE), np.float16)
         spread[:, 5:15, 4:14, 2:10] = 0.2
         np.savez_compressed(out / "pred" / "spread.npz", uncertainty=spread)
+    if with_student_uncertainty:
+        distilled = np.zeros((3, *SHAPE), np.float16)
+        distilled[:, 6:14, 5:13, 3:9] = 0.1
+        np.savez_compressed(out / "pred" / "distilled.npz", uncertainty=distilled)
     for model, dice in (("teacher", 0.8), ("student", 0.7), ("threshold", 0.5)):
         (out / "evaluation" / model).mkdir(parents=True)
         (out / "evaluation" / model / "summary.json").write_text(json.dumps(_summary(dice, 4.0)))
@@ -64,7 +69,9 @@ def write_fake_demo(out, with_uncertainty: bool = True):
                                     "label_convention": "brats2017", "teacher": "pred/teacher.nii.gz",
                                     "student": "pred/student.nii.gz",
                                     "uncertainty": "pred/spread.npz" if with_uncertainty else None,
-                                    "uncertainty_source": "Uncertainty: hand-made."}},
+                                    "uncertainty_source": "Uncertainty: hand-made.",
+                                    **({"student_uncertainty": "pred/distilled.npz"}
+                                       if with_student_uncertainty else {})}},
         "evaluate": {"index": 7, "label": "7. evaluate",
                      "summaries": {m: f"evaluation/{m}/summary.json" for m in ("teacher", "student", "threshold")}},
     }  # fmt: skip

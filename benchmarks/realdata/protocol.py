@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,11 +46,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import run_realdata as rr  # noqa: E402  (this folder's pipeline: split, convert, teacher folds)
+import teacher_assets  # noqa: E402  (the committed teacher folds)
 
 RECORDS = HERE / "protocol" / "records"
 RECIPE_FOR_SIZE = {100_000: "brats-100k", 30_000: "brats-30k"}
 #: What each variant changes on top of its size's recipe. Every variant keeps the recipe's
-#: schedule, sampling and threshold calibration, so a difference is what the student learns from.
+#: schedule, sampling and thresholds, so a difference is what the student learns from.
 VARIANTS = {
     "gt": {"kd_weight": 0.0},  # the expert labels alone
     "kd_plain": {"kd_weight": 0.7, "temperature": 2.0, "kd_correction": "none", "kd_balance": "voxel",
@@ -76,6 +78,33 @@ class ProtocolPipeline(rr.Pipeline):
 
     def done(self, stage: str) -> dict | None:
         return super().done(stage) or _read(self.records / f"{stage}.json")
+
+    def run(self, stage: str, function) -> dict:
+        """As the base pipeline, except that a stage known only from its committed record runs again
+        when the files later stages read from this work folder are missing: on a fresh clone a
+        committed ``convert`` record does not bring back the converted dataset, nor a fold's teacher
+        record its held-out predictions."""
+        if super().done(stage) is None and not all(path.exists() for path in self.local_outputs(stage)):
+            print(f"[{stage}] recorded, but its files are not in this work folder: running again", flush=True)
+            start = time.perf_counter()
+            record = function()
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            return self.finish(stage, record)
+        return super().run(stage, function)
+
+    def local_outputs(self, stage: str) -> list[Path]:
+        """The work-folder files stage ``stage`` leaves for later stages (none for students and caches:
+        students are only read through their records, and a missing cache is rebuilt on demand)."""
+        if stage == "split":
+            return [self.work / "split" / "train", self.work / "split" / "test"]
+        if stage == "convert":
+            return [self.work / "nnunet_raw" / f"Dataset{rr.DATASET_ID:03d}_{rr.DATASET_NAME}" / "dataset.json"]
+        teacher = re.fullmatch(r"protocol_fold(\d+)_teacher", stage)
+        committed = _read(self.records / f"{stage}.json")
+        if teacher and committed:
+            predictions = fold_dir(self, int(teacher.group(1))) / "predictions" / "teacher"
+            return [predictions / f"{case}.nii.gz" for case in committed["held_out"]]
+        return []
 
     def finish(self, stage: str, record: dict) -> dict:
         record = super().finish(stage, record)
@@ -116,8 +145,6 @@ def write_nnunet_splits(p: rr.Pipeline, splits: Path) -> None:
     identifiers = sorted(path.name.split(".")[0] for path in labels.glob("*.nii.gz"))
     folds = [{"train": [str(c) for c in f["train"]], "val": [str(c) for c in f["val"]]}
              for f in generate_crossval_split(identifiers, seed=12345, n_splits=5)]  # fmt: skip
-    import teacher_assets
-
     for summary in sorted(teacher_assets.assets_for(p.args.teacher_iterations).glob("fold_*/validation/summary.json")):
         fold = int(summary.parent.parent.name.split("_")[1])
         validated = sorted(Path(c["reference_file"]).name.split(".")[0]
@@ -166,10 +193,11 @@ def training_subset(p: rr.Pipeline, fold: int) -> Path:
 def stage_fold_teacher(p: rr.Pipeline, fold: int) -> dict:
     """Train (or restore) fold ``fold``, then score it alone with 8-TTA on its held-out cases at 1 mm."""
     model_dir = rr.teacher_model_dir(p)
-    if (model_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():  # finished in this work folder
+    trained_here = (model_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+    if trained_here and not (teacher_assets.assets_for(p.args.teacher_iterations) / f"fold_{fold}" / "record.json").is_file():
         record = {"fold": fold, "iterations": p.args.teacher_iterations,
                   "cross_validation": rr.cross_validation_dice(model_dir, (fold,)).get(f"fold_{fold}")}  # fmt: skip
-    else:
+    else:  # trains, or restores the committed fold with the record of what its training cost
         record = rr.train_teacher_fold(p, fold)
     _, held_out = fold_split(p, fold)
     cases = link_cases(fold_dir(p, fold) / "held_out", p.work / "split" / "train", held_out)
@@ -294,6 +322,19 @@ def default_thresholds_stage(fold: int, size: int, variant: str, seed: int) -> s
     return student_stage(fold, size, variant, seed) + "_t050"
 
 
+def calibrated(record: dict) -> bool:
+    """Whether a student record's package used thresholds other than 0.5 (fold 0's first students,
+    trained while the recipes still calibrated on one validation case)."""
+    return any(t != 0.5 for t in (record.get("thresholds") or {}).values())
+
+
+def at_half(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> dict:
+    """The student's scores at thresholds 0.5, what the recipes now ship: its ``_t050`` twin where
+    the package was calibrated, else its own record."""
+    record = p.done(student_stage(fold, size, variant, seed))
+    return p.done(default_thresholds_stage(fold, size, variant, seed)) if calibrated(record) else record
+
+
 def stage_fold_student_default_thresholds(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> dict:
     """The same trained student exported with 0.5 for every region instead of the thresholds the
     recipe calibrated on its one validation case, and scored the same way: the calibration's
@@ -339,18 +380,21 @@ def summarise(p: rr.Pipeline, folds, sizes, variants, seeds) -> dict:
                for case, score in case_scores(p.done(f"protocol_fold{fold}_teacher")).items()}  # fmt: skip
     summary: dict = {"folds": list(folds), "seeds": list(seeds), "cases": sorted(teacher), "sizes": {}}
 
-    def matrix(size, variant, metric="mean_dice", stage=student_stage):
+    def matrix(size, variant, metric="mean_dice", record=lambda *a: at_half(p, *a), among=folds):
         """``(cases, seeds)`` scores, cases in fold order then by name (the order ``teacher`` sorts into)."""
         rows = []
-        for fold in folds:
-            per_seed = [case_scores(p.done(stage(fold, size, variant, s)), metric) for s in seeds]
+        for fold in among:
+            per_seed = [case_scores(record(fold, size, variant, s), metric) for s in seeds]
             rows += [[scores[case] for scores in per_seed] for case in sorted(per_seed[0])]
         return np.asarray(rows)
 
-    def calibration_effect(size, variant, scores):
-        if not all(p.done(default_thresholds_stage(f, size, variant, s)) for f in folds for s in seeds):
+    def calibration_effect(size, variant):
+        """One-case calibration minus 0.5 on the same networks, over the folds trained with it."""
+        among = [f for f in folds if all(calibrated(p.done(student_stage(f, size, variant, s))) for s in seeds)]
+        if not among:
             return None
-        return paired_difference(scores, matrix(size, variant, stage=default_thresholds_stage)).to_dict()
+        own = matrix(size, variant, record=lambda *a: p.done(student_stage(*a)), among=among)
+        return {**paired_difference(own, matrix(size, variant, among=among)).to_dict(), "folds": among}
 
     order = [case for fold in folds for case in sorted(case_scores(p.done(f"protocol_fold{fold}_teacher")))]
     for size in sizes:
@@ -366,8 +410,8 @@ def summarise(p: rr.Pipeline, folds, sizes, variants, seeds) -> dict:
                 # retention is a claim about distilled students: the label-only one gets none
                 "retention_of_teacher": None if variant == BASELINE
                 else retention_against_goal(retention(scores, teacher_matrix), size),
-                # the recipe's calibrated thresholds against 0.5 on the same students
-                "calibrated_minus_default": calibration_effect(size, variant, scores),
+                # the recipes' former one-case calibration against 0.5 on the same students
+                "calibrated_minus_default": calibration_effect(size, variant),
             }
         entry["teacher_mean_dice"] = round(float(np.mean(list(teacher.values()))), 4)
         summary["sizes"][str(size)] = entry
@@ -379,7 +423,8 @@ def write_summary(summary: dict, folder: Path) -> None:
     (folder / "SUMMARY.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# Fold-matched protocol: summary", "",
              f"Held-out cases: {len(summary['cases'])} (folds {summary['folds']}), seeds {summary['seeds']}. "
-             "Mean Dice over WT/TC/ET against the expert labels at 1 mm; differences are paired over cases and "
+             "Mean Dice over WT/TC/ET against the expert labels at 1 mm, every student at thresholds 0.5; "
+             "differences are paired over cases and "
              "seeds with a 95 % two-stage bootstrap interval (cases, then seeds).", ""]  # fmt: skip
     for size, entry in summary["sizes"].items():
         t = entry["teacher_minus_gt"]
@@ -387,7 +432,7 @@ def write_summary(summary: dict, folder: Path) -> None:
                   f"Teacher (fold alone, 8-TTA) mean Dice {entry['teacher_mean_dice']:.3f}; teacher minus label-only "
                   f"student {t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}].", "",
                   "| variant | mean Dice | WT | TC | ET | minus label-only [95 % CI] "
-                  "| retention of teacher [95 % CI] | calibrated thresholds minus 0.5 [95 % CI] |",
+                  "| retention of teacher [95 % CI] | one-case calibration minus 0.5 [95 % CI] (folds) |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for variant, v in entry["variants"].items():
             diff = v["minus_gt"]
@@ -396,7 +441,7 @@ def write_summary(summary: dict, folder: Path) -> None:
             kept = "-" if r is None else (f"{r['mean']:.1%} [{r['low']:.1%}, {r['high']:.1%}] "
                                           f"(goal {r['goal']:.0%}: {r['goal_reached']})")  # fmt: skip
             c = v.get("calibrated_minus_default")
-            calibration = "-" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+            calibration = "-" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] ({c['folds']})"
             lines.append(f"| {variant} | {v['mean_dice']:.3f} | {v['WT_dice']:.3f} | {v['TC_dice']:.3f} | "
                          f"{v['ET_dice']:.3f} | {shown} | {kept} | {calibration} |")
         lines.append("")
@@ -444,8 +489,9 @@ def main() -> None:
                     for variant in args.variants:
                         p.run(student_stage(fold, size, variant, seed),
                               lambda a=(fold, size, variant, seed): stage_fold_student(p, *a))
-                        p.run(default_thresholds_stage(fold, size, variant, seed),
-                              lambda a=(fold, size, variant, seed): stage_fold_student_default_thresholds(p, *a))
+                        if calibrated(p.done(student_stage(fold, size, variant, seed))):
+                            p.run(default_thresholds_stage(fold, size, variant, seed),
+                                  lambda a=(fold, size, variant, seed): stage_fold_student_default_thresholds(p, *a))
     finished = [f for f in args.folds if p.done(f"protocol_fold{f}_teacher")
                 and all(p.done(student_stage(f, s, v, seed)) for s in args.sizes for v in args.variants
                         for seed in args.seeds)]  # fmt: skip

@@ -465,6 +465,15 @@ def protocol_dice_difference(records: Path, folds: Sequence[int], size: int, see
     def stage(fold, variant, seed):
         return records / f"protocol_fold{fold}_{size // 1000}k_{variant}_seed{seed}.json"
 
+    def scores(fold, variant, seed):
+        """The student's expert scores at thresholds 0.5, as the recipes ship: a package calibrated
+        on one validation case (fold 0's first students) is read from its ``_t050`` twin."""
+        record = json.loads(stage(fold, variant, seed).read_text())
+        if any(t != 0.5 for t in (record.get("thresholds") or {}).values()):
+            record = json.loads(stage(fold, variant, seed).with_name(f"{stage(fold, variant, seed).stem}_t050.json")
+                                .read_text())
+        return record["vs_ground_truth"]["per_case"]
+
     missing = [stage(f, v, s).name for f in folds for v in (head_variant, base_variant) for s in seeds
                if not stage(f, v, s).is_file()]  # fmt: skip
     used = [f for f in folds if all(stage(f, v, s).is_file() for v in (head_variant, base_variant) for s in seeds)]
@@ -473,8 +482,7 @@ def protocol_dice_difference(records: Path, folds: Sequence[int], size: int, see
     rows: dict[str, dict[str, list[list[float]]]] = {v: {r: [] for r in REGIONS} for v in (head_variant, base_variant)}
     cases = []
     for fold in used:
-        per_case = {(v, s): json.loads(stage(fold, v, s).read_text())["vs_ground_truth"]["per_case"]
-                    for v in (head_variant, base_variant) for s in seeds}  # fmt: skip
+        per_case = {(v, s): scores(fold, v, s) for v in (head_variant, base_variant) for s in seeds}
         names = sorted(per_case[(base_variant, seeds[0])])
         if any(sorted(scores) != names for scores in per_case.values()):
             raise ValueError(f"fold {fold}: the {head_variant} and {base_variant} records score different cases")

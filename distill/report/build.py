@@ -61,14 +61,18 @@ def slices(inputs: ReportInputs) -> Figure:
     for model in ("teacher", "student"):
         if case.get(model):
             panels[model] = _regions(resolve(inputs, case[model]), PREDICTION_CONVENTION)
-    spread = uncertainty_map(resolve(inputs, case["uncertainty"]) if case.get("uncertainty") else None)
+    maps = {title: found for title, key in (("teacher spread", "uncertainty"),
+                                             ("student, distilled", "student_uncertainty"))
+            if (found := uncertainty_map(resolve(inputs, case[key]) if case.get(key) else None)) is not None}  # fmt: skip
     centre = figures.centre_of_mass(truth[0])
-    png = figures.slice_figure(flair.data, panels, spread, voxel_spacing(flair.affine), centre,
-                               case_id=case["id"])  # fmt: skip
+    png = figures.slice_figure(flair.data, panels, maps, voxel_spacing(flair.affine), centre, case_id=case["id"])
+    distilled = (" Student, distilled: the one-pass map of the student's uncertainty head, trained to predict the "
+                 "teacher's spread on the training cases (the teacher's disagreement, not a calibrated error "
+                 "probability), on the teacher's colour scale." if "student, distilled" in maps else "")
     caption = (f"Held-out case {case['id']}, never seen in training. Slices through the centre of mass of the "
                f"ground truth's whole tumour. Colours: WT yellow, TC vermilion, ET blue (nested). "
-               f"{case.get('uncertainty_source', 'No teacher uncertainty was recorded.')}")  # fmt: skip
-    return Figure("slices", "Ground truth, teacher, student and the teacher's uncertainty", caption, png)
+               f"{case.get('uncertainty_source', 'No teacher uncertainty was recorded.')}{distilled}")  # fmt: skip
+    return Figure("slices", "Ground truth, teacher, student and their uncertainty", caption, png)
 
 
 def dice_chart(inputs: ReportInputs) -> Figure:

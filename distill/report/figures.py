@@ -2,7 +2,7 @@
 
 * :func:`slice_figure`: axial, coronal and sagittal slices through the tumour's centre of mass
   (of the ground truth's whole tumour), FLAIR underneath, with ground truth, teacher and student
-  regions and the teacher's uncertainty overlaid;
+  regions and the uncertainty maps (the teacher's spread, the student's distilled map) overlaid;
 * :func:`dice_figure`: Dice per region for each model;
 * :func:`latency_figure`: seconds per case, on a log axis.
 
@@ -91,19 +91,21 @@ def _normalised(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
 
 
-def slice_figure(background: np.ndarray, panels: Mapping[str, np.ndarray], uncertainty: np.ndarray | None,
-                 spacing: Sequence[float], centre: Sequence[int], uncertainty_title: str = "teacher uncertainty",
-                 case_id: str = "") -> bytes:  # fmt: skip
+def slice_figure(background: np.ndarray, panels: Mapping[str, np.ndarray], maps: Mapping[str, np.ndarray],
+                 spacing: Sequence[float], centre: Sequence[int], case_id: str = "") -> bytes:
     """Rows: axial, coronal, sagittal. Columns: FLAIR, one per entry of ``panels`` (``(3, X, Y, Z)``
-    regions, e.g. ground truth, teacher, student) and the uncertainty (``(X, Y, Z)``) if given."""
+    regions, e.g. ground truth, teacher, student), then one per uncertainty map in ``maps``
+    (title -> ``(X, Y, Z)`` standard deviations), all maps on the first map's colour scale so the
+    student's distilled map reads against the teacher's spread it was trained to predict."""
     plt = _pyplot()
     from matplotlib.patches import Patch
 
-    columns = ["FLAIR", *panels, *([uncertainty_title] if uncertainty is not None else [])]
+    columns = ["FLAIR", *panels, *maps]
     figure, axes = plt.subplots(len(VIEWS), len(columns), figsize=(2.6 * len(columns), 2.6 * len(VIEWS) + 0.8),
                                 squeeze=False)  # fmt: skip
     shown = _normalised(background)
-    top = float(np.percentile(uncertainty, 99.9)) if uncertainty is not None and uncertainty.any() else 1.0
+    first = next(iter(maps.values()), None)
+    top = float(np.percentile(first, 99.9)) if first is not None and first.any() else 1.0
     image = None
     for row, view in enumerate(VIEWS):
         aspect = view_aspect(spacing, view)
@@ -114,8 +116,8 @@ def slice_figure(background: np.ndarray, panels: Mapping[str, np.ndarray], uncer
             if title in panels:
                 axis.imshow(regions_rgba(view_slice(panels[title], view, centre)), aspect=aspect,
                             interpolation="nearest")  # fmt: skip
-            elif col > 0 and uncertainty is not None:
-                plane = view_slice(uncertainty, view, centre)
+            elif title in maps:
+                plane = view_slice(maps[title], view, centre)
                 image = axis.imshow(np.ma.masked_less_equal(plane, top * 0.02), cmap="magma", vmin=0,
                                     vmax=max(top, 1e-6), alpha=0.85, aspect=aspect,
                                     interpolation="nearest")  # fmt: skip
@@ -129,7 +131,7 @@ def slice_figure(background: np.ndarray, panels: Mapping[str, np.ndarray], uncer
     figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=10)
     if image is not None:
         bar = figure.colorbar(image, ax=axes[:, -1].tolist(), fraction=0.05, pad=0.02)
-        bar.set_label("std of the 40 passes' probabilities", fontsize=8)
+        bar.set_label("std of the passes' probabilities", fontsize=8)
     figure.suptitle(f"held-out case {case_id}: slices through the tumour's centre of mass {tuple(centre)}",
                     fontsize=11)  # fmt: skip
     figure.subplots_adjust(top=0.9, bottom=0.09, wspace=0.04, hspace=0.06)

@@ -62,9 +62,10 @@ _BRATS_KD = {
     # ET-centred patches beside nnU-Net's third of tumour-centred ones
     "et_fraction": 0.2,
     "foreground_fraction": 0.33,
-    # thresholds per region calibrated on the validation cases, stored in the package
-    "calibrate_thresholds": True,
-    "val_cases": 1,
+    # no threshold calibration (0.5 per region): calibrated on the one validation case a fold of
+    # 8 training cases can spare, it was worse than 0.5 for 9 of 12 real-data students, down to
+    # 0.04 mean Dice (benchmarks/realdata protocol, fold 0); calibrate_thresholds stays an option
+    # for a user with several validation cases
 }
 
 RECIPES: dict[str, Recipe] = {
@@ -75,7 +76,7 @@ RECIPES: dict[str, Recipe] = {
             options={**_BRATS_KD, "params": 100_000},
             note="PROVISIONAL until benchmarks/realdata's protocol measures it: a 100k unet student with "
                  "label-corrected, region-balanced KD (λ 0.5, T 1, warm-up 200), 2000 steps of poly decay, "
-                 "ET oversampling 0.2 and per-region threshold calibration.",
+                 "ET oversampling 0.2 and thresholds 0.5 (one-case calibration measured unsafe).",
         ),
         Recipe(
             name="brats-30k",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,9 +56,23 @@ def test_report_html_is_self_contained_and_markdown_names_the_same_figures(tmp_p
             assert expected in text, expected
 
 
-def test_the_report_without_uncertainty_still_draws(tmp_path):
-    files = build_report(write_fake_demo(tmp_path, with_uncertainty=False))
-    assert files.html.is_file() and "teacher uncertainty" not in files.markdown.read_text()
+def _slices_width(folder: Path) -> int:
+    from PIL import Image
+
+    return Image.open(folder / "report_files" / "slices.png").width
+
+
+def test_each_uncertainty_map_adds_a_column_and_the_distilled_one_is_explained(tmp_path):
+    # FLAIR + ground truth, teacher, student: 4 columns; the teacher's spread a 5th, the student's map a 6th
+    widths = {}
+    for name, options in (("none", {"with_uncertainty": False}), ("teacher", {}),
+                          ("both", {"with_student_uncertainty": True})):  # fmt: skip
+        files = build_report(write_fake_demo(tmp_path / name, **options))
+        widths[name] = _slices_width(tmp_path / name)
+        distilled = "uncertainty head" in files.markdown.read_text()
+        assert distilled == (name == "both"), name
+    assert widths["none"] < widths["teacher"] < widths["both"]
+    assert "not a calibrated error probability" in (tmp_path / "both" / "report.md").read_text()
 
 
 def test_a_missing_record_is_one_clear_error(tmp_path):

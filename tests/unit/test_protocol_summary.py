@@ -67,14 +67,45 @@ def test_the_summary_table_names_every_variant(protocol, tmp_path):
     assert "| gt | 0.500 |" in table and "| recipe | 0.780 |" in table and "(goal 97%:" in table
 
 
-def test_calibration_is_paired_with_the_same_students_at_half(protocol):
-    # the recipe's students score 0.6 with their calibrated thresholds and 0.55 / 0.65 at 0.5
-    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.6})}
+def test_students_are_scored_at_half_and_the_old_calibration_is_paired_with_its_twin(protocol):
+    # fold 0's recipe student was calibrated (0.9 on WT) and scores 0.6; its 0.5 twin scores 0.55
+    # / 0.45. Fold 1's was trained without calibration (thresholds None): its own record is at 0.5.
+    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.6}), "protocol_fold1_teacher": scores({"c": 0.7})}
     records[protocol.student_stage(0, 30_000, "gt", 0)] = scores({"a": 0.5, "b": 0.5})
-    records[protocol.student_stage(0, 30_000, "recipe", 0)] = scores({"a": 0.6, "b": 0.6})
-    summary = protocol.summarise(Records(records), [0], [30_000], ["gt", "recipe"], [0])
-    assert summary["sizes"]["30000"]["variants"]["recipe"]["calibrated_minus_default"] is None  # not scored yet
+    records[protocol.student_stage(1, 30_000, "gt", 0)] = scores({"c": 0.5})
+    calibrated = {**scores({"a": 0.6, "b": 0.6}), "thresholds": {"WT": 0.9, "TC": 0.5, "ET": 0.5}}
+    records[protocol.student_stage(0, 30_000, "recipe", 0)] = calibrated
     records[protocol.default_thresholds_stage(0, 30_000, "recipe", 0)] = scores({"a": 0.55, "b": 0.45})
-    summary = protocol.summarise(Records(records), [0], [30_000], ["gt", "recipe"], [0])
-    effect = summary["sizes"]["30000"]["variants"]["recipe"]["calibrated_minus_default"]
-    assert effect["mean"] == pytest.approx(0.1, abs=1e-4) and effect["n_cases"] == 2
+    records[protocol.student_stage(1, 30_000, "recipe", 0)] = {**scores({"c": 0.8}), "thresholds": None}
+    assert protocol.calibrated(calibrated) and not protocol.calibrated(records[protocol.student_stage(1, 30_000,
+                                                                                                  "recipe", 0)])
+    summary = protocol.summarise(Records(records), [0, 1], [30_000], ["gt", "recipe"], [0])
+    recipe = summary["sizes"]["30000"]["variants"]["recipe"]
+    assert recipe["mean_dice"] == pytest.approx((0.55 + 0.45 + 0.8) / 3, abs=1e-4)  # at 0.5 on every fold
+    assert recipe["minus_gt"]["mean"] == pytest.approx((0.05 - 0.05 + 0.3) / 3, abs=1e-4)
+    effect = recipe["calibrated_minus_default"]  # only fold 0 was calibrated: (0.6-0.55 + 0.6-0.45) / 2
+    assert effect["folds"] == [0] and effect["n_cases"] == 2 and effect["mean"] == pytest.approx(0.1, abs=1e-4)
+    assert summary["sizes"]["30000"]["variants"]["gt"]["calibrated_minus_default"] is None  # gt never calibrated
+
+
+def test_a_committed_record_without_its_work_files_runs_again(protocol, tmp_path):
+    import argparse
+    import json
+
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "convert.json").write_text(json.dumps({"dataset_dir": "nnunet_raw/x", "seconds": 9.0}))
+    calls = []
+    pipeline = protocol.ProtocolPipeline(args=argparse.Namespace(records=records), work=tmp_path / "work")
+    record = pipeline.run("convert", lambda: calls.append(1) or {"dataset_dir": "again"})
+    assert calls == [1] and record["dataset_dir"] == "again"  # a fresh clone: the converted data is missing
+    # once the work folder holds the dataset, the committed record is enough
+    fresh = protocol.ProtocolPipeline(args=argparse.Namespace(records=records), work=tmp_path / "other")
+    dataset = tmp_path / "other" / "nnunet_raw" / f"Dataset{protocol.rr.DATASET_ID:03d}_{protocol.rr.DATASET_NAME}"
+    dataset.mkdir(parents=True)
+    (dataset / "dataset.json").write_text("{}")
+    assert fresh.run("convert", lambda: calls.append(2) or {}) == {"dataset_dir": "again", "seconds": record["seconds"]}
+    assert calls == [1]
+    # a student is read through its record alone
+    (records / "protocol_fold0_30k_gt_seed0.json").write_text(json.dumps({"fold": 0}))
+    assert fresh.run("protocol_fold0_30k_gt_seed0", lambda: calls.append(3) or {}) == {"fold": 0}

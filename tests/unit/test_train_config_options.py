@@ -189,7 +189,8 @@ def test_every_recipe_builds_a_valid_config_and_is_recorded():
     small = build_config(Path("c"), Path("o"), "brats-30k")
     assert (small.params, small.min_first_width) == (30_000, 4)
     assert (small.kd_balance, small.kd_correction) == ("region", "adjust")
-    assert (small.temperature, small.lr_schedule, small.calibrate_thresholds) == (1.0, "poly", True)
+    # one-case threshold calibration was measured unsafe (protocol fold 0): the recipes ship 0.5
+    assert (small.temperature, small.lr_schedule, small.calibrate_thresholds) == (1.0, "poly", False)
     assert small.et_fraction > 0 and small.kd_warmup_steps > 0
 
 

@@ -96,3 +96,18 @@ def test_a_head_that_costs_dice_everywhere_is_flagged(measure, tmp_path):
     assert entry["WT"]["head_minus_base"]["high"] == pytest.approx(-0.1) and not entry["WT"]["not_worse"]
     assert entry["mean_dice"]["head_minus_base"]["verdict"] == "B better"
     assert measure.protocol_dice_difference(tmp_path, [3], 30_000, [0])["cases"] == []  # nothing recorded yet
+
+
+def test_a_calibrated_record_is_read_from_its_half_threshold_twin(measure, tmp_path):
+    # the base package was calibrated on one case (WT 0.9) and scored 0.1; at 0.5 it scores 0.7
+    write_record(tmp_path, 0, "recipe_uncertainty", 0, {"a": 0.65})
+    twin = tmp_path / "protocol_fold0_30k_recipe_seed0_t050.json"
+    write_record(tmp_path, 0, "recipe", 0, {"a": 0.7})
+    (tmp_path / "protocol_fold0_30k_recipe_seed0.json").rename(twin)
+    write_record(tmp_path, 0, "recipe", 0, {"a": 0.1})
+    calibrated = tmp_path / "protocol_fold0_30k_recipe_seed0.json"
+    calibrated.write_text(json.dumps({**json.loads(calibrated.read_text()),
+                                      "thresholds": {"WT": 0.9, "TC": 0.5, "ET": 0.5}}))  # fmt: skip
+    entry = measure.protocol_dice_difference(tmp_path, [0], 30_000, [0])
+    assert entry["mean_dice"]["base"] == pytest.approx(0.7)
+    assert entry["mean_dice"]["head_minus_base"]["mean"] == pytest.approx(-0.05)
