@@ -89,6 +89,7 @@ class ProtocolPipeline(rr.Pipeline):
             start = time.perf_counter()
             record = function()
             record["seconds"] = round(time.perf_counter() - start, 1)
+            print(f"[{stage}] finished in {record['seconds']:.0f} s", flush=True)
             return self.finish(stage, record)
         return super().run(stage, function)
 
@@ -492,11 +493,17 @@ def main() -> None:
                         if calibrated(p.done(student_stage(fold, size, variant, seed))):
                             p.run(default_thresholds_stage(fold, size, variant, seed),
                                   lambda a=(fold, size, variant, seed): stage_fold_student_default_thresholds(p, *a))
-    finished = [f for f in args.folds if p.done(f"protocol_fold{f}_teacher")
-                and all(p.done(student_stage(f, s, v, seed)) for s in args.sizes for v in args.variants
-                        for seed in args.seeds)]  # fmt: skip
+    # the summary covers every fold and variant recorded so far, whatever this command trained,
+    # so a run of one fold or one variant does not shrink the committed SUMMARY
+    sizes = sorted(RECIPE_FOR_SIZE, reverse=True)
+
+    def complete(fold, variant):
+        return all(p.done(student_stage(fold, s, variant, seed)) for s in sizes for seed in args.seeds)
+
+    finished = [f for f in range(5) if p.done(f"protocol_fold{f}_teacher") and complete(f, BASELINE)]
+    variants = [v for v in VARIANTS if finished and all(complete(f, v) for f in finished)]
     if finished:
-        summary = summarise(p, finished, args.sizes, args.variants, args.seeds)
+        summary = summarise(p, finished, sizes, variants, args.seeds)
         write_summary(summary, args.records.parent)
         print(json.dumps(summary["sizes"], indent=2))
 
