@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from distill.data.nifti import read_nifti, write_nifti
@@ -86,6 +87,12 @@ def test_demo_quick_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert served["status"] == 200 and served["clean_shutdown"] and served["shape"] == [48, 48, 32]
     assert 20_000 < records["student"]["parameters"] < 40_000 and records["student"]["recipe"] == "brats-30k"
     assert records["export"]["parity_passed"]
+    # the student carries the distilled-uncertainty head; its map of the report case is stored
+    # as the teacher's spread is, and the report draws it beside the teacher's
+    with np.load(records["predict"]["report_case"]["student_uncertainty"]) as stored:
+        distilled = stored["uncertainty"]
+    assert distilled.shape == (3, 48, 48, 32) and 0 <= distilled.min() and distilled.max() <= 0.5
+    assert "uncertainty head" in (demo / "report.md").read_text()
     summaries = {
         m: json.loads((demo / "evaluation" / m / "summary.json").read_text())
         for m in ("teacher", "student", "threshold")
