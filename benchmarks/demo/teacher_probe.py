@@ -27,7 +27,7 @@ from distill.data.conventions import get_convention
 from distill.data.discovery import find_cases
 from distill.data.phantoms import PhantomConfig, write_phantoms
 from distill.data.preprocess import PreprocessConfig, preprocess, restore_labels
-from distill.demo import DEMO_DATASET_ID, DATASET_NAME, DemoConfig
+from distill.demo import DATASET_NAME, DEMO_DATASET_ID, DemoConfig
 from distill.infer.threshold import threshold_regions
 from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
 from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet
@@ -115,12 +115,14 @@ def main() -> None:
               "teacher_dice": [round(float(x), 3) for x in teacher.mean(axis=0)],
               "teacher_mean": round(float(teacher.mean()), 3), "teacher_per_case": teacher.round(3).tolist(),
               "threshold_dice": [round(float(x), 3) for x in threshold.mean(axis=0)],
-              "threshold_mean": round(float(threshold.mean()), 3), "scoring_seconds": round(time.perf_counter() - start, 1),
+              "threshold_mean": round(float(threshold.mean()), 3),
+              "scoring_seconds": round(time.perf_counter() - start, 1),
               "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     print(json.dumps(record))
     with RECORDS.open("a") as out:
         out.write(json.dumps(record) + "\n")
-    write_table([json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()], HERE / "TEACHER_PROBES.md")
+    records = [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
+    write_table(records, HERE / "TEACHER_PROBES.md")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def stage_fold_teacher(p: rr.Pipeline, fold: int) -> dict:
     """Train (or restore) fold ``fold``, then score it alone with 8-TTA on its held-out cases at 1 mm."""
     model_dir = rr.teacher_model_dir(p)
     trained_here = (model_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file()
-    if trained_here and not (teacher_assets.assets_for(p.args.teacher_iterations) / f"fold_{fold}" / "record.json").is_file():
+    committed = teacher_assets.assets_for(p.args.teacher_iterations) / f"fold_{fold}" / "record.json"
+    if trained_here and not committed.is_file():
         record = {"fold": fold, "iterations": p.args.teacher_iterations,
                   "cross_validation": rr.cross_validation_dice(model_dir, (fold,)).get(f"fold_{fold}")}  # fmt: skip
     else:  # trains, or restores the committed fold with the record of what its training cost

@@ -61,9 +61,11 @@ def slices(inputs: ReportInputs) -> Figure:
     for model in ("teacher", "student"):
         if case.get(model):
             panels[model] = _regions(resolve(inputs, case[model]), PREDICTION_CONVENTION)
-    maps = {title: found for title, key in (("teacher spread", "uncertainty"),
-                                             ("student, distilled", "student_uncertainty"))
-            if (found := uncertainty_map(resolve(inputs, case[key]) if case.get(key) else None)) is not None}  # fmt: skip
+    maps = {}
+    for title, key in (("teacher spread", "uncertainty"), ("student, distilled", "student_uncertainty")):
+        found = uncertainty_map(resolve(inputs, case[key]) if case.get(key) else None)
+        if found is not None:
+            maps[title] = found
     centre = figures.centre_of_mass(truth[0])
     png = figures.slice_figure(flair.data, panels, maps, voxel_spacing(flair.affine), centre, case_id=case["id"])
     distilled = (" Student, distilled: the one-pass map of the student's uncertainty head, trained to predict the "
