@@ -108,3 +108,19 @@ def test_held_out_split_is_stable_and_order_free():
     train, test = held_out_split(ids, 2)
     assert held_out_split(list(reversed(ids)), 2) == (train, test)
     assert len(test) == 2 and sorted(train + test) == sorted(ids)
+
+
+def test_a_student_run_with_other_options_is_discarded_and_the_same_options_resume(tmp_path):
+    import json
+
+    from distill.demo import discard_other_run
+
+    run = tmp_path / "student"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": {}, "training_hash": "aaa"}))
+    (run / "links").mkdir()
+    discard_other_run(run, "aaa")  # same options: an interrupted run resumes from what it left
+    assert (run / "links").is_dir()
+    discard_other_run(run, "bbb")  # other options: train-student would refuse the folder
+    assert not run.exists()
+    discard_other_run(run, "bbb")  # nothing there: nothing to do
