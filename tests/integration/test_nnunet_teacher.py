@@ -145,13 +145,14 @@ def test_wrong_channel_count(nnunet_teacher):
         teacher.predict(bad)
 
 
-def test_an_untrained_build_still_mirrors_eight_ways(tmp_path):
+def test_an_untrained_build_still_mirrors_eight_ways(nnunet_teacher, tmp_path):
     """``iterations=0`` (initialised networks, used for latency benchmarks) must record nnU-Net's
     inference mirroring axes like a trained checkpoint, or "mirror8" runs only one pass per fold."""
     from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet
 
+    work = _copy_without_results(nnunet_teacher, tmp_path / "work")  # nnU-Net's planning is not under test
     build = build_compact_nnunet(
-        CompactTeacherConfig(work_dir=tmp_path, iterations=0, n_cases=5), log_path=tmp_path / "build.log"
+        CompactTeacherConfig(work_dir=work, iterations=0, folds=(0,)), log_path=tmp_path / "build.log"
     )
     teacher = NnUNetTeacher(NnUNetTeacherConfig(model_dir=build.model_dir, folds=("0",)))
     assert teacher.mirror_axes == (0, 1, 2) and teacher.info.tta == "mirror8"
