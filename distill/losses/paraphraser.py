@@ -109,7 +109,8 @@ def pretrain_paraphraser(
         features_iterable: batches of teacher features ``(B, C, *S)`` (detached here). A
             re-iterable (e.g. a list) is cycled until ``steps`` updates are done; a one-shot
             iterator stops training early when it runs out.
-        steps: number of optimiser updates, >= 1.
+        steps: number of optimiser updates, >= 0; 0 returns the initialised paraphraser
+            frozen as it is (the "no pre-training" ablation, and timing runs).
         lr: Adam learning rate.
         factor_channels: width ``F`` of the factor space (required unless ``paraphraser``
             is given); set it to the width the graph-flow loss compares.
@@ -118,11 +119,11 @@ def pretrain_paraphraser(
             passing ``factor_channels`` as well is rejected).
 
     Raises:
-        ValueError: ``steps < 1``, no feature batch at all, a batch whose channel count
+        ValueError: ``steps < 0``, no feature batch at all, a batch whose channel count
             differs from the module's, or conflicting ``paraphraser``/``factor_channels``.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
     if (paraphraser is None) == (factor_channels is None):
         raise ValueError("give exactly one of factor_channels (new paraphraser) or paraphraser (continue training)")
     batches = _cycled(features_iterable)

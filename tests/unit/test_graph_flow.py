@@ -231,3 +231,12 @@ def test_pretrain_builds_a_new_paraphraser_and_handles_iterators(gen):
         pretrain_paraphraser(data, steps=1)
     with pytest.raises(ValueError, match=r"\(B, 8, D, H, W\)"):
         pretrain_paraphraser([data[0], torch.zeros(1, 5, 4, 4, 4)], steps=2, factor_channels=3)
+    # steps=0: the initialised paraphraser, frozen, untouched (what paraphraser_steps=0 asks for)
+    torch.manual_seed(0)
+    untrained = pretrain_paraphraser(data, steps=0, factor_channels=3, kernel_size=1)
+    torch.manual_seed(0)
+    fresh = Paraphraser(8, 3, kernel_size=1)
+    assert all(torch.equal(a, b) for a, b in zip(untrained.state_dict().values(), fresh.state_dict().values()))
+    assert not untrained.training and not any(p.requires_grad for p in untrained.parameters())
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        pretrain_paraphraser(data, steps=-1, factor_channels=3)
