@@ -96,11 +96,11 @@ class DemoConfig:
     seed: int = 0
     phantom_shape: tuple[int, int, int] = (48, 48, 32)
     # 20 epochs of 25 under nnU-Net's poly decay, about 0.2 s an iteration on 2 cores. One fold
-    # scored 0.43 mean Dice on the held-out phantoms after 200 iterations, 0.55 after 500 and 0.60
+    # scored 0.43 mean Dice on the held-out phantoms after 200 iterations, 0.56 after 500 and 0.60
     # after 1,000 (benchmarks/demo/TEACHER_PROBES.md): 500 is what the ~15-minute budget affords
     teacher_iterations: int = 500
     # 100k with brats-100k: on the 500-iteration teacher (0.588 mean Dice) a 30k student kept 74 %
-    # of it after 1,500 steps (83 % after 3,000), a 100k one 87 % after 1,500 for the same time
+    # of it after 1,500 steps (83 % after 3,000), a 100k one 87 % after 1,500 for about the same time
     # per step (benchmarks/demo/RESULTS.md); 2,500 steps fit the ~15-minute budget
     student_params: int = 100_000
     steps: int = 2500
