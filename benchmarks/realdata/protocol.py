@@ -84,13 +84,10 @@ class ProtocolPipeline(rr.Pipeline):
         when the files later stages read from this work folder are missing: on a fresh clone a
         committed ``convert`` record does not bring back the converted dataset, nor a fold's teacher
         record its held-out predictions."""
-        if super().done(stage) is None and not all(path.exists() for path in self.local_outputs(stage)):
+        committed_only = super().done(stage) is None and (self.records / f"{stage}.json").is_file()
+        if committed_only and not all(path.exists() for path in self.local_outputs(stage)):
             print(f"[{stage}] recorded, but its files are not in this work folder: running again", flush=True)
-            start = time.perf_counter()
-            record = function()
-            record["seconds"] = round(time.perf_counter() - start, 1)
-            print(f"[{stage}] finished in {record['seconds']:.0f} s", flush=True)
-            return self.finish(stage, record)
+            return self.run_now(stage, function)
         return super().run(stage, function)
 
     def local_outputs(self, stage: str) -> list[Path]:
