@@ -331,7 +331,20 @@ def at_half(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> di
     """The student's scores at thresholds 0.5, what the recipes now ship: its ``_t050`` twin where
     the package was calibrated, else its own record."""
     record = p.done(student_stage(fold, size, variant, seed))
-    return p.done(default_thresholds_stage(fold, size, variant, seed)) if calibrated(record) else record
+    if not calibrated(record):
+        return record
+    twin = p.done(default_thresholds_stage(fold, size, variant, seed))
+    if twin is None:  # summary_scope leaves such students out; a direct caller gets the stage's name
+        raise LookupError(f"{default_thresholds_stage(fold, size, variant, seed)}: no record yet (the calibrated "
+                          "student's 0.5 twin); run protocol.py for its fold to score it")
+    return twin
+
+
+def scored_at_half(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> bool:
+    """Whether the student's 0.5-threshold scores are on record (its own, or its twin's)."""
+    record = p.done(student_stage(fold, size, variant, seed))
+    return record is not None and (not calibrated(record)
+                                   or p.done(default_thresholds_stage(fold, size, variant, seed)) is not None)
 
 
 def stage_fold_student_default_thresholds(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> dict:
@@ -371,8 +384,34 @@ def retention_against_goal(ratio, size: int) -> dict:
     return entry
 
 
-def summarise(p: rr.Pipeline, folds, sizes, variants, seeds) -> dict:
-    """Paired differences over every held-out case of the finished folds (see the module docstring)."""
+#: The seeds the committed summary covers, whatever seeds one command trains: a ``--seeds 0`` run
+#: must not shrink SUMMARY.md to one seed.
+SUMMARY_SEEDS = (0, 1)
+
+
+def summary_scope(p: rr.Pipeline, seeds=SUMMARY_SEEDS) -> tuple[list[int], dict[int, list[str]]]:
+    """The folds and, per size, the variants the summary can cover from the records so far.
+
+    A fold counts once its teacher and its label-only students (both sizes, every seed) are
+    scored; a variant counts at a size once it is scored on every counted fold and seed, so a
+    variant trained at one size only (``recipe_uncertainty`` at 30k) still enters that size's table.
+    """
+    def complete(fold, size, variant):
+        return all(scored_at_half(p, fold, size, variant, seed) for seed in seeds)
+
+    sizes = sorted(RECIPE_FOR_SIZE, reverse=True)
+    finished = [f for f in range(5) if p.done(f"protocol_fold{f}_teacher")
+                and all(complete(f, size, BASELINE) for size in sizes)]  # fmt: skip
+    variants = {size: [v for v in VARIANTS if finished and all(complete(f, size, v) for f in finished)]
+                for size in sizes}  # fmt: skip
+    return finished, variants
+
+
+def summarise(p: rr.Pipeline, folds, variants_by_size: dict[int, list[str]], seeds) -> dict:
+    """Paired differences over every held-out case of the finished folds (see the module docstring).
+
+    ``variants_by_size`` maps each size to the variants in its table (``summary_scope`` gives it).
+    """
     from distill.eval.paired import paired_difference, retention
 
     teacher = {case: score for fold in folds
@@ -396,7 +435,7 @@ def summarise(p: rr.Pipeline, folds, sizes, variants, seeds) -> dict:
         return {**paired_difference(own, matrix(size, variant, among=among)).to_dict(), "folds": among}
 
     order = [case for fold in folds for case in sorted(case_scores(p.done(f"protocol_fold{fold}_teacher")))]
-    for size in sizes:
+    for size, variants in variants_by_size.items():
         baseline = matrix(size, BASELINE)
         teacher_matrix = np.repeat(np.asarray([[teacher[c]] for c in order]), len(seeds), axis=1)
         entry = {"teacher_minus_gt": paired_difference(teacher_matrix, baseline).to_dict(), "variants": {}}
@@ -457,7 +496,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, nargs="+", default=(0, 1, 2, 3, 4))
     parser.add_argument("--sizes", type=int, nargs="+", default=(100_000, 30_000), choices=sorted(RECIPE_FOR_SIZE))
     parser.add_argument("--variants", nargs="+", default=("gt", "kd_plain", "recipe"), choices=sorted(VARIANTS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
+    parser.add_argument("--seeds", type=int, nargs="+", default=SUMMARY_SEEDS)
     parser.add_argument("--steps", type=int, default=None, help="Student steps (default: the recipe's)")
     parser.add_argument("--teacher-iterations", type=int, default=2000)
     parser.add_argument("--teacher-augmentation-workers", type=int, default=1)
@@ -492,19 +531,12 @@ def main() -> None:
                             p.run(default_thresholds_stage(fold, size, variant, seed),
                                   lambda a=(fold, size, variant, seed): stage_fold_student_default_thresholds(p, *a))
     # the summary covers every fold and variant recorded so far, whatever this command trained,
-    # so a run of one fold or one variant does not shrink the committed SUMMARY
-    sizes = sorted(RECIPE_FOR_SIZE, reverse=True)
-
-    def complete(fold, variant):
-        return all(p.done(student_stage(fold, s, variant, seed)) for s in sizes for seed in args.seeds)
-
-    finished = [f for f in range(5) if p.done(f"protocol_fold{f}_teacher") and complete(f, BASELINE)]
-    variants = [v for v in VARIANTS if finished and all(complete(f, v) for f in finished)]
+    # so a run of one fold, one variant or one seed does not shrink the committed SUMMARY
+    finished, variants = summary_scope(p)
     if finished:
-        summary = summarise(p, finished, sizes, variants, args.seeds)
+        summary = summarise(p, finished, variants, SUMMARY_SEEDS)
         write_summary(summary, args.records.parent)
         print(json.dumps(summary["sizes"], indent=2))
-
 
 if __name__ == "__main__":
     main()

@@ -132,6 +132,7 @@ def pretrain_paraphraser(
         raise ValueError("features_iterable yielded no feature batch")
     if paraphraser is None:
         paraphraser = Paraphraser(first.shape[1], factor_channels, hidden_channels, kernel_size).to(first.device)
+    _check_feature_batch(first, paraphraser.in_channels)  # checked even when no step runs
     paraphraser.train()
     paraphraser.requires_grad_(True)
     optimiser = torch.optim.Adam(paraphraser.parameters(), lr=lr)

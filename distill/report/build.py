@@ -68,9 +68,10 @@ def slices(inputs: ReportInputs) -> Figure:
             maps[title] = found
     centre = figures.centre_of_mass(truth[0])
     png = figures.slice_figure(flair.data, panels, maps, voxel_spacing(flair.affine), centre, case_id=case["id"])
+    scale = " on the teacher's colour scale" if "teacher spread" in maps else ""
     distilled = (" Student, distilled: the one-pass map of the student's uncertainty head, trained to predict the "
                  "teacher's spread on the training cases (the teacher's disagreement, not a calibrated error "
-                 "probability), on the teacher's colour scale." if "student, distilled" in maps else "")
+                 f"probability){scale}." if "student, distilled" in maps else "")
     caption = (f"Held-out case {case['id']}, never seen in training. Slices through the centre of mass of the "
                f"ground truth's whole tumour. Colours: WT yellow, TC vermilion, ET blue (nested). "
                f"{case.get('uncertainty_source', 'No teacher uncertainty was recorded.')}{distilled}")  # fmt: skip

@@ -73,6 +73,11 @@ def test_each_uncertainty_map_adds_a_column_and_the_distilled_one_is_explained(t
         assert distilled == (name == "both"), name
     assert widths["none"] < widths["teacher"] < widths["both"]
     assert "not a calibrated error probability" in (tmp_path / "both" / "report.md").read_text()
+    assert "on the teacher's colour scale" in (tmp_path / "both" / "report.md").read_text()
+    # the student's map alone is on its own scale, and the caption does not claim otherwise
+    build_report(write_fake_demo(tmp_path / "student", with_uncertainty=False, with_student_uncertainty=True))
+    alone = (tmp_path / "student" / "report.md").read_text()
+    assert "uncertainty head" in alone and "colour scale" not in alone
 
 
 def test_a_missing_record_is_one_clear_error(tmp_path):

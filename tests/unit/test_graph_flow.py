@@ -240,3 +240,5 @@ def test_pretrain_builds_a_new_paraphraser_and_handles_iterators(gen):
     assert not untrained.training and not any(p.requires_grad for p in untrained.parameters())
     with pytest.raises(ValueError, match="steps must be >= 0"):
         pretrain_paraphraser(data, steps=-1, factor_channels=3)
+    with pytest.raises(ValueError, match=r"\(B, 8, D, H, W\)"):  # checked although no step runs
+        pretrain_paraphraser([torch.zeros(1, 5, 4, 4, 4)], steps=0, paraphraser=untrained)

@@ -44,7 +44,7 @@ def test_differences_pair_the_same_case_across_folds_and_seeds(protocol):
         records[protocol.student_stage(1, 30_000, "gt", seed)] = scores({"c": 0.5})
         records[protocol.student_stage(0, 30_000, "recipe", seed)] = scores({"a": 0.6, "b": 0.4})
         records[protocol.student_stage(1, 30_000, "recipe", seed)] = scores({"c": 0.6})
-    summary = protocol.summarise(Records(records), [0, 1], [30_000], ["gt", "recipe"], [0, 1])
+    summary = protocol.summarise(Records(records), [0, 1], {30_000: ["gt", "recipe"]}, [0, 1])
     entry = summary["sizes"]["30000"]
     assert summary["cases"] == ["a", "b", "c"]
     assert entry["teacher_minus_gt"]["mean"] == pytest.approx((0.3 + 0.1 + 0.2) / 3, abs=1e-4)
@@ -61,7 +61,7 @@ def test_the_summary_table_names_every_variant(protocol, tmp_path):
     records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.6})}
     for variant, value in (("gt", 0.5), ("recipe", 0.78)):
         records[protocol.student_stage(0, 100_000, variant, 0)] = scores({"a": value, "b": value})
-    summary = protocol.summarise(Records(records), [0], [100_000], ["gt", "recipe"], [0])
+    summary = protocol.summarise(Records(records), [0], {100_000: ["gt", "recipe"]}, [0])
     protocol.write_summary(summary, tmp_path)
     table = (tmp_path / "SUMMARY.md").read_text()
     assert "| gt | 0.500 |" in table and "| recipe | 0.780 |" in table and "(goal 97%:" in table
@@ -79,13 +79,35 @@ def test_students_are_scored_at_half_and_the_old_calibration_is_paired_with_its_
     records[protocol.student_stage(1, 30_000, "recipe", 0)] = {**scores({"c": 0.8}), "thresholds": None}
     assert protocol.calibrated(calibrated) and not protocol.calibrated(records[protocol.student_stage(1, 30_000,
                                                                                                   "recipe", 0)])
-    summary = protocol.summarise(Records(records), [0, 1], [30_000], ["gt", "recipe"], [0])
+    summary = protocol.summarise(Records(records), [0, 1], {30_000: ["gt", "recipe"]}, [0])
     recipe = summary["sizes"]["30000"]["variants"]["recipe"]
     assert recipe["mean_dice"] == pytest.approx((0.55 + 0.45 + 0.8) / 3, abs=1e-4)  # at 0.5 on every fold
     assert recipe["minus_gt"]["mean"] == pytest.approx((0.05 - 0.05 + 0.3) / 3, abs=1e-4)
     effect = recipe["calibrated_minus_default"]  # only fold 0 was calibrated: (0.6-0.55 + 0.6-0.45) / 2
     assert effect["folds"] == [0] and effect["n_cases"] == 2 and effect["mean"] == pytest.approx(0.1, abs=1e-4)
     assert summary["sizes"]["30000"]["variants"]["gt"]["calibrated_minus_default"] is None  # gt never calibrated
+
+
+def test_the_scope_counts_whole_folds_and_variants_per_size_and_skips_a_missing_twin(protocol):
+    # fold 0 is complete for gt and recipe at both sizes and seeds; recipe_uncertainty exists at
+    # 30k only (both seeds); kd_plain has seed 0 only; fold 1 has a teacher but no 100k students.
+    records = {"protocol_fold0_teacher": scores({"a": 0.8}), "protocol_fold1_teacher": scores({"c": 0.7})}
+    for seed in (0, 1):
+        for size in (100_000, 30_000):
+            for variant in ("gt", "recipe"):
+                records[protocol.student_stage(0, size, variant, seed)] = scores({"a": 0.5})
+            records[protocol.student_stage(1, 30_000, "gt", seed)] = scores({"c": 0.5})
+        records[protocol.student_stage(0, 30_000, "recipe_uncertainty", seed)] = scores({"a": 0.5})
+    records[protocol.student_stage(0, 100_000, "kd_plain", 0)] = scores({"a": 0.5})
+    folds, variants = protocol.summary_scope(Records(records))
+    assert folds == [0]
+    assert variants == {100_000: ["gt", "recipe"], 30_000: ["gt", "recipe", "recipe_uncertainty"]}
+    # a calibrated student whose 0.5 twin is not on record leaves the table, not the run
+    stage = protocol.student_stage(0, 100_000, "recipe", 1)
+    records[stage] = {**scores({"a": 0.5}), "thresholds": {"WT": 0.9, "TC": 0.5, "ET": 0.5}}
+    assert protocol.summary_scope(Records(records))[1][100_000] == ["gt"]
+    with pytest.raises(LookupError, match=protocol.default_thresholds_stage(0, 100_000, "recipe", 1)):
+        protocol.at_half(Records(records), 0, 100_000, "recipe", 1)
 
 
 def test_a_committed_record_without_its_work_files_runs_again(protocol, tmp_path):
