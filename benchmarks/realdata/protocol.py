@@ -63,10 +63,19 @@ VARIANTS = {
     # of the recipe; paraphrasers pre-trained for 300 steps on 32 batches of its features
     "recipe_graph_flow": {"live_teacher": True, "graph_flow_weight": 1.0, "paraphraser_steps": 300,
                           "paraphraser_batches": 32},
+    # teacher -> one assistant (sized between teacher and student, distill.train.chain) -> student,
+    # each link with the recipe's KD: the teacher-assistant step (TAKD, Mirzadeh et al. 2020)
+    "recipe_chain": {"assistants": "1"},
     # the recipe plus the distilled-uncertainty head (issue 15): its Dice is paired with "recipe"'s
     "recipe_uncertainty": {"uncertainty_head": True},
 }  # fmt: skip
 BASELINE = "gt"
+#: The ladder: each variant against the step below it (paired on the same cases and seeds).
+#: kd_plain is KD over none; the recipe is the label-respecting remedies over plain KD; each
+#: ablation removes one remedy; the chain, graph flow and the head each add one thing to the recipe.
+LADDER_REFERENCE = {"kd_plain": "gt", "recipe": "kd_plain", "recipe_no_adjust": "recipe",
+                    "recipe_voxel": "recipe", "recipe_graph_flow": "recipe", "recipe_chain": "recipe",
+                    "recipe_uncertainty": "recipe"}  # fmt: skip
 
 
 class ProtocolPipeline(rr.Pipeline):
@@ -389,67 +398,94 @@ def retention_against_goal(ratio, size: int) -> dict:
 SUMMARY_SEEDS = (0, 1)
 
 
-def summary_scope(p: rr.Pipeline, seeds=SUMMARY_SEEDS) -> tuple[list[int], dict[int, list[str]]]:
-    """The folds and, per size, the variants the summary can cover from the records so far.
+def summary_scope(p: rr.Pipeline, seeds=SUMMARY_SEEDS) -> tuple[list[int], dict[int, dict[str, tuple]]]:
+    """The folds and, per size, the variants (with their seeds) the summary can cover so far.
 
-    A fold counts once its teacher and its label-only students (both sizes, every seed) are
-    scored; a variant counts at a size once it is scored on every counted fold and seed, so a
-    variant trained at one size only (``recipe_uncertainty`` at 30k) still enters that size's table.
+    A fold counts once its teacher and its label-only students (both sizes, every seed of
+    ``seeds``) are scored. A variant counts at a size once it is scored on every counted fold,
+    with all of ``seeds`` or, failing that, with the first seed alone: ablations are trained
+    once per fold where the budget is short, and pair with the others on that seed. A variant
+    trained at one size only (``recipe_uncertainty`` at 30k) still enters that size's table.
     """
-    def complete(fold, size, variant):
-        return all(scored_at_half(p, fold, size, variant, seed) for seed in seeds)
+    def complete(fold, size, variant, among):
+        return all(scored_at_half(p, fold, size, variant, seed) for seed in among)
 
     sizes = sorted(RECIPE_FOR_SIZE, reverse=True)
     finished = [f for f in range(5) if p.done(f"protocol_fold{f}_teacher")
-                and all(complete(f, size, BASELINE) for size in sizes)]  # fmt: skip
-    variants = {size: [v for v in VARIANTS if finished and all(complete(f, size, v) for f in finished)]
-                for size in sizes}  # fmt: skip
+                and all(complete(f, size, BASELINE, seeds) for size in sizes)]  # fmt: skip
+    variants: dict[int, dict[str, tuple]] = {size: {} for size in sizes}
+    for size in sizes:
+        for variant in VARIANTS if finished else ():
+            for among in (tuple(seeds), tuple(seeds[:1])):
+                if all(complete(f, size, variant, among) for f in finished):
+                    variants[size][variant] = among
+                    break
     return finished, variants
 
 
-def summarise(p: rr.Pipeline, folds, variants_by_size: dict[int, list[str]], seeds) -> dict:
+def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
     """Paired differences over every held-out case of the finished folds (see the module docstring).
 
-    ``variants_by_size`` maps each size to the variants in its table (``summary_scope`` gives it).
+    ``variants_by_size`` maps each size to its variants, as a list (each with ``seeds``) or as
+    ``{variant: its seeds}`` (what ``summary_scope`` gives). A comparison pairs two models on the
+    cases and on the seeds both have.
     """
     from distill.eval.paired import paired_difference, retention
 
     teacher = {case: score for fold in folds
                for case, score in case_scores(p.done(f"protocol_fold{fold}_teacher")).items()}  # fmt: skip
     summary: dict = {"folds": list(folds), "seeds": list(seeds), "cases": sorted(teacher), "sizes": {}}
+    order = [case for fold in folds for case in sorted(case_scores(p.done(f"protocol_fold{fold}_teacher")))]
 
-    def matrix(size, variant, metric="mean_dice", record=lambda *a: at_half(p, *a), among=folds):
+    def matrix(size, variant, among_seeds, metric="mean_dice", record=lambda *a: at_half(p, *a), among=folds):
         """``(cases, seeds)`` scores, cases in fold order then by name (the order ``teacher`` sorts into)."""
         rows = []
         for fold in among:
-            per_seed = [case_scores(record(fold, size, variant, s), metric) for s in seeds]
+            per_seed = [case_scores(record(fold, size, variant, s), metric) for s in among_seeds]
             rows += [[scores[case] for scores in per_seed] for case in sorted(per_seed[0])]
         return np.asarray(rows)
 
-    def calibration_effect(size, variant):
+    def teacher_matrix(among_seeds):
+        return np.repeat(np.asarray([[teacher[c]] for c in order]), len(among_seeds), axis=1)
+
+    def calibration_effect(size, variant, among_seeds):
         """One-case calibration minus 0.5 on the same networks, over the folds trained with it."""
-        among = [f for f in folds if all(calibrated(p.done(student_stage(f, size, variant, s))) for s in seeds)]
+        among = [f for f in folds
+                 if all(calibrated(p.done(student_stage(f, size, variant, s))) for s in among_seeds)]  # fmt: skip
         if not among:
             return None
-        own = matrix(size, variant, record=lambda *a: p.done(student_stage(*a)), among=among)
-        return {**paired_difference(own, matrix(size, variant, among=among)).to_dict(), "folds": among}
+        own = matrix(size, variant, among_seeds, record=lambda *a: p.done(student_stage(*a)), among=among)
+        return {**paired_difference(own, matrix(size, variant, among_seeds, among=among)).to_dict(), "folds": among}
 
-    order = [case for fold in folds for case in sorted(case_scores(p.done(f"protocol_fold{fold}_teacher")))]
-    for size, variants in variants_by_size.items():
-        baseline = matrix(size, BASELINE)
-        teacher_matrix = np.repeat(np.asarray([[teacher[c]] for c in order]), len(seeds), axis=1)
-        entry = {"teacher_minus_gt": paired_difference(teacher_matrix, baseline).to_dict(), "variants": {}}
-        for variant in variants:
-            scores = matrix(size, variant)
+    def minus(size, variants, variant, other):
+        """``variant`` minus ``other`` on the seeds both have (None when they share none)."""
+        both = [s for s in variants[variant] if s in variants.get(other, ())]
+        if variant == other or not both:
+            return None
+        return {**paired_difference(matrix(size, variant, both), matrix(size, other, both)).to_dict(),
+                "reference": other}  # fmt: skip
+
+    for size, listed in variants_by_size.items():
+        variants = dict(listed) if isinstance(listed, dict) else {v: tuple(seeds) for v in listed}
+        entry = {"teacher_minus_gt": paired_difference(teacher_matrix(seeds), matrix(size, BASELINE, seeds)).to_dict(),
+                 "variants": {}}  # fmt: skip
+
+
+        for variant, own_seeds in variants.items():
+            scores = matrix(size, variant, own_seeds)
+            reference = LADDER_REFERENCE.get(variant)
             entry["variants"][variant] = {
+                "seeds": list(own_seeds),
                 "mean_dice": round(float(scores.mean()), 4),
-                **{f"{r}_dice": round(float(matrix(size, variant, r).mean()), 4) for r in rr.REGIONS},
-                "minus_gt": None if variant == BASELINE else paired_difference(scores, baseline).to_dict(),
+                **{f"{r}_dice": round(float(matrix(size, variant, own_seeds, r).mean()), 4) for r in rr.REGIONS},
+                "minus_gt": minus(size, variants, variant, BASELINE),
+                # the ladder step: this variant over the one it adds to (None when that one is missing)
+                "minus_reference": None if reference in (None, BASELINE) else minus(size, variants, variant, reference),
                 # retention is a claim about distilled students: the label-only one gets none
                 "retention_of_teacher": None if variant == BASELINE
-                else retention_against_goal(retention(scores, teacher_matrix), size),
+                else retention_against_goal(retention(scores, teacher_matrix(own_seeds)), size),
                 # the recipes' former one-case calibration against 0.5 on the same students
-                "calibrated_minus_default": calibration_effect(size, variant),
+                "calibrated_minus_default": calibration_effect(size, variant, own_seeds),
             }
         entry["teacher_mean_dice"] = round(float(np.mean(list(teacher.values()))), 4)
         summary["sizes"][str(size)] = entry
@@ -469,9 +505,10 @@ def write_summary(summary: dict, folder: Path) -> None:
         lines += [f"## {int(size) // 1000}k", "",
                   f"Teacher (fold alone, 8-TTA) mean Dice {entry['teacher_mean_dice']:.3f}; teacher minus label-only "
                   f"student {t['mean']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}].", "",
-                  "| variant | mean Dice | WT | TC | ET | minus label-only [95 % CI] "
+                  "| variant | seeds | mean Dice | WT | TC | ET | minus label-only [95 % CI] "
+                  "| ladder step: minus its reference [95 % CI] "
                   "| retention of teacher [95 % CI] | one-case calibration minus 0.5 [95 % CI] (folds) |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for variant, v in entry["variants"].items():
             diff = v["minus_gt"]
             shown = "-" if diff is None else f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
@@ -480,8 +517,12 @@ def write_summary(summary: dict, folder: Path) -> None:
                                           f"(goal {r['goal']:.0%}: {r['goal_reached']})")  # fmt: skip
             c = v.get("calibrated_minus_default")
             calibration = "-" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] ({c['folds']})"
-            lines.append(f"| {variant} | {v['mean_dice']:.3f} | {v['WT_dice']:.3f} | {v['TC_dice']:.3f} | "
-                         f"{v['ET_dice']:.3f} | {shown} | {kept} | {calibration} |")
+            step = v.get("minus_reference")
+            stepped = "-" if step is None else (f"{step['mean']:+.3f} [{step['low']:+.3f}, {step['high']:+.3f}] "
+                                                f"(vs {step['reference']})")  # fmt: skip
+            seeds_shown = ",".join(str(s) for s in v.get("seeds", summary["seeds"]))
+            lines.append(f"| {variant} | {seeds_shown} | {v['mean_dice']:.3f} | {v['WT_dice']:.3f} | "
+                         f"{v['TC_dice']:.3f} | {v['ET_dice']:.3f} | {shown} | {stepped} | {kept} | {calibration} |")
         lines.append("")
     (folder / "SUMMARY.md").write_text("\n".join(lines))
 

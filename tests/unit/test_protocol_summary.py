@@ -64,7 +64,7 @@ def test_the_summary_table_names_every_variant(protocol, tmp_path):
     summary = protocol.summarise(Records(records), [0], {100_000: ["gt", "recipe"]}, [0])
     protocol.write_summary(summary, tmp_path)
     table = (tmp_path / "SUMMARY.md").read_text()
-    assert "| gt | 0.500 |" in table and "| recipe | 0.780 |" in table and "(goal 97%:" in table
+    assert "| gt | 0 | 0.500 |" in table and "| recipe | 0 | 0.780 |" in table and "(goal 97%:" in table
 
 
 def test_students_are_scored_at_half_and_the_old_calibration_is_paired_with_its_twin(protocol):
@@ -90,7 +90,9 @@ def test_students_are_scored_at_half_and_the_old_calibration_is_paired_with_its_
 
 def test_the_scope_counts_whole_folds_and_variants_per_size_and_skips_a_missing_twin(protocol):
     # fold 0 is complete for gt and recipe at both sizes and seeds; recipe_uncertainty exists at
-    # 30k only (both seeds); kd_plain has seed 0 only; fold 1 has a teacher but no 100k students.
+    # 30k only (both seeds); kd_plain has seed 0 only at 100k (it enters with that seed) and
+    # seed 1 only at 30k (it does not: a lone seed must be the first); fold 1 has a teacher but
+    # no 100k students, so it is left out.
     records = {"protocol_fold0_teacher": scores({"a": 0.8}), "protocol_fold1_teacher": scores({"c": 0.7})}
     for seed in (0, 1):
         for size in (100_000, 30_000):
@@ -99,13 +101,15 @@ def test_the_scope_counts_whole_folds_and_variants_per_size_and_skips_a_missing_
             records[protocol.student_stage(1, 30_000, "gt", seed)] = scores({"c": 0.5})
         records[protocol.student_stage(0, 30_000, "recipe_uncertainty", seed)] = scores({"a": 0.5})
     records[protocol.student_stage(0, 100_000, "kd_plain", 0)] = scores({"a": 0.5})
+    records[protocol.student_stage(0, 30_000, "kd_plain", 1)] = scores({"a": 0.5})
     folds, variants = protocol.summary_scope(Records(records))
     assert folds == [0]
-    assert variants == {100_000: ["gt", "recipe"], 30_000: ["gt", "recipe", "recipe_uncertainty"]}
+    assert variants == {100_000: {"gt": (0, 1), "kd_plain": (0,), "recipe": (0, 1)},
+                        30_000: {"gt": (0, 1), "recipe": (0, 1), "recipe_uncertainty": (0, 1)}}
     # a calibrated student whose 0.5 twin is not on record leaves the table, not the run
     stage = protocol.student_stage(0, 100_000, "recipe", 1)
     records[stage] = {**scores({"a": 0.5}), "thresholds": {"WT": 0.9, "TC": 0.5, "ET": 0.5}}
-    assert protocol.summary_scope(Records(records))[1][100_000] == ["gt"]
+    assert protocol.summary_scope(Records(records))[1][100_000] == {"gt": (0, 1), "kd_plain": (0,), "recipe": (0,)}
     with pytest.raises(LookupError, match=protocol.default_thresholds_stage(0, 100_000, "recipe", 1)):
         protocol.at_half(Records(records), 0, 100_000, "recipe", 1)
 
@@ -131,3 +135,27 @@ def test_a_committed_record_without_its_work_files_runs_again(protocol, tmp_path
     # a student is read through its record alone
     (records / "protocol_fold0_30k_gt_seed0.json").write_text(json.dumps({"fold": 0}))
     assert fresh.run("protocol_fold0_30k_gt_seed0", lambda: calls.append(3) or {}) == {"fold": 0}
+
+
+def test_each_ladder_step_is_paired_with_its_reference_on_the_seeds_both_have(protocol, tmp_path):
+    # one fold, cases a and b. gt 0.5; kd_plain 0.6; recipe 0.7 (seed 0) / 0.8 (seed 1);
+    # recipe_chain 0.75 on seed 0 only: the chain step pairs with the recipe's seed 0 alone (+0.05).
+    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.8})}
+    for seed, recipe in ((0, 0.7), (1, 0.8)):
+        for variant, value in (("gt", 0.5), ("kd_plain", 0.6), ("recipe", recipe)):
+            records[protocol.student_stage(0, 30_000, variant, seed)] = scores({"a": value, "b": value})
+        records[protocol.student_stage(0, 100_000, "gt", seed)] = scores({"a": 0.5, "b": 0.5})  # the fold counts
+    records[protocol.student_stage(0, 30_000, "recipe_chain", 0)] = scores({"a": 0.75, "b": 0.75})
+    folds, variants = protocol.summary_scope(Records(records))
+    assert folds == [0]
+    summary = protocol.summarise(Records(records), folds, {30_000: variants[30_000]}, protocol.SUMMARY_SEEDS)
+    table = summary["sizes"]["30000"]["variants"]
+    assert table["recipe"]["minus_reference"]["reference"] == "kd_plain"
+    assert table["recipe"]["minus_reference"]["mean"] == pytest.approx(0.15, abs=1e-4)
+    chain = table["recipe_chain"]
+    assert chain["seeds"] == [0] and chain["minus_reference"]["n_seeds"] == 1
+    assert chain["minus_reference"]["mean"] == pytest.approx(0.05, abs=1e-4)
+    assert chain["minus_gt"]["mean"] == pytest.approx(0.25, abs=1e-4)
+    assert table["kd_plain"]["minus_reference"] is None  # its reference is the label-only column
+    protocol.write_summary(summary, tmp_path)
+    assert "| recipe_chain | 0 | 0.750 |" in (tmp_path / "SUMMARY.md").read_text()
