@@ -70,12 +70,14 @@ VARIANTS = {
     "recipe_uncertainty": {"uncertainty_head": True},
 }  # fmt: skip
 BASELINE = "gt"
-#: The ladder: each variant against the step below it (paired on the same cases and seeds).
-#: kd_plain is KD over none; the recipe is the label-respecting remedies over plain KD; each
-#: ablation removes one remedy; the chain, graph flow and the head each add one thing to the recipe.
+#: The ladder: each variant against the step below it (paired on the same cases and seeds), read
+#: as "what the step adds": kd_plain is KD over none; the recipe is the label-respecting remedies
+#: over plain KD; the chain, graph flow and the head each add one thing to the recipe. An ablation
+#: removes one remedy, so its step is the recipe minus the ablation (ABLATIONS): what that remedy adds.
 LADDER_REFERENCE = {"kd_plain": "gt", "recipe": "kd_plain", "recipe_no_adjust": "recipe",
                     "recipe_voxel": "recipe", "recipe_graph_flow": "recipe", "recipe_chain": "recipe",
                     "recipe_uncertainty": "recipe"}  # fmt: skip
+ABLATIONS = {"recipe_no_adjust", "recipe_voxel"}
 
 
 class ProtocolPipeline(rr.Pipeline):
@@ -340,6 +342,8 @@ def at_half(p: rr.Pipeline, fold: int, size: int, variant: str, seed: int) -> di
     """The student's scores at thresholds 0.5, what the recipes now ship: its ``_t050`` twin where
     the package was calibrated, else its own record."""
     record = p.done(student_stage(fold, size, variant, seed))
+    if record is None:
+        raise LookupError(f"{student_stage(fold, size, variant, seed)}: no record yet; run protocol.py for its fold")
     if not calibrated(record):
         return record
     twin = p.done(default_thresholds_stage(fold, size, variant, seed))
@@ -423,6 +427,20 @@ def summary_scope(p: rr.Pipeline, seeds=SUMMARY_SEEDS) -> tuple[list[int], dict[
     return finished, variants
 
 
+def not_yet_covered(p: rr.Pipeline, folds, variants_by_size: dict, seeds=SUMMARY_SEEDS) -> dict[str, list[str]]:
+    """Per size, variants with a record on some fold that the summary leaves out, each with the
+    counted folds it still lacks on the first seed (so a table that shrank says why)."""
+    missing: dict[str, list[str]] = {}
+    for size, variants in variants_by_size.items():
+        for variant in VARIANTS:
+            recorded = any(p.done(student_stage(f, size, variant, s)) for f in range(5) for s in seeds)
+            if variant in variants or not recorded:
+                continue
+            lacking = [str(f) for f in folds if not scored_at_half(p, f, size, variant, seeds[0])]
+            missing.setdefault(str(size), []).append(f"{variant} (lacks fold {', '.join(lacking)})")
+    return missing
+
+
 def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
     """Paired differences over every held-out case of the finished folds (see the module docstring).
 
@@ -459,11 +477,19 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
 
     def minus(size, variants, variant, other):
         """``variant`` minus ``other`` on the seeds both have (None when they share none)."""
-        both = [s for s in variants[variant] if s in variants.get(other, ())]
+        both = [s for s in variants.get(variant, ()) if s in variants.get(other, ())]
         if variant == other or not both:
             return None
         return {**paired_difference(matrix(size, variant, both), matrix(size, other, both)).to_dict(),
-                "reference": other}  # fmt: skip
+                "minuend": variant, "reference": other, "seeds": both}  # fmt: skip
+
+    def ladder_step(size, variants, variant):
+        """What the step adds: the variant minus its reference, or for an ablation the recipe minus it."""
+        reference = LADDER_REFERENCE.get(variant)
+        if reference in (None, BASELINE):
+            return None
+        return minus(size, variants, reference, variant) if variant in ABLATIONS else minus(size, variants,
+                                                                                              variant, reference)
 
     for size, listed in variants_by_size.items():
         variants = dict(listed) if isinstance(listed, dict) else {v: tuple(seeds) for v in listed}
@@ -473,14 +499,13 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
 
         for variant, own_seeds in variants.items():
             scores = matrix(size, variant, own_seeds)
-            reference = LADDER_REFERENCE.get(variant)
             entry["variants"][variant] = {
                 "seeds": list(own_seeds),
                 "mean_dice": round(float(scores.mean()), 4),
                 **{f"{r}_dice": round(float(matrix(size, variant, own_seeds, r).mean()), 4) for r in rr.REGIONS},
                 "minus_gt": minus(size, variants, variant, BASELINE),
                 # the ladder step: this variant over the one it adds to (None when that one is missing)
-                "minus_reference": None if reference in (None, BASELINE) else minus(size, variants, variant, reference),
+                "minus_reference": ladder_step(size, variants, variant),
                 # retention is a claim about distilled students: the label-only one gets none
                 "retention_of_teacher": None if variant == BASELINE
                 else retention_against_goal(retention(scores, teacher_matrix(own_seeds)), size),
@@ -490,6 +515,15 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
         entry["teacher_mean_dice"] = round(float(np.mean(list(teacher.values()))), 4)
         summary["sizes"][str(size)] = entry
     return summary
+
+
+def _interval(difference: dict, row_seeds) -> str:
+    """``+0.012 [-0.030, +0.051]``, naming the seeds when the pairing used fewer than ``row_seeds``."""
+    text = f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]"
+    paired = difference.get("seeds")
+    if paired is not None and list(paired) != list(row_seeds):
+        text += f" on seed {','.join(map(str, paired))}"
+    return text
 
 
 def write_summary(summary: dict, folder: Path) -> None:
@@ -510,19 +544,22 @@ def write_summary(summary: dict, folder: Path) -> None:
                   "| retention of teacher [95 % CI] | one-case calibration minus 0.5 [95 % CI] (folds) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for variant, v in entry["variants"].items():
+            own = v.get("seeds", summary["seeds"])
             diff = v["minus_gt"]
-            shown = "-" if diff is None else f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+            shown = "-" if diff is None else _interval(diff, summary["seeds"])
             r = v["retention_of_teacher"]
             kept = "-" if r is None else (f"{r['mean']:.1%} [{r['low']:.1%}, {r['high']:.1%}] "
                                           f"(goal {r['goal']:.0%}: {r['goal_reached']})")  # fmt: skip
             c = v.get("calibrated_minus_default")
             calibration = "-" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] ({c['folds']})"
             step = v.get("minus_reference")
-            stepped = "-" if step is None else (f"{step['mean']:+.3f} [{step['low']:+.3f}, {step['high']:+.3f}] "
-                                                f"(vs {step['reference']})")  # fmt: skip
-            seeds_shown = ",".join(str(s) for s in v.get("seeds", summary["seeds"]))
+            stepped = ("-" if step is None
+                       else f"{_interval(step, summary['seeds'])} ({step['minuend']} minus {step['reference']})")
+            seeds_shown = ",".join(str(s) for s in own)
             lines.append(f"| {variant} | {seeds_shown} | {v['mean_dice']:.3f} | {v['WT_dice']:.3f} | "
                          f"{v['TC_dice']:.3f} | {v['ET_dice']:.3f} | {shown} | {stepped} | {kept} | {calibration} |")
+        if summary.get("not_yet", {}).get(size):
+            lines += ["", "Not yet in this table: " + "; ".join(summary["not_yet"][size]) + "."]
         lines.append("")
     (folder / "SUMMARY.md").write_text("\n".join(lines))
 
@@ -576,6 +613,7 @@ def main() -> None:
     finished, variants = summary_scope(p)
     if finished:
         summary = summarise(p, finished, variants, SUMMARY_SEEDS)
+        summary["not_yet"] = not_yet_covered(p, finished, variants)
         write_summary(summary, args.records.parent)
         print(json.dumps(summary["sizes"], indent=2))
 

@@ -146,6 +146,8 @@ def test_each_ladder_step_is_paired_with_its_reference_on_the_seeds_both_have(pr
             records[protocol.student_stage(0, 30_000, variant, seed)] = scores({"a": value, "b": value})
         records[protocol.student_stage(0, 100_000, "gt", seed)] = scores({"a": 0.5, "b": 0.5})  # the fold counts
     records[protocol.student_stage(0, 30_000, "recipe_chain", 0)] = scores({"a": 0.75, "b": 0.75})
+    # an ablation's step reads as what the removed remedy adds: recipe (seed 0) minus it
+    records[protocol.student_stage(0, 30_000, "recipe_no_adjust", 0)] = scores({"a": 0.65, "b": 0.65})
     folds, variants = protocol.summary_scope(Records(records))
     assert folds == [0]
     summary = protocol.summarise(Records(records), folds, {30_000: variants[30_000]}, protocol.SUMMARY_SEEDS)
@@ -157,5 +159,16 @@ def test_each_ladder_step_is_paired_with_its_reference_on_the_seeds_both_have(pr
     assert chain["minus_reference"]["mean"] == pytest.approx(0.05, abs=1e-4)
     assert chain["minus_gt"]["mean"] == pytest.approx(0.25, abs=1e-4)
     assert table["kd_plain"]["minus_reference"] is None  # its reference is the label-only column
+    ablation = table["recipe_no_adjust"]["minus_reference"]
+    assert (ablation["minuend"], ablation["reference"]) == ("recipe", "recipe_no_adjust")
+    assert ablation["mean"] == pytest.approx(0.05, abs=1e-4)
+    summary["not_yet"] = protocol.not_yet_covered(Records(records), folds, {30_000: variants[30_000]})
+    assert summary["not_yet"] == {}
     protocol.write_summary(summary, tmp_path)
-    assert "| recipe_chain | 0 | 0.750 |" in (tmp_path / "SUMMARY.md").read_text()
+    table_md = (tmp_path / "SUMMARY.md").read_text()
+    assert "| recipe_chain | 0 | 0.750 |" in table_md
+    assert "+0.050 [+0.050, +0.050] on seed 0 (recipe_chain minus recipe)" in table_md
+    # a variant recorded on another fold only is named under the table with what it lacks
+    records[protocol.student_stage(3, 30_000, "recipe_voxel", 0)] = scores({"z": 0.5})
+    assert protocol.not_yet_covered(Records(records), folds, {30_000: variants[30_000]}) == {
+        "30000": ["recipe_voxel (lacks fold 0)"]}
