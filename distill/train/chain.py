@@ -233,7 +233,7 @@ def live_nnunet_teacher(config: TrainConfig, cache: TeacherCache, channels: list
         TrainConfigError: the cache's teacher is not an nnU-Net ensemble, the fold is not one of
             its members, or the fold's checkpoint differs from the one that made the cache.
     """
-    from distill.teacher.features import nnunet_feature_network  # nnU-Net is imported only when asked for
+    from distill.teacher.features import WithContext, nnunet_feature_network  # nnU-Net only when asked for
 
     identity = cache.spec.teacher.get("identity") or {}
     checkpoints = identity.get("checkpoints") if isinstance(identity, dict) else None
@@ -253,7 +253,12 @@ def live_nnunet_teacher(config: TrainConfig, cache: TeacherCache, channels: list
                                f"{config.cache}/spec.json); point teacher_model_dir at that model folder")  # fmt: skip
     network = nnunet_feature_network(Path(config.teacher_model_dir), fold, channels=channels, modalities=MODALITIES,
                                      checkpoint=name, device=str(device))  # fmt: skip
-    return LiveTeacher(name=f"nnunet_{fold}", model=network, distils_outputs=False)
+    if config.teacher_context:
+        try:
+            network = WithContext(network, config.teacher_context)
+        except ValueError as error:
+            raise TrainConfigError(f"teacher_context: {error}") from None
+    return LiveTeacher(name=f"nnunet_{fold}", model=network, distils_outputs=False, context=config.teacher_context)
 
 
 def train_student(config: TrainConfig) -> TrainResult:
@@ -300,12 +305,14 @@ def _train(config: TrainConfig, dist) -> TrainResult:
         torch.manual_seed(config.seed + index)  # same initial weights for the same link in every run
         model = build_student(link_config)
         name = f"link{index}_{'student' if is_final else 'assistant'}_{describe_student(model).parameters}"
+        teachers_of_link = live if live else [t for t in (feature_teacher,) if t is not None]
+        # the patches carry context only for a live teacher that takes it (the first link's nnU-Net fold)
+        context = max((t.context for t in teachers_of_link), default=0)
         sampler = PatchSampler(cache, train_ids, config.patch_size, config.foreground_fraction,
                                seed=config.seed + 1000 * index + 7919 * dist.rank,
-                               et_fraction=config.et_fraction)  # fmt: skip
+                               et_fraction=config.et_fraction, context=context)  # fmt: skip
         link = LinkConfig(name=name, link_dir=out / "links" / name, train=config, output_kind=output_kind,
                           has_ground_truth=has_ground_truth, val_case_ids=tuple(val_ids))  # fmt: skip
-        teachers_of_link = live if live else [t for t in (feature_teacher,) if t is not None]
         result = train_link(link, student=model, sampler=sampler, dist=dist, live_teachers=teachers_of_link)
         links.append(result)
         model.eval().requires_grad_(False)

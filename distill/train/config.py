@@ -67,6 +67,10 @@ class TrainConfig:
             region affinity distil from the nnU-Net teacher's own features; KD still comes from
             the cache. The fold's checkpoint must be the one the cache recorded.
         teacher_fold: which fold runs live (default: the cache's first).
+        teacher_context: voxels of context on every side of each patch that the live nnU-Net
+            teacher is given (its maps and features cropped back to the patch): a bare 48³ patch
+            is far less than the windows the fold was trained on. A multiple of the network's
+            total stride (16 for the compact plans); 0 gives it the patch alone.
         region_affinity_weight: weight of Qin et al.'s region-affinity loss between the student's
             and the live teacher's ``region_affinity_stage`` features (needs ground truth).
         boundary_weight: Kervadec boundary loss, ramped in over the second half of each link.
@@ -108,6 +112,7 @@ class TrainConfig:
     paraphraser_batches: int = 4
     teacher_model_dir: str | None = None
     teacher_fold: str | None = None
+    teacher_context: int = 0
     region_affinity_weight: float = 0.0
     region_affinity_stage: str = "dec1"
     boundary_weight: float = 0.0
@@ -172,6 +177,11 @@ class TrainConfig:
             raise TrainConfigError("paraphraser_batches must be at least 1 and paraphraser_steps at least 0")
         if self.region_affinity_weight < 0:
             raise TrainConfigError(f"region_affinity_weight must be non-negative; got {self.region_affinity_weight}")
+        if isinstance(self.teacher_context, bool) or not isinstance(self.teacher_context, int) \
+                or self.teacher_context < 0:
+            raise TrainConfigError(f"teacher_context must be a voxel count >= 0; got {self.teacher_context!r}")
+        if self.teacher_context and self.teacher_model_dir is None:
+            raise TrainConfigError("teacher_context widens the live nnU-Net teacher's input: set teacher_model_dir too")
         if self.teacher_fold is not None and self.teacher_model_dir is None:
             raise TrainConfigError("teacher_fold names a fold of teacher_model_dir: set teacher_model_dir too")
         if isinstance(self.uncertainty_head_weight, bool) or not self.uncertainty_head_weight >= 0:
@@ -222,7 +232,7 @@ class TrainConfig:
 LATER_OPTIONS = ("kd_correction", "kd_balance", "kd_warmup_steps", "lr_schedule", "lr_warmup_steps", "et_fraction",
                  "min_first_width", "calibrate_thresholds", "paraphraser_batches", "teacher_fold",
                  "region_affinity_weight", "region_affinity_stage", "uncertainty_head",
-                 "uncertainty_head_weight")  # fmt: skip
+                 "uncertainty_head_weight", "teacher_context")  # fmt: skip
 
 
 def option_defaults() -> dict[str, Any]:

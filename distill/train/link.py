@@ -79,6 +79,15 @@ class LiveTeacher:
     name: str
     model: torch.nn.Module
     distils_outputs: bool = True
+    #: voxels of context it is given around each patch (``Batch.context_images``); 0: the patch
+    context: int = 0
+
+    def run(self, batch: Batch, return_features: bool = False):
+        """The model on this batch's patch, or on the patch with its context when it takes one."""
+        if self.context and batch.context_images is None:
+            raise ValueError(f"live teacher {self.name} takes {self.context} voxels of context; "
+                             "the batch's sampler drew none")
+        return self.model(batch.context_images if self.context else batch.images, return_features=return_features)
 
 
 @dataclass
@@ -213,7 +222,7 @@ def _graph_flow_options(config: TrainConfig, student, teacher: LiveTeacher, samp
     with torch.no_grad():
         for _ in range(config.paraphraser_batches):
             batch = sampler.sample(config.batch_size).to(device)
-            _, teacher_features = teacher.model(batch.images, return_features=True)
+            _, teacher_features = teacher.run(batch, return_features=True)
             for name in features:
                 features[name].append(teacher_features[name].detach())
     paraphrasers = tuple(pretrain_paraphraser(features[name], steps=config.paraphraser_steps,
@@ -265,7 +274,7 @@ def _teacher_inputs(batch: Batch, live: Sequence[LiveTeacher], config: TrainConf
             uncertainties.append(batch.teacher_uncertainty)
             continue
         with torch.no_grad():
-            logits, teacher_features = teacher.model(batch.images, return_features=True)
+            logits, teacher_features = teacher.run(batch, return_features=True)
         probs = torch.sigmoid(logits) if output_kind == "sigmoid" else torch.softmax(logits, dim=1)
         teachers.append(probs.float())
         uncertainties.append(None)
@@ -273,7 +282,7 @@ def _teacher_inputs(batch: Batch, live: Sequence[LiveTeacher], config: TrainConf
             features = teacher_features
     if need_features and features is None:  # the graph-flow teacher was dropped this batch: run it anyway
         with torch.no_grad():
-            _, features = live[-1].model(batch.images, return_features=True)
+            _, features = live[-1].run(batch, return_features=True)
     return teachers, uncertainties, features
 
 

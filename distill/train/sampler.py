@@ -11,6 +11,12 @@ One uniform draw ``u`` per patch decides: ``u < et_fraction`` ET, then
 the draws are exactly those of the sampler without the option). Augmentation: random
 flips on each axis (applied to inputs, teacher maps and ground truth alike) and a per-channel
 intensity scale and shift on the inputs only.
+
+With ``context = c`` each patch's box is read with ``c`` more voxels on every side for a live
+teacher (``Batch.context_images``); the student's arrays are its centre. Flips and the
+intensity change act on the whole box, so the centre is exactly the patch drawn without
+context (same draws, same values): a teacher given context and a student given the patch
+see the same voxels.
 """
 
 from __future__ import annotations
@@ -35,19 +41,25 @@ class Batch:
     teacher_probs: torch.Tensor
     teacher_uncertainty: torch.Tensor
     regions: torch.Tensor | None
+    #: ``(B, C, *(patch + 2 c))``: the images with ``c`` voxels of context each side (``context`` > 0)
+    context_images: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) if t is not None else None for t in
-                       (self.images, self.teacher_probs, self.teacher_uncertainty, self.regions)))  # fmt: skip
+                       (self.images, self.teacher_probs, self.teacher_uncertainty, self.regions,
+                        self.context_images)))  # fmt: skip
 
 
 class PatchSampler:
     """Draws augmented patches from the cache cases ``case_ids`` with its own seeded generator."""
 
     def __init__(self, cache: TeacherCache, case_ids: list[str], patch_size, foreground_fraction: float, seed: int,
-                 et_fraction: float = 0.0):
+                 et_fraction: float = 0.0, context: int = 0):
         if not case_ids:
             raise ValueError("no training cases to sample from")
+        if context < 0:
+            raise ValueError(f"context must be >= 0 voxels, got {context}")
+        self.context = int(context)
         self.cache = cache
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -106,11 +118,18 @@ class PatchSampler:
         return images * scale + shift, arrays
 
     def sample(self, batch_size: int) -> Batch:
-        images, probs, uncertainty, regions = [], [], [], []
+        images, probs, uncertainty, regions, contexts = [], [], [], [], []
+        c = self.context
+        centre = (slice(None), *(slice(c, c + n) for n in self.patch_size))
         for _ in range(batch_size):
             case_id = self.case_ids[self.rng.integers(len(self.case_ids))]
-            patch = self.cache.read_patch(case_id, self._start(case_id), self.patch_size)
+            start = np.asarray(self._start(case_id)) - c
+            patch = self.cache.read_patch(case_id, start, tuple(n + 2 * c for n in self.patch_size))
             image, (p, u, r) = self._augment([patch.probabilities, patch.uncertainty, patch.regions], patch.images)
+            if c:
+                contexts.append(np.ascontiguousarray(image))
+                image, p, u = image[centre], p[centre], u[centre]
+                r = r[centre] if r is not None else None
             images.append(np.ascontiguousarray(image))
             probs.append(np.ascontiguousarray(p))
             uncertainty.append(np.ascontiguousarray(u))
@@ -122,6 +141,7 @@ class PatchSampler:
             teacher_probs=torch.from_numpy(np.stack(probs)),
             teacher_uncertainty=torch.from_numpy(np.stack(uncertainty)),
             regions=stacked_regions,
+            context_images=torch.from_numpy(np.stack(contexts)) if c else None,
         )
 
     def state(self) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from distill.cache import TeacherCache
@@ -107,6 +108,21 @@ def test_et_fraction_zero_draws_exactly_the_patches_of_the_sampler_without_it(st
     b = PatchSampler(cache, cases, (16, 16, 16), 0.33, seed=5, et_fraction=0.0)
     for _ in range(10):
         assert np.array_equal(a.sample(2).images.numpy(), b.sample(2).images.numpy())
+
+
+def test_context_draws_the_same_patches_and_surrounds_them(stub_cache):
+    cache = TeacherCache.open(stub_cache)
+    cases = list(cache.case_ids)
+    bare = PatchSampler(cache, cases, (16, 16, 16), 0.5, seed=5, et_fraction=0.2)
+    wide = PatchSampler(cache, cases, (16, 16, 16), 0.5, seed=5, et_fraction=0.2, context=8)
+    for _ in range(6):  # 32x32x24 volumes: most boxes reach past the volume and are zero-padded there
+        a, b = bare.sample(2), wide.sample(2)
+        assert a.context_images is None and b.context_images.shape == (2, 4, 32, 32, 32)
+        for name in ("images", "teacher_probs", "teacher_uncertainty", "regions"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(b.context_images[:, :, 8:24, 8:24, 8:24], b.images)  # the centre is the patch
+    with pytest.raises(ValueError, match="context must be >= 0"):
+        PatchSampler(cache, cases, (16, 16, 16), 0.5, seed=5, context=-1)
 
 
 def test_et_fraction_trains_end_to_end(stub_cache, tmp_path):

@@ -89,15 +89,19 @@ def test_chain_with_graph_flow_trains_every_link(stub_cache, tmp_path):
 @pytest.mark.nnunet
 @pytest.mark.slow
 def test_graph_flow_and_region_affinity_from_the_live_nnunet_teacher(nnunet_teacher, phantom_cache, tmp_path):
-    """Link 0 (direct KD) runs fold 0 of the cache's own nnU-Net teacher for its features."""
+    """Link 0 (direct KD) runs fold 0 of the cache's own nnU-Net teacher for its features, given
+    16 voxels of context around each patch."""
     model_dir = str(nnunet_teacher.model_dir)
     train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "run", params=20000,
                               teacher_model_dir=model_dir, graph_flow_weight=1.0, graph_flow_ramp=0,
                               region_affinity_weight=1.0, paraphraser_steps=5, paraphraser_batches=2,
-                              **FAST))  # fmt: skip
+                              teacher_context=16, **FAST))  # fmt: skip
     rows = _log(tmp_path / "run")
     assert len(rows) == FAST["steps"] and all(float(r["graph_flow/raw"]) > 0 for r in rows)
     assert all(np.isfinite(float(r["region_affinity/raw"])) for r in rows) and float(rows[0]["kd/weight"]) > 0
+    with pytest.raises(TrainConfigError, match="teacher_context: .*multiple of the network's total stride"):
+        train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "odd", params=20000,
+                                  teacher_model_dir=model_dir, graph_flow_weight=1.0, teacher_context=3, **FAST))
     # the fold must be one the cache recorded, with the same checkpoint
     with pytest.raises(TrainConfigError, match="not a member of the cache's teacher"):
         train_student(TrainConfig(cache=phantom_cache, out=tmp_path / "other", params=20000,

@@ -11,7 +11,12 @@ pytest.importorskip("dynamic_network_architectures")
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: E402
 
-from distill.teacher.features import NnUNetFeatureNetwork, distill_to_network_axes, feature_names  # noqa: E402
+from distill.teacher.features import (  # noqa: E402
+    NnUNetFeatureNetwork,
+    WithContext,
+    distill_to_network_axes,
+    feature_names,
+)
 from distill.train.link import LiveTeacher, _teacher_inputs  # noqa: E402
 
 STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
@@ -85,3 +90,40 @@ def test_a_features_only_teacher_leaves_kd_to_the_cache():
     teachers, _, _ = _teacher_inputs(batch, [LiveTeacher("assistant", wrapped)], config, np.random.default_rng(0),
                                      False, "sigmoid")  # fmt: skip
     assert len(teachers) == 1 and teachers[0] is not batch.teacher_probs  # an assistant distils its outputs
+
+
+def test_with_context_returns_the_networks_view_of_the_centre_on_unequal_strides():
+    # strides (network axes) [1,1,1], [1,2,2], [2,2,2]: total (2, 4, 4). Network axes 0, 1, 2 hold
+    # Distill's Y, Z, X (axes=(1, 2, 0)), so along X, Y, Z the deepest level strides 4, 2, 4
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    torch.manual_seed(0)
+    network = PlainConvUNet(input_channels=4, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv3d,
+                            kernel_sizes=3, strides=strides, n_conv_per_stage=1, num_classes=3,
+                            n_conv_per_stage_decoder=1, conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+                            norm_op_kwargs={"affine": True}, nonlin=torch.nn.LeakyReLU).eval()  # fmt: skip
+    wrapped = NnUNetFeatureNetwork(network, strides, [0, 1, 2, 3], (1, 2, 0), [0, 1, 2])
+    assert wrapped.feature_strides_per_axis()["bottleneck"] == (4, 2, 4)
+    assert wrapped.feature_strides_per_axis()["enc1"] == (2, 1, 2)
+    box = torch.randn(1, 4, 16, 20, 12)  # the patch is its centre (8, 12, 4) with 4 voxels each side
+    logits, features = WithContext(wrapped, 4)(box, return_features=True)
+    whole_logits, whole = wrapped(box, return_features=True)
+    torch.testing.assert_close(logits, whole_logits[:, :, 4:12, 4:16, 4:8])
+    torch.testing.assert_close(features["bottleneck"], whole["bottleneck"][:, :, 1:3, 2:8, 1:2])
+    torch.testing.assert_close(features["enc1"], whole["enc1"][:, :, 2:6, 4:16, 2:4])
+    torch.testing.assert_close(features["dec0"], whole["dec0"][:, :, 4:12, 4:16, 4:8])
+    assert WithContext(wrapped, 4).feature_channels() == wrapped.feature_channels()
+    with pytest.raises(ValueError, match="multiple of the network's total stride"):
+        WithContext(wrapped, 2)  # 2 is not a multiple of the stride 4 along X and Z
+    with pytest.raises(ValueError, match="not larger than its context"):
+        WithContext(wrapped, 8)(box)
+
+
+def test_a_teacher_that_takes_context_refuses_a_batch_without_it():
+    wrapped = NnUNetFeatureNetwork(tiny_network(), STRIDES, [0, 1, 2, 3], (0, 1, 2), [0, 1, 2])
+    batch = _Batch()
+    batch.context_images = None
+    with pytest.raises(ValueError, match="takes 4 voxels of context"):
+        LiveTeacher("nnunet_fold_0", WithContext(wrapped, 4), distils_outputs=False, context=4).run(batch)
+    batch.context_images = torch.randn(1, 4, 16, 16, 16)
+    logits = LiveTeacher("nnunet_fold_0", WithContext(wrapped, 4), distils_outputs=False, context=4).run(batch)
+    assert logits.shape == (1, 3, 8, 8, 8)

@@ -46,6 +46,8 @@ def config(**changes) -> TrainConfig:
     (dict(uncertainty_head=True, uncertainty_head_weight=0.0), "would leave the head untrained"),
     (dict(uncertainty_head_weight=-1.0), "uncertainty_head_weight must be a non-negative number"),
     (dict(uncertainty_head_weight=0.5), "set uncertainty_head=true too"),
+    (dict(teacher_context=-16, teacher_model_dir="m"), "teacher_context must be a voxel count >= 0; got -16"),
+    (dict(teacher_context=16), "teacher_context widens the live nnU-Net teacher's input: set teacher_model_dir too"),
 ])  # fmt: skip
 def test_bad_values_are_refused_in_one_line(changes, message):
     with pytest.raises(TrainConfigError) as error:
@@ -59,7 +61,7 @@ def test_new_options_default_to_todays_behaviour_and_keep_the_hash():
         "kd_correction": "none", "kd_balance": "voxel", "kd_warmup_steps": 0, "lr_schedule": "poly",
         "lr_warmup_steps": 0, "et_fraction": 0.0, "min_first_width": 0, "calibrate_thresholds": False,
         "paraphraser_batches": 4, "teacher_fold": None, "region_affinity_weight": 0.0, "region_affinity_stage": "dec1",
-        "uncertainty_head": False, "uncertainty_head_weight": 1.0,
+        "uncertainty_head": False, "uncertainty_head_weight": 1.0, "teacher_context": 0,
     }  # fmt: skip
     plain = config()
     # the hash of a default config is the hash of its options without the later ones, as written before they existed
@@ -75,6 +77,9 @@ def test_new_options_default_to_todays_behaviour_and_keep_the_hash():
                ("uncertainty_head", True)]
     for name, value in changes:
         assert config(**{name: value}).training_hash() != plain.training_hash(), name
+    # the live teacher's context changes what its features are
+    live = config(teacher_model_dir="m")
+    assert config(teacher_model_dir="m", teacher_context=16).training_hash() != live.training_hash()
 
 
 def test_a_run_folder_from_before_the_options_resumes_and_a_changed_option_is_named(tmp_path):
