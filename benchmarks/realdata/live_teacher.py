@@ -134,18 +134,25 @@ def step_seconds(run: Path) -> list[float]:
     return [b - a for a, b in zip(elapsed, elapsed[1:])][5:]  # the first steps warm caches up
 
 
-def cost(model_dir: Path, cache_dir: Path, fold: int, sizes, steps: int, rounds: int, patch: int) -> dict:
+def cost(model_dir: Path, cache_dir: Path, fold: int, sizes, steps: int, rounds: int, patch: int,
+         context: int = 0) -> dict:
+    """Seconds per step: direct KD, graph flow from the live teacher on the bare patch, and (with
+    ``context`` > 0) the same with that many voxels of context, alternating in one process."""
     from distill.train import TrainConfig, train_student
 
     per: dict[str, list[float]] = {}
+    kinds = [("direct_kd", None), ("live_graph_flow", 0)] + ([(f"live_graph_flow_context{context}", context)]
+                                                             if context else [])  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(rounds):
             for size in sizes:
-                for live in (False, True):
-                    key = f"{size // 1000}k_{'live_graph_flow' if live else 'direct_kd'}"
+                for kind, teacher_context in kinds:
+                    key = f"{size // 1000}k_{kind}"
                     run = Path(tmp) / f"{key}_{round_index}"
+                    live = teacher_context is not None
                     options = dict(teacher_model_dir=str(model_dir), teacher_fold=str(fold), graph_flow_weight=1.0,
-                                   graph_flow_ramp=0, paraphraser_steps=0, paraphraser_batches=1) if live else {}
+                                   graph_flow_ramp=0, paraphraser_steps=0, paraphraser_batches=1,
+                                   teacher_context=teacher_context) if live else {}  # fmt: skip
                     train_student(TrainConfig(cache=cache_dir, out=run, params=size, steps=steps, batch_size=2,
                                               patch_size=(patch,) * 3, val_cases=0, checkpoint_every=10 * steps,
                                               progress=False, **options))  # fmt: skip
@@ -154,8 +161,14 @@ def cost(model_dir: Path, cache_dir: Path, fold: int, sizes, steps: int, rounds:
     medians = {k: round(statistics.median(v), 4) for k, v in per.items()}
     ratios = {f"{size // 1000}k": round(medians[f"{size // 1000}k_live_graph_flow"]
                                         / medians[f"{size // 1000}k_direct_kd"], 2) for size in sizes}  # fmt: skip
-    return {"median_seconds_per_step": medians, "ratio_live_over_direct": ratios, "steps_per_run": steps,
-            "rounds": rounds, "samples": {k: len(v) for k, v in per.items()}}  # fmt: skip
+    result = {"median_seconds_per_step": medians, "ratio_live_over_direct": ratios, "steps_per_run": steps,
+              "rounds": rounds, "samples": {k: len(v) for k, v in per.items()}}  # fmt: skip
+    if context:
+        result["context"] = context
+        result["ratio_live_context_over_direct"] = {
+            f"{size // 1000}k": round(medians[f"{size // 1000}k_live_graph_flow_context{context}"]
+                                      / medians[f"{size // 1000}k_direct_kd"], 2) for size in sizes}  # fmt: skip
+    return result
 
 
 def main() -> None:
@@ -170,6 +183,8 @@ def main() -> None:
     parser.add_argument("--agreement-batches", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--context-patches", type=int, default=24)
+    parser.add_argument("--teacher-context", type=int, default=16,
+                        help="Also time graph flow with this many voxels of teacher context (0: not)")
     parser.add_argument("--context-only", action="store_true",
                         help="Only the context diagnosis (no timing), added to the committed live_teacher.json")
     args = parser.parse_args()
@@ -189,7 +204,8 @@ def main() -> None:
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
             "fold": args.fold,
             "agreement": agreement(model_dir, cache_dir, args.fold, args.agreement_batches, args.patch),
-            "cost": cost(model_dir, cache_dir, args.fold, args.sizes, args.steps, args.rounds, args.patch),
+            "cost": cost(model_dir, cache_dir, args.fold, args.sizes, args.steps, args.rounds, args.patch,
+                         args.teacher_context),
         }
     context_start = time.perf_counter()
     context = context_agreement(model_dir, cache_dir, args.fold, args.context_patches, args.patch)
@@ -216,6 +232,11 @@ def page(result: dict) -> list[str]:
     for k in c["ratio_live_over_direct"]:
         lines.append(f"| {k} | {c['median_seconds_per_step'][f'{k}_direct_kd']} | "
                      f"{c['median_seconds_per_step'][f'{k}_live_graph_flow']} | {c['ratio_live_over_direct'][k]} |")
+    if "ratio_live_context_over_direct" in c:
+        suffix = f"_live_graph_flow_context{c['context']}"
+        timed = [f"{k} {c['median_seconds_per_step'][k + suffix]} s/step ({v}x direct KD)"
+                 for k, v in c["ratio_live_context_over_direct"].items()]  # fmt: skip
+        lines += ["", f"With {c['context']} voxels of teacher context: " + ", ".join(timed) + "."]
     lines += ["", f"Medians over {c['rounds']} alternating rounds of {c['steps_per_run']} steps, batch 2, "
               f"{result['machine']['threads']} threads, nothing else running."]  # fmt: skip
     context = result.get("context")
