@@ -15,7 +15,9 @@ Used as the test fixture, by the demo, and as the recipe for CPU-sized teachers:
 nnU-Net's poly learning rate steps once per *epoch* (``lr0 * (1 - epoch / num_epochs) ** 0.9``),
 so the iteration budget is split into epochs (:func:`epoch_schedule`): one epoch of N iterations
 would train at the initial rate throughout. Every epoch ends in nnU-Net's ``checkpoint_latest.pth``,
-and a build that was killed continues from it the way ``nnUNetv2_train --c`` does.
+and a build that was killed continues from it the way ``nnUNetv2_train --c`` does. nnU-Net writes its
+checkpoints in place, so a kill during a write would leave a truncated file; this build makes every
+checkpoint write atomic (:func:`_write_checkpoints_atomically`).
 
 nnU-Net reads its folders from environment variables at import time, so everything that
 imports ``nnunetv2`` runs in a child process (``python -m distill.teacher.nnunet_build``)
@@ -167,6 +169,9 @@ def build_compact_nnunet(config: CompactTeacherConfig, log_path: Path | None = N
     finally:
         if log_path:
             log.close()
+    refusal = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    if done.returncode == 2 and refusal:  # an expected refusal: the child's one line, without its logs
+        raise DistillError(refusal[-1].removeprefix("error: "))
     if done.returncode != 0:
         raise DistillError(f"building the nnU-Net teacher in {work} failed:\n{done.stderr[-3000:]}")
     seconds["nnunet"] = time.perf_counter() - start
@@ -255,6 +260,35 @@ def _checked_patch(patch: list[int], strides: list[list[int]]) -> list[int]:
     return patch
 
 
+def _write_checkpoints_atomically(trainer) -> None:
+    """Route ``trainer.save_checkpoint`` through a temporary file and a rename.
+
+    nnU-Net's ``save_checkpoint`` calls ``torch.save`` on the final name; with one-iteration epochs
+    (short budgets) a kill lands inside that write often enough to matter, and the resumed build then
+    fails on a truncated ``checkpoint_latest.pth``. After this, a checkpoint is either the previous
+    complete one or the new complete one.
+    """
+    save = trainer.save_checkpoint
+
+    def save_atomically(filename: str) -> None:
+        partial = f"{filename}.partial"
+        save(partial)
+        if os.path.exists(partial):  # nnU-Net skips the write on other ranks or with checkpointing disabled
+            os.replace(partial, filename)
+
+    trainer.save_checkpoint = save_atomically
+
+
+def _load_latest_or_refuse(trainer, latest: Path) -> None:
+    """``trainer.load_checkpoint(latest)``, or one line naming the file when it cannot be read."""
+    try:
+        trainer.load_checkpoint(str(latest))  # as nnUNetv2_train --c: weights, optimiser, epoch, curves
+    except (EOFError, RuntimeError, OSError, KeyError) as error:
+        # Only a file written before checkpoint writes were atomic (or damaged since) gets here.
+        raise DistillError(f"{latest}: cannot continue from this checkpoint ({type(error).__name__}: {error}); "
+                           "delete it to train the fold again from the start") from None  # fmt: skip
+
+
 def _child(config: dict) -> None:  # pragma: no cover - runs in the child process, covered by integration tests
     import shutil
 
@@ -306,6 +340,7 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
         # decides whether its logger resumes the curves of an interrupted run.
         trainer_plans = {**json.loads(json.dumps(plans)), "continue_training": latest.is_file()}
         trainer = nnUNetTrainer(trainer_plans, CONFIGURATION, fold, dataset_json, device=torch.device("cpu"))
+        _write_checkpoints_atomically(trainer)
         final = Path(trainer.output_folder) / "checkpoint_final.pth"
         check_fold_schedule(fold_dir, config["iterations"])
         if not final.is_file():
@@ -315,7 +350,7 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
                 trainer.num_val_iterations_per_epoch = max(1, trainer.num_iterations_per_epoch // 10)
                 trainer.save_every = 1  # a killed build loses at most one epoch
                 if latest.is_file():
-                    trainer.load_checkpoint(str(latest))  # as nnUNetv2_train --c: weights, optimiser, epoch, curves
+                    _load_latest_or_refuse(trainer, latest)
                 if not config.get("progress_plot_every_epoch", True):
                     trainer.logger.plot_progress_png = lambda folder: None  # drawn once below instead
                 trainer.run_training()

@@ -187,7 +187,8 @@ def test_a_killed_fold_continues_and_its_learning_rate_anneals(nnunet_teacher, t
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:
         logs = list(fold_dir.glob("training_log_*.txt"))
-        # Kill once epoch 3 has started: its predecessors' checkpoint_latest.pth is complete by then.
+        # Kill once epoch 3 has started. Epochs here are one iteration long, so the kill often lands
+        # inside a checkpoint write; the build's atomic writes must leave a complete file regardless.
         if logs and "Epoch 3" in logs[0].read_text():
             os.killpg(first.pid, signal.SIGKILL)
             break
@@ -209,3 +210,22 @@ def test_a_killed_fold_continues_and_its_learning_rate_anneals(nnunet_teacher, t
     assert all(later < earlier for earlier, later in zip(lrs, lrs[1:]))
     second_log = sorted(fold_dir.glob("training_log_*.txt"))[-1].read_text()
     assert f"Epoch {resumed_from}" in second_log and "Epoch 0\n" not in second_log
+
+
+def test_a_truncated_checkpoint_is_refused_in_one_line(nnunet_teacher, tmp_path):
+    """A checkpoint_latest.pth cut short (written by a build before writes were atomic) is named, not a traceback."""
+    from distill.teacher.nnunet_build import CompactTeacherConfig, build_compact_nnunet, model_dir_for
+
+    work = _copy_without_results(nnunet_teacher, tmp_path / "work")
+    config = CompactTeacherConfig(work_dir=work, iterations=20, folds=(0,))
+    fold_dir = model_dir_for(config) / "fold_0"
+    fold_dir.mkdir(parents=True)
+    latest = fold_dir / "checkpoint_latest.pth"
+    buffer = tmp_path / "whole.pth"
+    torch.save({"current_epoch": 3, "network_weights": {"w": torch.zeros(1000)}}, buffer)
+    latest.write_bytes(buffer.read_bytes()[:200])
+    with pytest.raises(DistillError) as refused:
+        build_compact_nnunet(config)
+    message = str(refused.value)
+    assert "\n" not in message and str(latest) in message and "delete it" in message
+    assert latest.read_bytes() == buffer.read_bytes()[:200], "the refused checkpoint must be left as it was"
