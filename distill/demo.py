@@ -57,10 +57,9 @@ from distill.data.conventions import get_convention
 from distill.data.discovery import MODALITIES, CaseFiles, find_cases
 from distill.data.nifti import write_nifti
 from distill.data.phantoms import PhantomConfig, write_phantoms
-from distill.data.preprocess import PreprocessConfig, preprocess, restore_labels
 from distill.errors import DistillError
 from distill.eval.evaluate import EvaluateConfig, evaluate
-from distill.infer.threshold import threshold_regions
+from distill.infer.threshold import threshold_labels
 
 DEMO_DATASET_ID = 990
 DATASET_NAME = "DistillDemo"
@@ -482,9 +481,7 @@ def _threshold_predictions(test_dir: Path, out: Path) -> float:
     start, cases = time.perf_counter(), find_cases(test_dir)
     for files in cases:
         case = load_case(files, with_labels=False)
-        prepared = preprocess(case.images, case.affine, config=PreprocessConfig(), source=files.case_id)
-        regions = threshold_regions(prepared.images, prepared.brain_mask)
-        labels = restore_labels(get_convention(LABELS).from_regions(regions), prepared.record)
+        labels = threshold_labels(case, LABELS, source=files.case_id)
         write_nifti(out / f"{files.case_id}.nii.gz", labels, case.affine)
     return (time.perf_counter() - start) / len(cases)
 

@@ -209,10 +209,7 @@ def train_teacher_fold(p: Pipeline, fold: int) -> dict:
               "seconds_this_run": round(time.perf_counter() - start, 1), "build_seconds": built.seconds,
               "cross_validation": cross_validation_dice(built.model_dir, (fold,)).get(f"fold_{fold}"),
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}  # fmt: skip
-    teacher_assets.save_fold(built.model_dir, fold, assets)
-    tmp = record_path.with_name(".record.json.partial")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, record_path)
+    teacher_assets.save_fold(built.model_dir, fold, assets, record=record)
     print(f"[teacher] fold {fold} done: {record['cross_validation']}", flush=True)
     return record
 

@@ -69,8 +69,9 @@ def _record_sums(assets: Path) -> dict[str, str]:
     return sums
 
 
-def save_fold(model_dir: Path, fold: int, assets: Path = ASSETS) -> dict[str, str]:
-    """Copy a finished fold (and the model folder's JSON files) into ``assets``; returns the sums."""
+def save_fold(model_dir: Path, fold: int, assets: Path = ASSETS, record: dict | None = None) -> dict[str, str]:
+    """Copy a finished fold (and the model folder's JSON files) into ``assets``, with ``record`` (its
+    cost and held-out Dice) as ``fold_K/record.json``; returns the sums, which cover the record too."""
     for name in MODEL_FILES:
         _copy(model_dir / name, assets / name)
     for name in FOLD_FILES:
@@ -79,6 +80,10 @@ def save_fold(model_dir: Path, fold: int, assets: Path = ASSETS) -> dict[str, st
             copy = _copy_validation_summary if name.endswith("summary.json") else _copy
             copy(source, assets / f"fold_{fold}" / name)
     (assets / f"fold_{fold}" / "checkpoint_latest.pth").unlink(missing_ok=True)
+    if record is not None:
+        tmp = assets / f"fold_{fold}" / ".record.json.partial"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, assets / f"fold_{fold}" / "record.json")
     return _record_sums(assets)
 
 

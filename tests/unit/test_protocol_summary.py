@@ -125,12 +125,14 @@ def test_a_committed_record_without_its_work_files_runs_again(protocol, tmp_path
     pipeline = protocol.ProtocolPipeline(args=argparse.Namespace(records=records), work=tmp_path / "work")
     record = pipeline.run("convert", lambda: calls.append(1) or {"dataset_dir": "again"})
     assert calls == [1] and record["dataset_dir"] == "again"  # a fresh clone: the converted data is missing
+    # the rerun only regenerates files: the committed measurement is left as it was
+    assert json.loads((records / "convert.json").read_text()) == {"dataset_dir": "nnunet_raw/x", "seconds": 9.0}
     # once the work folder holds the dataset, the committed record is enough
     fresh = protocol.ProtocolPipeline(args=argparse.Namespace(records=records), work=tmp_path / "other")
     dataset = tmp_path / "other" / "nnunet_raw" / f"Dataset{protocol.rr.DATASET_ID:03d}_{protocol.rr.DATASET_NAME}"
     dataset.mkdir(parents=True)
     (dataset / "dataset.json").write_text("{}")
-    assert fresh.run("convert", lambda: calls.append(2) or {}) == {"dataset_dir": "again", "seconds": record["seconds"]}
+    assert fresh.run("convert", lambda: calls.append(2) or {}) == {"dataset_dir": "nnunet_raw/x", "seconds": 9.0}
     assert calls == [1]
     # a student is read through its record alone
     (records / "protocol_fold0_30k_gt_seed0.json").write_text(json.dumps({"fold": 0}))
@@ -172,3 +174,20 @@ def test_each_ladder_step_is_paired_with_its_reference_on_the_seeds_both_have(pr
     records[protocol.student_stage(3, 30_000, "recipe_voxel", 0)] = scores({"z": 0.5})
     assert protocol.not_yet_covered(Records(records), folds, {30_000: variants[30_000]}) == {
         "30000": ["recipe_voxel (lacks fold 0)"]}
+
+
+def test_the_threshold_floor_pairs_with_teacher_and_label_only_students(protocol, tmp_path):
+    # teacher 0.8 / 0.6, label-only 0.5 everywhere, threshold 0.3 / 0.5: the floor is 0.4, the
+    # teacher is +0.3 above it and the label-only student +0.1; without a floor record none is shown.
+    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.6})}
+    for seed in (0, 1):
+        records[protocol.student_stage(0, 30_000, "gt", seed)] = scores({"a": 0.5, "b": 0.5})
+    assert "threshold" not in protocol.summarise(Records(records), [0], {30_000: ["gt"]}, [0, 1])
+    records["protocol_fold0_threshold"] = scores({"a": 0.3, "b": 0.5})
+    summary = protocol.summarise(Records(records), [0], {30_000: ["gt"]}, [0, 1])
+    assert summary["threshold"]["mean_dice"] == pytest.approx(0.4) and summary["threshold"]["ET_dice"] == 0.4
+    assert summary["threshold"]["teacher_minus_threshold"]["mean"] == pytest.approx(0.3, abs=1e-4)
+    assert summary["sizes"]["30000"]["gt_minus_threshold"]["mean"] == pytest.approx(0.1, abs=1e-4)
+    protocol.write_summary(summary, tmp_path)
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "threshold baseline (the floor): mean Dice 0.400" in text and "minus threshold +0.100" in text

@@ -61,3 +61,13 @@ def test_an_altered_asset_is_refused_by_name(assets_module, tmp_path):
     (assets / "fold_0" / "checkpoint_final.pth").write_bytes(b"tampered")
     with pytest.raises(SystemExit, match="checkpoint_final.pth: missing or altered"):
         assets_module.restore(tmp_path / "fresh", assets)
+
+
+def test_a_fold_record_is_saved_under_the_sums_it_is_checked_by(assets_module, tmp_path):
+    model = fake_model_dir(tmp_path / "model", unfinished=())
+    assets = tmp_path / "assets"
+    sums = assets_module.save_fold(model, 0, assets, record={"fold": 0, "iterations": 2000})
+    assert "fold_0/record.json" in sums
+    restored = assets_module.restore(tmp_path / "fresh", assets)
+    assert "fold_0/record.json" in restored
+    assert (tmp_path / "fresh" / "fold_0" / "record.json").read_text().startswith('{\n  "fold": 0')
