@@ -415,19 +415,91 @@ def stage_fold_student_default_thresholds(p: rr.Pipeline, fold: int, size: int, 
             "vs_ground_truth": scores}
 
 
+#: Post-processing candidates, as nnU-Net chooses its own on cross-validation predictions: keep
+#: only the largest connected component of WT, then also of TC, then of every region (the
+#: hierarchy clips what lies outside the kept parent). Scored on the saved predictions of each
+#: student (distill.infer.postprocess.postprocess_labels), so no network runs again.
+POSTPROCESSING = {"largest_wt": ("WT",), "largest_wt_tc": ("WT", "TC"), "largest_all": ("WT", "TC", "ET")}
+
+
+def postprocessed_stage(stage: str) -> str:
+    return f"{stage}_post"
+
+
+def predictions_of(p: rr.Pipeline, fold: int, stage: str) -> Path:
+    """The held-out predictions a student (or the teacher) stage left in this work folder."""
+    name = "teacher" if stage.endswith("_teacher") else stage.removeprefix("protocol_")
+    return fold_dir(p, fold) / "predictions" / name
+
+
+def stage_postprocessing(p: rr.Pipeline, fold: int, stage: str) -> dict:
+    """Stage ``stage``'s held-out predictions under each of POSTPROCESSING, scored against the experts
+    (and, for a student, against fold ``fold``'s teacher as it predicted)."""
+    from distill.data.nifti import read_nifti, write_nifti
+    from distill.infer.postprocess import PostprocessConfig, postprocess_labels
+
+    source = predictions_of(p, fold, stage)
+    held_out, name = fold_dir(p, fold) / "held_out", source.name
+    scored = {}
+    for choice, regions in POSTPROCESSING.items():
+        config = PostprocessConfig(keep_largest=regions, enforce_hierarchy=True)
+        out = fold_dir(p, fold) / "predictions" / f"{name}_{choice}"
+        out.mkdir(parents=True, exist_ok=True)
+        for prediction in sorted(source.glob("*.nii.gz")):
+            image = read_nifti(prediction)
+            cleaned = postprocess_labels(image.data.astype(np.uint8), "brats2017", config, spacing=image.spacing)
+            write_nifti(out / prediction.name, cleaned, image.affine)
+        scored[choice] = {"vs_ground_truth": evaluate_folder(out, held_out, fold_dir(p, fold) / "evaluation" /
+                                                             f"{name}_{choice}")}
+        if not stage.endswith("_teacher"):
+            scored[choice]["vs_teacher"] = evaluate_folder(out, fold_dir(p, fold) / "predictions" / "teacher",
+                                                           fold_dir(p, fold) / "evaluation" /
+                                                           f"{name}_{choice}_vs_teacher")  # fmt: skip
+    return {"fold": fold, "of": stage, "choices": {c: list(r) for c, r in POSTPROCESSING.items()}, "scored": scored}
+
+
+def run_postprocessing(p: rr.Pipeline, fold: int, stage: str) -> None:
+    """The post-processing stage of ``stage``, when its predictions are in this work folder (a
+    student trained in a lost work folder has only its record: it is left out, and said so)."""
+    post = postprocessed_stage(stage)
+    if p.done(post) is not None:
+        return
+    if not any(predictions_of(p, fold, stage).glob("*.nii.gz")):
+        print(f"[{post}] skipped: {stage}'s predictions are not in this work folder", flush=True)
+        return
+    p.run(post, lambda: stage_postprocessing(p, fold, stage))
+
+
 # --------------------------------------------------------------------------- summary
 
 
-def case_scores(record: dict, metric: str = "mean_dice") -> dict[str, float]:
-    """Case -> mean Dice over WT/TC/ET (or one region's Dice) from a stage record's expert scores."""
-    per_case = record["vs_ground_truth"]["per_case"]
-    if metric == "mean_dice":
-        return {case: float(np.mean([per_case[case][r]["dice"] for r in rr.REGIONS])) for case in per_case}
-    return {case: float(per_case[case][metric]["dice"]) for case in per_case}
+def case_scores(record: dict, metric: str = "mean_dice", side: str = "vs_ground_truth") -> dict[str, float]:
+    """Case -> a score from a stage record: ``mean_dice`` (over WT/TC/ET), ``mean_hd95``, or one
+    region's Dice (``"WT"``) or HD95 (``"WT_hd95"``); against the experts, or with ``side``
+    ``"vs_teacher"`` against the fold's teacher (agreement)."""
+    per_case = record[side]["per_case"]
+    if metric in ("mean_dice", "mean_hd95"):
+        key = metric.removeprefix("mean_")
+        return {case: float(np.mean([per_case[case][r][key] for r in rr.REGIONS])) for case in per_case}
+    region, _, key = metric.partition("_")
+    return {case: float(per_case[case][region][key or "dice"]) for case in per_case}
 
 
 #: The issue's retention goals: distilled students keep this share of the teacher's mean Dice.
 RETENTION_GOAL = {100_000: 0.97, 30_000: 0.95}
+
+
+#: The issue's HD95 goal: no worse than this multiple of the teacher's.
+HD95_GOAL = 1.2
+
+
+def hd95_against_goal(ratio) -> dict:
+    """The HD95 ratio's interval read against HD95_GOAL (lower is better, so the goal is reached
+    when the whole interval lies at or below it)."""
+    entry = {k: v for k, v in ratio.to_dict().items() if k != "verdict"}
+    entry["goal"] = HD95_GOAL
+    entry["goal_reached"] = "yes" if ratio.high <= HD95_GOAL else ("no" if ratio.low > HD95_GOAL else "not decided")
+    return entry
 
 
 def retention_against_goal(ratio, size: int) -> dict:
@@ -509,16 +581,26 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
                 np.asarray([[teacher[c]] for c in order]), np.asarray([[threshold[c]] for c in order])).to_dict(),
         }
 
-    def matrix(size, variant, among_seeds, metric="mean_dice", record=lambda *a: at_half(p, *a), among=folds):
+    def matrix(size, variant, among_seeds, metric="mean_dice", record=lambda *a: at_half(p, *a), among=folds,
+               side="vs_ground_truth"):
         """``(cases, seeds)`` scores, cases in fold order then by name (the order ``teacher`` sorts into)."""
         rows = []
         for fold in among:
-            per_seed = [case_scores(record(fold, size, variant, s), metric) for s in among_seeds]
+            per_seed = [case_scores(record(fold, size, variant, s), metric, side) for s in among_seeds]
             rows += [[scores[case] for scores in per_seed] for case in sorted(per_seed[0])]
         return np.asarray(rows)
 
-    def teacher_matrix(among_seeds):
-        return np.repeat(np.asarray([[teacher[c]] for c in order]), len(among_seeds), axis=1)
+    def teacher_matrix(among_seeds, metric="mean_dice"):
+        own = teacher if metric == "mean_dice" else {
+            case: score for fold in folds
+            for case, score in case_scores(p.done(f"protocol_fold{fold}_teacher"), metric).items()}  # fmt: skip
+        return np.repeat(np.asarray([[own[c]] for c in order]), len(among_seeds), axis=1)
+
+    teacher_hd95 = {r: round(float(teacher_matrix((0,), f"{r}_hd95").mean()), 2) for r in rr.REGIONS}
+    summary["teacher"] = {"mean_dice": round(float(np.mean(list(teacher.values()))), 4),
+                          **{f"{r}_dice": round(float(teacher_matrix((0,), r).mean()), 4) for r in rr.REGIONS},
+                          **{f"{r}_hd95": v for r, v in teacher_hd95.items()},
+                          "mean_hd95": round(float(teacher_matrix((0,), "mean_hd95").mean()), 2)}  # fmt: skip
 
     def calibration_effect(size, variant, among_seeds):
         """One-case calibration minus 0.5 on the same networks, over the folds trained with it."""
@@ -529,12 +611,27 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
         own = matrix(size, variant, among_seeds, record=lambda *a: p.done(student_stage(*a)), among=among)
         return {**paired_difference(own, matrix(size, variant, among_seeds, among=among)).to_dict(), "folds": among}
 
-    def minus(size, variants, variant, other):
+    def agreement_folds(size, variant, among_seeds):
+        return [f for f in folds if all("vs_teacher" in at_half(p, f, size, variant, s) for s in among_seeds)]
+
+    def agreement(size, variants, variant, own_seeds):
+        """Dice against the fold's teacher, and its difference from the label-only student's."""
+        among = [f for f in agreement_folds(size, variant, own_seeds)
+                 if f in agreement_folds(size, BASELINE, own_seeds)]  # fmt: skip
+        if not among:
+            return {"teacher_agreement": None, "agreement_minus_gt": None, "agreement_folds": []}
+        return {"teacher_agreement": round(float(matrix(size, variant, own_seeds, among=among,
+                                                        side="vs_teacher").mean()), 4),
+                "agreement_minus_gt": minus(size, variants, variant, BASELINE, side="vs_teacher", among=among),
+                "agreement_folds": among}  # fmt: skip
+
+    def minus(size, variants, variant, other, side="vs_ground_truth", among=folds):
         """``variant`` minus ``other`` on the seeds both have (None when they share none)."""
         both = [s for s in variants.get(variant, ()) if s in variants.get(other, ())]
         if variant == other or not both:
             return None
-        return {**paired_difference(matrix(size, variant, both), matrix(size, other, both)).to_dict(),
+        return {**paired_difference(matrix(size, variant, both, side=side, among=among),
+                                    matrix(size, other, both, side=side, among=among)).to_dict(),
                 "minuend": variant, "reference": other, "seeds": both}  # fmt: skip
 
     def ladder_step(size, variants, variant):
@@ -560,6 +657,15 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
                 "seeds": list(own_seeds),
                 "mean_dice": round(float(scores.mean()), 4),
                 **{f"{r}_dice": round(float(matrix(size, variant, own_seeds, r).mean()), 4) for r in rr.REGIONS},
+                **{f"{r}_hd95": round(float(matrix(size, variant, own_seeds, f"{r}_hd95").mean()), 2)
+                   for r in rr.REGIONS},
+                "mean_hd95": round(float(matrix(size, variant, own_seeds, "mean_hd95").mean()), 2),
+                # HD95 (mean over regions and cases) as a multiple of the teacher's: the goal is <= 1.2
+                "hd95_ratio_to_teacher": hd95_against_goal(retention(
+                    matrix(size, variant, own_seeds, "mean_hd95"), teacher_matrix(own_seeds, "mean_hd95"))),
+                # agreement: mean Dice against the fold's teacher's own label maps, over the folds
+                # whose records have it (fold 0's 0.5-threshold twins were scored against the experts only)
+                **agreement(size, variants, variant, own_seeds),
                 "minus_gt": minus(size, variants, variant, BASELINE),
                 # the ladder step: this variant over the one it adds to (None when that one is missing)
                 "minus_reference": ladder_step(size, variants, variant),
@@ -572,6 +678,59 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
         entry["teacher_mean_dice"] = round(float(np.mean(list(teacher.values()))), 4)
         summary["sizes"][str(size)] = entry
     return summary
+
+
+def summarise_postprocessing(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
+    """Each POSTPROCESSING choice minus none, over the students whose predictions were scored with it.
+
+    Per size, each held-out case contributes the mean over its students (every variant and seed
+    with a ``_post`` record) of the choice's score and of the student's own; the two are paired
+    over cases (distill.eval.paired). The teacher's own predictions get the same choices, shown
+    beside (nnU-Net applies its post-processing to the teacher too)."""
+    from distill.eval.paired import paired_difference
+
+    out: dict = {"choices": {c: list(r) for c, r in POSTPROCESSING.items()}, "sizes": {}, "teacher": {}}
+    teacher_posts = {f: p.done(postprocessed_stage(f"protocol_fold{f}_teacher")) for f in folds}
+    if all(teacher_posts.values()):
+        for choice in POSTPROCESSING:
+            before = {c: v for f in folds for c, v in case_scores(p.done(f"protocol_fold{f}_teacher")).items()}
+            after = {c: v for f in folds for c, v in case_scores(teacher_posts[f]["scored"][choice]).items()}
+            hd95 = [v for f in folds for v in case_scores(teacher_posts[f]["scored"][choice], "mean_hd95").values()]
+            cases = sorted(before)
+            difference = paired_difference(np.asarray([[after[c]] for c in cases]),
+                                           np.asarray([[before[c]] for c in cases]))  # fmt: skip
+            out["teacher"][choice] = {"mean_dice": round(float(np.mean([after[c] for c in cases])), 4),
+                                      "mean_hd95": round(float(np.mean(hd95)), 2),
+                                      "minus_none": difference.to_dict()}  # fmt: skip
+    for size, listed in variants_by_size.items():
+        variants = dict(listed) if isinstance(listed, dict) else {v: tuple(seeds) for v in listed}
+        students = [(f, v, s) for f in folds for v, own in variants.items() for s in own
+                    if p.done(postprocessed_stage(student_stage(f, size, v, s)))
+                    and not calibrated(p.done(student_stage(f, size, v, s)))]  # fmt: skip
+        if not students:
+            continue
+        entry = {"students": len(students), "choices": {}}
+        for choice in POSTPROCESSING:
+            own, post, hd_own, hd_post = {}, {}, {}, {}
+            for f, v, s in students:
+                record = p.done(student_stage(f, size, v, s))
+                cleaned = p.done(postprocessed_stage(student_stage(f, size, v, s)))["scored"][choice]
+                for target, source, metric in ((own, record, "mean_dice"), (post, cleaned, "mean_dice"),
+                                               (hd_own, record, "mean_hd95"), (hd_post, cleaned, "mean_hd95")):
+                    for case, value in case_scores(source, metric).items():
+                        target.setdefault(case, []).append(value)
+            cases = sorted(own)
+            entry["choices"][choice] = {
+                "cases": len(cases),
+                "mean_dice": round(float(np.mean([np.mean(post[c]) for c in cases])), 4),
+                "none_mean_dice": round(float(np.mean([np.mean(own[c]) for c in cases])), 4),
+                "mean_hd95": round(float(np.mean([np.mean(hd_post[c]) for c in cases])), 2),
+                "none_mean_hd95": round(float(np.mean([np.mean(hd_own[c]) for c in cases])), 2),
+                "minus_none": paired_difference(np.asarray([[np.mean(post[c])] for c in cases]),
+                                                np.asarray([[np.mean(own[c])] for c in cases])).to_dict(),
+            }
+        out["sizes"][str(size)] = entry
+    return out
 
 
 def _interval(difference: dict, row_seeds) -> str:
@@ -610,6 +769,9 @@ def write_summary(summary: dict, folder: Path) -> None:
                   "| ladder step: minus its reference [95 % CI] "
                   "| retention of teacher [95 % CI] | one-case calibration minus 0.5 [95 % CI] (folds) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        hd95_rows = ["| variant | HD95 WT | TC | ET | mean | multiple of the teacher's [95 % CI] (goal <= 1.2) "
+                     "| agreement with the teacher (Dice) | agreement minus label-only [95 % CI] |",
+                     "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for variant, v in entry["variants"].items():
             own = v.get("seeds", summary["seeds"])
             diff = v["minus_gt"]
@@ -625,10 +787,48 @@ def write_summary(summary: dict, folder: Path) -> None:
             seeds_shown = ",".join(str(s) for s in own)
             lines.append(f"| {variant} | {seeds_shown} | {v['mean_dice']:.3f} | {v['WT_dice']:.3f} | "
                          f"{v['TC_dice']:.3f} | {v['ET_dice']:.3f} | {shown} | {stepped} | {kept} | {calibration} |")
+            if "mean_hd95" in v:
+                h, agree = v["hd95_ratio_to_teacher"], v.get("agreement_minus_gt")
+                hd95_rows.append(f"| {variant} | {v['WT_hd95']:.1f} | {v['TC_hd95']:.1f} | {v['ET_hd95']:.1f} | "
+                                 f"{v['mean_hd95']:.1f} | {h['mean']:.2f}x [{h['low']:.2f}, {h['high']:.2f}] "
+                                 f"({h['goal_reached']}) | "
+                                 f"{'-' if v['teacher_agreement'] is None else format(v['teacher_agreement'], '.3f')}"
+                                 f" (folds {v['agreement_folds']}) | "
+                                 f"{'-' if agree is None else _interval(agree, summary['seeds'])} |")
         if summary.get("not_yet", {}).get(size):
             lines += ["", "Not yet in this table: " + "; ".join(summary["not_yet"][size]) + "."]
+        teacher = summary.get("teacher")
+        if teacher and len(hd95_rows) > 2:
+            lines += ["", f"Distance and agreement (HD95 in mm, mean over cases; the teacher's: WT "
+                          f"{teacher['WT_hd95']:.1f}, TC {teacher['TC_hd95']:.1f}, ET {teacher['ET_hd95']:.1f}, "
+                          f"mean {teacher['mean_hd95']:.1f}):", "", *hd95_rows]  # fmt: skip
         lines.append("")
+    lines += postprocessing_lines(summary.get("postprocessing"))
     (folder / "SUMMARY.md").write_text("\n".join(lines))
+
+
+def postprocessing_lines(post: dict | None) -> list[str]:
+    """SUMMARY.md's post-processing section (empty until a student has a ``_post`` record)."""
+    if not post or not post.get("sizes"):
+        return []
+    lines = ["## Post-processing on the validation cases", "",
+             "Keeping only the largest connected component (nnU-Net's post-processing, chosen as it chooses "
+             "it: on held-out predictions), scored on the students' saved predictions; each case's mean over "
+             "its students, paired with the same students unprocessed.", "",
+             "| size | students | choice | regions kept to their largest component | mean Dice (none) "
+             "| minus none [95 % CI] | mean HD95 (none) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for size, entry in post["sizes"].items():
+        for choice, c in entry["choices"].items():
+            d = c["minus_none"]
+            kept = ", ".join(post["choices"][choice])
+            lines.append(f"| {int(size) // 1000}k | {entry['students']} | {choice} | {kept} "
+                         f"| {c['mean_dice']:.3f} ({c['none_mean_dice']:.3f}) | {d['mean']:+.3f} [{d['low']:+.3f}, "
+                         f"{d['high']:+.3f}] | {c['mean_hd95']:.1f} ({c['none_mean_hd95']:.1f}) |")
+    for choice, t in post.get("teacher", {}).items():
+        d = t["minus_none"]
+        lines.append(f"| teacher | - | {choice} | {', '.join(post['choices'][choice])} | {t['mean_dice']:.3f} | "
+                     f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {t['mean_hd95']:.1f} |")
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------- main
@@ -667,6 +867,7 @@ def main() -> None:
         for fold in args.folds:
             p.run(f"protocol_fold{fold}_teacher", lambda fold=fold: stage_fold_teacher(p, fold))
             p.run(f"protocol_fold{fold}_threshold", lambda fold=fold: stage_fold_threshold(p, fold))
+            run_postprocessing(p, fold, f"protocol_fold{fold}_teacher")
             p.run(f"protocol_fold{fold}_cache", lambda fold=fold: stage_fold_cache(p, fold))
             for seed in args.seeds:
                 for size in args.sizes:
@@ -676,12 +877,14 @@ def main() -> None:
                         if calibrated(p.done(student_stage(fold, size, variant, seed))):
                             p.run(default_thresholds_stage(fold, size, variant, seed),
                                   lambda a=(fold, size, variant, seed): stage_fold_student_default_thresholds(p, *a))
+                        run_postprocessing(p, fold, student_stage(fold, size, variant, seed))
     # the summary covers every fold and variant recorded so far, whatever this command trained,
     # so a run of one fold, one variant or one seed does not shrink the committed SUMMARY
     finished, variants = summary_scope(p)
     if finished:
         summary = summarise(p, finished, variants, SUMMARY_SEEDS)
         summary["not_yet"] = not_yet_covered(p, finished, variants)
+        summary["postprocessing"] = summarise_postprocessing(p, finished, variants, SUMMARY_SEEDS)
         write_summary(summary, args.records.parent)
         print(json.dumps(summary["sizes"], indent=2))
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from distill.data.conventions import REGIONS
+from distill.data.conventions import REGIONS, get_convention
 from distill.package.settings import _CONNECTIVITY_RANK, SIZE_UNITS, PostprocessConfig  # noqa: F401 (re-exported)
 
 
@@ -132,3 +132,17 @@ def postprocess_regions(
     if config.enforce_hierarchy:
         out = enforce_hierarchy(out)
     return out
+
+
+def postprocess_labels(
+    labels: np.ndarray, convention: str, config: PostprocessConfig, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """:func:`postprocess_regions` on a label map ``(X, Y, Z)`` in ``convention``'s values.
+
+    A predicted label map holds its nested regions exactly (each label value is one region
+    combination), so cleaning its regions gives what the predictor would have written with
+    ``config``: the way to compare post-processing choices on saved predictions, as nnU-Net
+    chooses its own on the cross-validation predictions, without running the network again.
+    """
+    named = get_convention(convention)
+    return named.from_regions(postprocess_regions(named.to_regions(labels), config, spacing=spacing))

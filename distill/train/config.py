@@ -82,6 +82,8 @@ class TrainConfig:
             :func:`~distill.losses.uncertainty_regression`; its cost is on the student card and
             ``distill export`` packages it as a second output. Assistants never get it.
         uncertainty_head_weight: weight of that loss term in the link's total.
+        ema_decay: each link ships the exponential moving average of its weights with this
+            decay (:mod:`distill.train.ema`) instead of its last iterate; 0 = the last iterate.
         val_cases: held-out cache cases scored by sliding-window inference (chosen by hash).
     """
 
@@ -119,6 +121,7 @@ class TrainConfig:
     uncertainty_weighting: bool = False
     uncertainty_head: bool = False
     uncertainty_head_weight: float = 1.0
+    ema_decay: float = 0.0
     foreground_fraction: float = 0.33
     et_fraction: float = 0.0
     min_first_width: int = 0
@@ -193,6 +196,8 @@ class TrainConfig:
         if self.uncertainty_head_weight != 1.0 and not self.uncertainty_head:
             raise TrainConfigError("uncertainty_head_weight weights the uncertainty head's loss: "
                                    "set uncertainty_head=true too")
+        if isinstance(self.ema_decay, bool) or not 0.0 <= self.ema_decay < 1.0:
+            raise TrainConfigError(f"ema_decay must lie in [0, 1) (0 = no weight average); got {self.ema_decay!r}")
         if self.calibrate_thresholds and self.val_cases < 1:
             raise TrainConfigError("calibrate_thresholds needs validation cases: set val_cases to 1 or more")
 
@@ -232,7 +237,7 @@ class TrainConfig:
 LATER_OPTIONS = ("kd_correction", "kd_balance", "kd_warmup_steps", "lr_schedule", "lr_warmup_steps", "et_fraction",
                  "min_first_width", "calibrate_thresholds", "paraphraser_batches", "teacher_fold",
                  "region_affinity_weight", "region_affinity_stage", "uncertainty_head",
-                 "uncertainty_head_weight", "teacher_context")  # fmt: skip
+                 "uncertainty_head_weight", "teacher_context", "ema_decay")  # fmt: skip
 
 
 def option_defaults() -> dict[str, Any]:

@@ -12,8 +12,9 @@ With dense guidance (DGKD, Son et al., ICCV 2021) every teacher is used and one 
 teacher is dropped per batch.
 
 A link checkpoints every ``checkpoint_every`` steps (model, optimiser, loss-module weights,
-sampler state, RNG), writes ``weights.pt`` (state dict only) when done, and resumes from its
-checkpoint after a kill.
+sampler state, RNG, the weight average), writes ``weights.pt`` (state dict only; with
+``ema_decay`` the moving average of the weights, :mod:`distill.train.ema`) when done, and
+resumes from its checkpoint after a kill.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from distill.core.jsonfile import read_json_object
 from distill.losses import CompositeLoss, build_loss, pretrain_paraphraser, ramp_in
 from distill.train.config import TrainConfig, TrainConfigError
 from distill.train.distributed import DistInfo, all_reduce_grads, barrier
+from distill.train.ema import WeightAverage
 from distill.train.sampler import Batch, PatchSampler
 from distill.train.validate import validate
 
@@ -308,6 +310,8 @@ class _Training:
     optimizer: torch.optim.Optimizer
     rng: np.random.Generator
     step: int = 0
+    #: the moving average of the student's weights (``ema_decay`` > 0): what the link ships
+    average: WeightAverage | None = None
 
 
 def train_link(
@@ -362,7 +366,8 @@ def _build_training(
     model = dist.wrap(student)
     optimizer = torch.optim.AdamW([*student.parameters(), *loss_params], lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed + 7919 * dist.rank + 1)
-    return _Training(student, model, loss_fn, loss_params, optimizer, rng)
+    average = WeightAverage(student, config.ema_decay) if config.ema_decay > 0 else None
+    return _Training(student, model, loss_fn, loss_params, optimizer, rng, average=average)
 
 
 def _build_link_loss(
@@ -397,6 +402,8 @@ def _resume(link: LinkConfig, training: _Training, sampler: PatchSampler, dist: 
     training.optimizer.load_state_dict(state["optimizer"])
     training.loss_fn.load_state_dict(state["loss"])
     training.step = int(state["step"])
+    if training.average is not None:
+        training.average.load_state_dict(state["average"])
     if dist.world_size == 1:
         sampler.load_state(state["sampler"])
         training.rng.bit_generator.state = state["rng"]
@@ -445,6 +452,8 @@ def _train_step(
     # DDP averages the student's gradients itself; the loss module's parameters are not in it
     all_reduce_grads(training.loss_params, dist)
     training.optimizer.step()
+    if training.average is not None:
+        training.average.update(training.student)
     training.step += 1
     return lr, logs
 
@@ -461,6 +470,7 @@ def _maybe_checkpoint(
             "loss": training.loss_fn.state_dict(), "step": training.step, "sampler": sampler.state(),
             "rng": training.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "training_hash": config.training_hash(),
+            "average": training.average.state_dict() if training.average is not None else None,
         })  # fmt: skip
         # the log must never be behind the checkpoint, or a resumed run would leave a gap in it
         progress.flush()
@@ -481,6 +491,8 @@ def _finish(
 ) -> LinkResult:
     """Validate, then write ``weights.pt`` and ``done.json``; ``done.json`` last, since it marks the link finished."""
     device = dist.device
+    if training.average is not None:  # the average is validated and shipped, not the last iterate
+        training.average.copy_to(training.student)
     steps_per_second = (training.step - start_step) / seconds if seconds > 0 and training.step > start_step else 0.0
     run_validation = dist.is_main and link.val_case_ids
     metrics = validate(training.student, sampler.cache, list(link.val_case_ids), device) if run_validation else {}

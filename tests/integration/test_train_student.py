@@ -149,17 +149,30 @@ def test_same_seed_same_weights(stub_cache, tmp_path):
     assert _same_weights(a, b)
 
 
+def test_a_weight_average_is_what_ships(stub_cache, tmp_path):
+    """The average changes nothing the run trains (same losses), only the weights it ships."""
+    last = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "last", params=6000, **FAST))
+    averaged = train_student(TrainConfig(cache=stub_cache, out=tmp_path / "ema", params=6000, ema_decay=0.5, **FAST))
+    assert [r["total"] for r in _log(tmp_path / "last")] == [r["total"] for r in _log(tmp_path / "ema")]
+    a, b = torch.load(last.weights, weights_only=True), torch.load(averaged.weights, weights_only=True)
+    assert a.keys() == b.keys() and not _same_weights(a, b)
+    assert json.loads(averaged.card.read_text())["training"]["ema_decay"] == 0.5
+
+
 def test_resume_with_changed_options_is_refused(stub_cache, tmp_path):
     train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, **FAST))
     with pytest.raises(TrainConfigError, match="changed: kd_weight"):
         train_student(TrainConfig(cache=stub_cache, out=tmp_path / "run", params=6000, kd_weight=0.2, **FAST))
 
 
-def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(stub_cache, tmp_path, monkeypatch):
-    """Killed after the checkpoint of step 2 of 4, then resumed: the same weights and losses, bit for bit."""
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(stub_cache, tmp_path, monkeypatch,
+                                                                           ema_decay):
+    """Killed after the checkpoint of step 2 of 4, then resumed: the same weights and losses, bit for bit
+    (with a weight average too: it is checkpointed with the model)."""
     from distill.train.sampler import PatchSampler
 
-    config = dict(cache=stub_cache, params=6000, assistants="1", **FAST)
+    config = dict(cache=stub_cache, params=6000, assistants="1", ema_decay=ema_decay, **FAST)
     whole = train_student(TrainConfig(out=tmp_path / "whole", **config))
     real_sample, calls = PatchSampler.sample, []
 

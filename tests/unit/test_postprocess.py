@@ -10,6 +10,7 @@ from distill.infer.postprocess import (
     enforce_hierarchy,
     keep_largest_component,
     min_size_in_voxels,
+    postprocess_labels,
     postprocess_regions,
     remove_small_components,
 )
@@ -167,3 +168,21 @@ def test_postprocess_config_validation(kwargs, message):
 def test_postprocess_regions_checks_shape():
     with pytest.raises(ValueError, match="shape"):
         postprocess_regions(np.zeros((3, 4, 4), dtype=bool), PostprocessConfig())
+
+
+def test_a_label_map_is_cleaned_as_its_regions_would_be():
+    # BraTS 2017-21 labels on a 1 x 9 x 1 row: a 3-voxel tumour (ED, NCR, ET) and, apart from it,
+    # a 1-voxel ET false positive; keeping WT's largest component removes the stray voxel, and the
+    # hierarchy then drops its ET with it.
+    labels = np.array([2, 1, 4, 0, 0, 0, 0, 4, 0], dtype=np.uint8).reshape(1, 9, 1)
+    cleaned = postprocess_labels(labels, "brats2017", PostprocessConfig(keep_largest=("WT",), enforce_hierarchy=True))
+    assert cleaned.ravel().tolist() == [2, 1, 4, 0, 0, 0, 0, 0, 0]
+    # nnU-Net's internal labels (1 WT-only, 2 TC-only, 3 ET) go through the same regions
+    internal = np.array([1, 2, 3, 0, 0, 0, 0, 3, 0], dtype=np.uint8).reshape(1, 9, 1)
+    both = PostprocessConfig(keep_largest=("WT",), enforce_hierarchy=True)
+    assert postprocess_labels(internal, "nnunet", both).ravel().tolist() == [1, 2, 3, 0, 0, 0, 0, 0, 0]
+    # without the hierarchy the stray ET survives WT's clean-up: labels write ET wherever ET is set
+    alone = PostprocessConfig(keep_largest=("WT",), enforce_hierarchy=False)
+    assert postprocess_labels(internal, "nnunet", alone).ravel().tolist() == [1, 2, 3, 0, 0, 0, 0, 3, 0]
+    # nothing asked: the map comes back unchanged
+    assert np.array_equal(postprocess_labels(labels, "brats2017", PostprocessConfig(enforce_hierarchy=False)), labels)

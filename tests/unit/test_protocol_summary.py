@@ -21,10 +21,15 @@ def protocol():
         sys.path.remove(str(FOLDER))
 
 
-def scores(per_case: dict[str, float]) -> dict:
-    """A stage record whose three regions all have the given Dice per case."""
-    return {"vs_ground_truth": {"per_case": {case: {r: {"dice": d, "hd95": 1.0} for r in ("WT", "TC", "ET")}
-                                             for case, d in per_case.items()}}}  # fmt: skip
+def scores(per_case: dict[str, float], hd95: float = 1.0, agreement: dict[str, float] | None = None) -> dict:
+    """A stage record whose three regions all have the given Dice (and HD95) per case; its
+    agreement with the teacher is ``agreement`` per case (the expert Dice when not given)."""
+
+    def side(dice):
+        return {"per_case": {case: {r: {"dice": d, "hd95": hd95} for r in ("WT", "TC", "ET")}
+                             for case, d in dice.items()}}  # fmt: skip
+
+    return {"vs_ground_truth": side(per_case), "vs_teacher": side(agreement or per_case)}
 
 
 class Records:
@@ -191,3 +196,45 @@ def test_the_threshold_floor_pairs_with_teacher_and_label_only_students(protocol
     protocol.write_summary(summary, tmp_path)
     text = (tmp_path / "SUMMARY.md").read_text()
     assert "threshold baseline (the floor): mean Dice 0.400" in text and "minus threshold +0.100" in text
+
+
+def test_hd95_is_read_as_a_multiple_of_the_teachers_and_agreement_against_the_teacher(protocol):
+    # one fold, cases a and b; teacher HD95 4 mm, the KD student's 6 mm (1.5x: the goal of 1.2x
+    # is missed on every resample), the label-only student's 4 mm. Agreement with the teacher:
+    # KD 0.9 on both cases, label-only 0.7, so KD agrees +0.2 more.
+    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.8}, hd95=4.0)}
+    for seed in (0, 1):
+        records[protocol.student_stage(0, 30_000, "gt", seed)] = scores({"a": 0.6, "b": 0.6}, hd95=4.0,
+                                                                         agreement={"a": 0.7, "b": 0.7})
+        records[protocol.student_stage(0, 30_000, "recipe", seed)] = scores({"a": 0.6, "b": 0.6}, hd95=6.0,
+                                                                             agreement={"a": 0.9, "b": 0.9})
+    summary = protocol.summarise(Records(records), [0], {30_000: ["gt", "recipe"]}, [0, 1])
+    assert summary["teacher"]["mean_hd95"] == 4.0 and summary["teacher"]["ET_hd95"] == 4.0
+    recipe = summary["sizes"]["30000"]["variants"]["recipe"]
+    assert recipe["mean_hd95"] == 6.0 and recipe["WT_hd95"] == 6.0
+    ratio = recipe["hd95_ratio_to_teacher"]
+    assert ratio["mean"] == pytest.approx(1.5) and ratio["goal"] == 1.2 and ratio["goal_reached"] == "no"
+    assert summary["sizes"]["30000"]["variants"]["gt"]["hd95_ratio_to_teacher"]["goal_reached"] == "yes"
+    assert recipe["teacher_agreement"] == pytest.approx(0.9)
+    assert recipe["agreement_minus_gt"]["mean"] == pytest.approx(0.2, abs=1e-9)
+
+
+def test_postprocessing_pairs_each_case_with_its_students_unprocessed(protocol):
+    # one fold, cases a and b, two students with post-processing records: keeping the largest
+    # components adds +0.1 on a and nothing on b for each, so the choice is +0.05 over two cases;
+    # a third student without a _post record is left out of the comparison.
+    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.8})}
+    for seed in (0, 1):
+        records[protocol.student_stage(0, 30_000, "gt", seed)] = scores({"a": 0.5, "b": 0.6}, hd95=50.0)
+        cleaned = scores({"a": 0.6, "b": 0.6}, hd95=5.0)
+        records[protocol.postprocessed_stage(protocol.student_stage(0, 30_000, "gt", seed))] = {
+            "scored": {choice: cleaned for choice in protocol.POSTPROCESSING}}
+    records[protocol.student_stage(0, 30_000, "recipe", 0)] = scores({"a": 0.1, "b": 0.1})
+    post = protocol.summarise_postprocessing(Records(records), [0], {30_000: ["gt", "recipe"]}, [0, 1])
+    entry = post["sizes"]["30000"]
+    assert entry["students"] == 2
+    largest = entry["choices"]["largest_wt"]
+    assert largest["minus_none"]["mean"] == pytest.approx(0.05) and largest["cases"] == 2
+    assert largest["none_mean_dice"] == pytest.approx(0.55) and largest["mean_hd95"] == 5.0
+    assert post["teacher"] == {}  # the teacher's predictions were not post-processed here
+    assert any("largest_wt" in line for line in protocol.postprocessing_lines(post))
