@@ -23,7 +23,13 @@ the plain voxel-mean KL): ``correction`` corrects every teacher's map against th
 labels ``regions`` ``(B, K, *S)`` first (:mod:`distill.losses.kd_correction`, Wen et al.,
 Neurocomputing 2021), and ``balance`` picks the term: ``"voxel"`` the voxel-mean KL,
 ``"region"`` the extent-normalised KL (:mod:`distill.losses.kd_balanced`), ``"dice"`` a soft
-Dice between student and teacher maps (:mod:`distill.losses.kd_dice`; no temperature).
+Dice between student and teacher maps (:mod:`distill.losses.kd_dice`; no temperature), and
+``"dice_voxel"`` the sum of the two, soft Dice plus voxel-mean KL: the supervised term's own
+Dice + BCE (nnU-Net's loss) with the teacher's map in place of the label, so KD weighs false
+positives and false negatives as the supervised term does. The region form weighs each part
+by its own extent, which makes a false positive outside a small region cost a fraction of a
+missed voxel inside it (its students over-segmented, with scattered components, on the
+real-data protocol); the voxel mean does the reverse and let ET vanish at 30k.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from distill.losses.kd_sigmoid import kd_sigmoid
 from distill.losses.kd_softmax import kd_softmax
 
 #: Values of ``balance`` (``TrainConfig.kd_balance``).
-BALANCES = ("voxel", "region", "dice")
+BALANCES = ("voxel", "region", "dice", "dice_voxel")
 
 
 def kd_sigmoid_teachers(
@@ -57,7 +63,7 @@ def kd_sigmoid_teachers(
     an uncertainty map is down-weighted by it (:func:`~distill.losses.kd_sigmoid.uncertainty_weight`).
 
     ``correction`` (``"none"``, ``"mask"``, ``"adjust"``; needs ``regions``) and ``balance``
-    (``"voxel"``, ``"region"``, ``"dice"``): see the module docstring.
+    (``"voxel"``, ``"region"``, ``"dice"``, ``"dice_voxel"``): see the module docstring.
     """
     if correction not in CORRECTIONS or balance not in BALANCES:
         raise ValueError(f"correction must be one of {CORRECTIONS} and balance one of {BALANCES}; "
@@ -76,8 +82,11 @@ def kd_sigmoid_teachers(
         elif balance == "region":
             losses.append(kd_sigmoid_region_balanced(student_logits, target, regions, temperature=temperature,
                                                      **weight_args))  # fmt: skip
-        else:
+        elif balance == "dice":
             losses.append(kd_soft_dice(student_logits, target, **weight_args))
+        else:  # dice_voxel
+            losses.append(kd_soft_dice(student_logits, target, **weight_args)
+                          + kd_sigmoid(student_logits, target, temperature=temperature, **weight_args))
     return torch.stack(losses).mean()
 
 

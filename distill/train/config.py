@@ -42,7 +42,9 @@ class TrainConfig:
             adjustment, Wen et al., Neurocomputing 2021; :mod:`distill.losses.kd_correction`).
         kd_balance: ``"voxel"`` (the voxel-mean KL), ``"region"`` (each region's KL normalised by
             its extent, :mod:`distill.losses.kd_balanced`) or ``"dice"`` (soft Dice between
-            student and teacher maps, :mod:`distill.losses.kd_dice`), so ET can weigh as much as WT.
+            student and teacher maps, :mod:`distill.losses.kd_dice`), so ET can weigh as much as WT;
+            ``"dice_voxel"`` soft Dice plus voxel-mean KL, the supervised Dice + BCE with the
+            teacher's map as the target (:mod:`distill.losses.kd_teachers`).
         kd_warmup_steps: λ ramps linearly from 0 to ``kd_weight`` over this many steps (the
             supervised weight from 1 to ``1 - kd_weight``); 0 = no warm-up.
         lr_schedule: ``"poly"`` (``lr·(1 - t)^0.9``, as nnU-Net, per step), ``"cosine"`` or

@@ -212,3 +212,15 @@ def test_kd_over_teachers_combines_correction_and_balance():
     assert got.item() == pytest.approx(kd_soft_dice(student, wrong, weight=weight).item(), rel=1e-12)
     with pytest.raises(ValueError, match="balance"):
         kd_sigmoid_teachers(student, [wrong], [None], label, balance="channel")
+
+
+def test_dice_voxel_is_the_soft_dice_plus_the_voxel_kl_by_hand():
+    # two voxels per region, the student at 0.5 everywhere, the teacher at 0.75 and 0.25:
+    # soft Dice 2·(0.5·0.75 + 0.5·0.25) / (1 + 1) = 0.5, so its loss is 0.5; the binary KL of each
+    # voxel is 0.75·ln(0.75/0.5) + 0.25·ln(0.25/0.5) = 0.130812 (both voxels alike).
+    teacher = torch.tensor([0.75, 0.25], dtype=torch.float64).reshape(1, 1, 2, 1, 1).repeat(1, 3, 1, 1, 1)
+    student = torch.zeros_like(teacher)
+    got = kd_sigmoid_teachers(student, [teacher], [None], temperature=1.0, balance="dice_voxel")
+    expected = 0.5 + 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert got.item() == pytest.approx(expected, abs=1e-4)
+    assert expected == pytest.approx(0.630812, abs=1e-6)

@@ -33,7 +33,7 @@ def config(**changes) -> TrainConfig:
 
 @pytest.mark.parametrize("changes, message", [
     (dict(kd_correction="swap"), "kd_correction must be one of none, mask, adjust; got 'swap'"),
-    (dict(kd_balance="channel"), "kd_balance must be one of voxel, region, dice; got 'channel'"),
+    (dict(kd_balance="channel"), "kd_balance must be one of voxel, region, dice, dice_voxel; got 'channel'"),
     (dict(lr_schedule="step"), "lr_schedule must be one of poly, constant, cosine; got 'step'"),
     (dict(kd_warmup_steps=-1), "kd_warmup_steps must be a whole number of steps in [0, steps=500]"),
     (dict(kd_warmup_steps=600), "kd_warmup_steps must be a whole number of steps in [0, steps=500]"),
@@ -61,7 +61,7 @@ def test_new_options_default_to_todays_behaviour_and_keep_the_hash():
         "kd_correction": "none", "kd_balance": "voxel", "kd_warmup_steps": 0, "lr_schedule": "poly",
         "lr_warmup_steps": 0, "et_fraction": 0.0, "min_first_width": 0, "calibrate_thresholds": False,
         "paraphraser_batches": 4, "teacher_fold": None, "region_affinity_weight": 0.0, "region_affinity_stage": "dec1",
-        "uncertainty_head": False, "uncertainty_head_weight": 1.0, "teacher_context": 0,
+        "uncertainty_head": False, "uncertainty_head_weight": 1.0, "teacher_context": 0, "ema_decay": 0.0,
     }  # fmt: skip
     plain = config()
     # the hash of a default config is the hash of its options without the later ones, as written before they existed
