@@ -76,6 +76,11 @@ def export_command(
     ] = 2,
     label_convention: Annotated[str, typer.Option(help=CONVENTION_HELP)] = "brats2017",
     enforce_hierarchy: Annotated[bool, typer.Option(help="Post-process: clip TC to WT and ET to TC.")] = True,
+    keep_largest: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Post-process: keep only the largest connected component of this region (WT, TC or "
+                          "ET; repeatable), as nnU-Net's post-processing does where it helped on validation."),
+    ] = None,
     simplify: Annotated[
         bool, typer.Option("--simplify", help="Apply onnxruntime's basic (portable) graph optimisations.")
     ] = False,
@@ -89,12 +94,18 @@ def export_command(
     thresholds: Annotated[Optional[str], typer.Option(help=THRESHOLDS_HELP)] = None,
 ) -> None:
     """Export a trained student to a verified model package (ONNX + preprocessing + label mapping)."""
+    from distill.data.conventions import REGIONS
     from distill.export.run import ExportConfig, export_package
     from distill.infer.postprocess import PostprocessConfig
 
+    unknown = sorted(set(keep_largest or ()) - set(REGIONS))
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)} is not a region; use {', '.join(REGIONS)}",
+                                 param_hint="--keep-largest")  # fmt: skip
+    postprocess = PostprocessConfig(enforce_hierarchy=enforce_hierarchy, keep_largest=tuple(keep_largest or ()))
     config = ExportConfig(
         run_dir=run_dir, out=out, held_out=held_out, max_held_out=max_held_out, n_phantoms=n_phantoms,
-        label_convention=label_convention, postprocess=PostprocessConfig(enforce_hierarchy=enforce_hierarchy),
+        label_convention=label_convention, postprocess=postprocess,
         simplify=simplify, tensorrt=tuple(tensorrt or ()), calibration_cache=calibration_cache, threads=threads,
         overwrite=overwrite, thresholds=_thresholds(thresholds),
     )  # fmt: skip

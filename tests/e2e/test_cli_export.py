@@ -106,3 +106,17 @@ def test_the_real_cli_reports_a_bad_package_in_one_line(package, cases, tmp_path
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "newer Distill" in result.stderr.replace("\n", "")
+
+
+def test_keep_largest_is_written_into_the_package_and_a_bad_region_refused(app, cases, tmp_path):
+    from distill.package import ModelPackage
+
+    run = write_student_run(tmp_path / "run")
+    runner = CliRunner()
+    made = runner.invoke(app, ["export", str(run), str(tmp_path / "pkg"), "--held-out", str(cases),
+                               "--keep-largest", "WT", "--keep-largest", "TC"])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    assert ModelPackage.open(tmp_path / "pkg").postprocess_config.keep_largest == ("WT", "TC")
+    refused = runner.invoke(app, ["export", str(run), str(tmp_path / "other"), "--keep-largest", "NCR"])
+    assert refused.exit_code == 2 and "NCR is not a region; use WT, TC, ET" in refused.output
+    assert not (tmp_path / "other").exists()
