@@ -387,6 +387,11 @@ def _child(config: dict) -> None:  # pragma: no cover - runs in the child proces
 
 
 if __name__ == "__main__":  # pragma: no cover
+    from distill.core.lifecycle import exit_with_parent
+
+    # a parent killed by a signal must not leave this trainer running into the folders (and onto
+    # the cores) of the next attempt, which continues from the last checkpoint instead
+    exit_with_parent()
     try:
         _child(json.loads(sys.argv[1]))
     except DistillError as error:  # an expected refusal: one line for the parent to show
