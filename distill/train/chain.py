@@ -177,6 +177,8 @@ KD_DESCRIPTIONS = {
     "voxel": "per-channel binary KL of tempered sigmoids x T^2",
     "region": "per-channel binary KL of tempered sigmoids x T^2, each region normalised by its extent",
     "dice": "soft Dice between student and teacher maps per region (no temperature)",
+    "dice_voxel": "soft Dice between student and teacher maps per region plus per-channel binary KL of "
+                  "tempered sigmoids x T^2 (the supervised Dice + BCE with the teacher's map as target)",
 }
 
 

@@ -227,3 +227,10 @@ def test_a_recipe_run_for_fewer_steps_keeps_its_warmups_in_proportion():
     # the recipe's own length, or no recipe at all, changes nothing
     assert build_config(Path("c"), Path("o"), "brats-30k", {"steps": 2000}).kd_warmup_steps == 200
     assert scaled_warmups({}, {"steps": 10}) == {}
+
+
+def test_every_kd_balance_is_described_on_the_student_card():
+    from distill.losses.kd_teachers import BALANCES
+    from distill.train.chain import KD_DESCRIPTIONS
+
+    assert set(KD_DESCRIPTIONS) == set(BALANCES)
