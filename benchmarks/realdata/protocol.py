@@ -105,7 +105,9 @@ class ProtocolPipeline(rr.Pipeline):
         return self.args.records
 
     def done(self, stage: str) -> dict | None:
-        return super().done(stage) or _read(self.records / f"{stage}.json")
+        """The committed record first: it is the measurement, and a stage run again only to bring
+        back its work-folder files (:meth:`regenerate`) leaves a second record here."""
+        return _read(self.records / f"{stage}.json") or super().done(stage)
 
     def run(self, stage: str, function) -> dict:
         """As the base pipeline, except that a stage known only from its committed record runs again
@@ -445,7 +447,13 @@ def stage_postprocessing(p: rr.Pipeline, fold: int, stage: str) -> dict:
 
     source = predictions_of(p, fold, stage)
     held_out, name = fold_dir(p, fold) / "held_out", source.name
-    scored = {}
+    # "none" scores the very predictions cleaned below, so each choice is paired within this record
+    # (the stage's own record may come from an earlier copy of the same network's predictions)
+    scored = {"none": {"vs_ground_truth": evaluate_folder(source, held_out,
+                                                         fold_dir(p, fold) / "evaluation" / f"{name}_none")}}
+    if not stage.endswith("_teacher"):
+        scored["none"]["vs_teacher"] = evaluate_folder(source, fold_dir(p, fold) / "predictions" / "teacher",
+                                                       fold_dir(p, fold) / "evaluation" / f"{name}_none_vs_teacher")
     for choice, regions in POSTPROCESSING.items():
         config = PostprocessConfig(keep_largest=regions, enforce_hierarchy=True)
         out = fold_dir(p, fold) / "predictions" / f"{name}_{choice}"
@@ -688,17 +696,23 @@ def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
 def summarise_postprocessing(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
     """Each POSTPROCESSING choice minus none, over the students whose predictions were scored with it.
 
-    Per size, each held-out case contributes the mean over its students (every variant and seed
-    with a ``_post`` record) of the choice's score and of the student's own; the two are paired
-    over cases (distill.eval.paired). The teacher's own predictions get the same choices, shown
-    beside (nnU-Net applies its post-processing to the teacher too)."""
+    Per size, each held-out case contributes the mean over its students (each variant and seed the
+    summary covers, ``variants_by_size``, that has a ``_post`` record) of the choice's score and of
+    the same predictions unprocessed (the record's ``none``; the student's own record where an
+    older ``_post`` record lacks it); the two are paired over cases (distill.eval.paired). The
+    teacher's own predictions get the same choices, shown beside (nnU-Net applies its
+    post-processing to the teacher too)."""
     from distill.eval.paired import paired_difference
+
+    def unprocessed(post: dict, stage: str) -> dict:
+        return post["scored"].get("none") or p.done(stage)
 
     out: dict = {"choices": {c: list(r) for c, r in POSTPROCESSING.items()}, "sizes": {}, "teacher": {}}
     teacher_posts = {f: p.done(postprocessed_stage(f"protocol_fold{f}_teacher")) for f in folds}
     if all(teacher_posts.values()):
         for choice in POSTPROCESSING:
-            before = {c: v for f in folds for c, v in case_scores(p.done(f"protocol_fold{f}_teacher")).items()}
+            before = {c: v for f in folds
+                      for c, v in case_scores(unprocessed(teacher_posts[f], f"protocol_fold{f}_teacher")).items()}
             after = {c: v for f in folds for c, v in case_scores(teacher_posts[f]["scored"][choice]).items()}
             hd95 = [v for f in folds for v in case_scores(teacher_posts[f]["scored"][choice], "mean_hd95").values()]
             cases = sorted(before)
@@ -718,8 +732,9 @@ def summarise_postprocessing(p: rr.Pipeline, folds, variants_by_size: dict, seed
         for choice in POSTPROCESSING:
             own, post, hd_own, hd_post = {}, {}, {}, {}
             for f, v, s in students:
-                record = p.done(student_stage(f, size, v, s))
-                cleaned = p.done(postprocessed_stage(student_stage(f, size, v, s)))["scored"][choice]
+                post_record = p.done(postprocessed_stage(student_stage(f, size, v, s)))
+                record = unprocessed(post_record, student_stage(f, size, v, s))
+                cleaned = post_record["scored"][choice]
                 for target, source, metric in ((own, record, "mean_dice"), (post, cleaned, "mean_dice"),
                                                (hd_own, record, "mean_hd95"), (hd_post, cleaned, "mean_hd95")):
                     for case, value in case_scores(source, metric).items():

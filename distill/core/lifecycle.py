@@ -20,16 +20,22 @@ import time
 ORPHANED_EXIT_CODE = 3
 
 
-def exit_with_parent(interval: float = 1.0) -> threading.Thread:
-    """Watch the parent every ``interval`` seconds from a daemon thread; returns the thread."""
-    parent = os.getppid()
+def exit_with_parent(parent: int | None = None, interval: float = 1.0) -> threading.Thread:
+    """Watch the parent every ``interval`` seconds from a daemon thread; returns the thread.
+
+    ``parent``: the pid the parent gave the child (its own ``os.getpid()``); without it the
+    parent is read here, which misses a parent that died while the child was starting up.
+    """
+    expected = os.getppid() if parent is None else parent
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == expected:
             time.sleep(interval)
-        for worker in multiprocessing.active_children():
-            worker.kill()
-        os._exit(ORPHANED_EXIT_CODE)  # no clean-up: the trainer's last checkpoint is what counts
+        try:
+            for worker in multiprocessing.active_children():
+                worker.kill()
+        finally:
+            os._exit(ORPHANED_EXIT_CODE)  # no clean-up: the trainer's last checkpoint is what counts
 
     thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
     thread.start()

@@ -9,8 +9,9 @@ Two independent steps, each off unless asked for:
 * Hierarchy enforcement ET ⊂ TC ⊂ WT: a child voxel outside its parent is dropped
   (TC &= WT, then ET &= TC), the nesting the BraTS regions have by definition.
 
-:func:`postprocess_regions` filters first and enforces the hierarchy last, so its output
-always nests even where filtering removed a parent component around a child.
+:func:`postprocess_regions` enforces the hierarchy before filtering (a child's components are
+counted inside its parent, as on a label map) and again after, so its output always nests even
+where filtering removed a parent component around a child.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def postprocess_regions(
     if regions.ndim != 4 or regions.shape[0] != len(REGIONS):
         raise ValueError(f"expected regions of shape (3, X, Y, Z) in {REGIONS} order, got {regions.shape}")
     out = regions.astype(bool, copy=True)
+    if config.enforce_hierarchy:
+        # a child's components are counted inside its parent, as on a label map (where nnU-Net
+        # post-processes): so cleaning saved label maps gives what the predictor writes
+        out = enforce_hierarchy(out)
     for index, name in enumerate(REGIONS):
         if name in config.min_size:
             threshold = min_size_in_voxels(config.min_size[name], config.min_size_unit, spacing)

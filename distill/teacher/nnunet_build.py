@@ -159,7 +159,7 @@ def build_compact_nnunet(config: CompactTeacherConfig, log_path: Path | None = N
         work / "nnUNet_preprocessed" / config.dataset_folder_name / f"{COMPACT_PLANS}.json", config
     )
     start = time.perf_counter()
-    payload = json.dumps({**asdict(config), "work_dir": str(work), "raw_dataset": None})
+    payload = json.dumps({**asdict(config), "work_dir": str(work), "raw_dataset": None, "parent_pid": os.getpid()})
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         done = subprocess.run(
@@ -391,9 +391,10 @@ if __name__ == "__main__":  # pragma: no cover
 
     # a parent killed by a signal must not leave this trainer running into the folders (and onto
     # the cores) of the next attempt, which continues from the last checkpoint instead
-    exit_with_parent()
+    payload = json.loads(sys.argv[1])
+    exit_with_parent(payload.get("parent_pid"))
     try:
-        _child(json.loads(sys.argv[1]))
+        _child(payload)
     except DistillError as error:  # an expected refusal: one line for the parent to show
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

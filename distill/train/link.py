@@ -403,6 +403,9 @@ def _resume(link: LinkConfig, training: _Training, sampler: PatchSampler, dist: 
     training.loss_fn.load_state_dict(state["loss"])
     training.step = int(state["step"])
     if training.average is not None:
+        if state.get("average") is None:
+            raise TrainConfigError(f"{checkpoint_path}: written without a weight average, but ema_decay is "
+                                   f"{link.train.ema_decay}; remove the link folder to train it again")
         training.average.load_state_dict(state["average"])
     if dist.world_size == 1:
         sampler.load_state(state["sampler"])

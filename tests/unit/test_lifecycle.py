@@ -18,15 +18,15 @@ def idle():
     time.sleep(60)
 
 if __name__ == "__main__":
-    exit_with_parent(interval=0.1)
+    exit_with_parent(int(sys.argv[1]), interval=0.1)
     helper = multiprocessing.get_context("spawn").Process(target=idle, daemon=True)
     helper.start()
     print(helper.pid, flush=True)
     time.sleep(60)
 """
 MIDDLE = """
-import subprocess, sys
-worker = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+import os, subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid())], stdout=subprocess.PIPE, text=True)
 print(worker.pid, worker.stdout.readline().strip(), flush=True)
 worker.wait()
 """

@@ -186,3 +186,14 @@ def test_a_label_map_is_cleaned_as_its_regions_would_be():
     assert postprocess_labels(internal, "nnunet", alone).ravel().tolist() == [1, 2, 3, 0, 0, 0, 0, 3, 0]
     # nothing asked: the map comes back unchanged
     assert np.array_equal(postprocess_labels(labels, "brats2017", PostprocessConfig(enforce_hierarchy=False)), labels)
+
+
+def test_a_childs_largest_component_is_found_inside_its_parent():
+    # TC has a 1-voxel component inside WT and a 3-voxel one outside it. Counted inside WT (as on
+    # a label map) the kept TC is the voxel inside; counted raw, the outside one would win and
+    # the hierarchy would then erase TC altogether.
+    wt = _line([1, 1, 0, 0, 0, 0])
+    tc = _line([0, 1, 0, 1, 1, 1])
+    et = _line([0, 0, 0, 0, 0, 0])
+    out = postprocess_regions(np.stack([wt, tc, et]), PostprocessConfig(keep_largest=("TC",), enforce_hierarchy=True))
+    assert out[1].ravel().tolist() == [False, True, False, False, False, False]

@@ -230,6 +230,11 @@ def test_postprocessing_pairs_each_case_with_its_students_unprocessed(protocol):
         records[protocol.postprocessed_stage(protocol.student_stage(0, 30_000, "gt", seed))] = {
             "scored": {choice: cleaned for choice in protocol.POSTPROCESSING}}
     records[protocol.student_stage(0, 30_000, "recipe", 0)] = scores({"a": 0.1, "b": 0.1})
+    # seed 1's _post record scored its own unprocessed predictions ("none"): the pairing uses those,
+    # not the stage record (here made different on purpose)
+    records[protocol.student_stage(0, 30_000, "gt", 1)] = scores({"a": 0.0, "b": 0.0}, hd95=50.0)
+    records[protocol.postprocessed_stage(protocol.student_stage(0, 30_000, "gt", 1))]["scored"]["none"] = scores(
+        {"a": 0.5, "b": 0.6}, hd95=50.0)
     post = protocol.summarise_postprocessing(Records(records), [0], {30_000: ["gt", "recipe"]}, [0, 1])
     entry = post["sizes"]["30000"]
     assert entry["students"] == 2
