@@ -422,11 +422,38 @@ def stage_fold_student_default_thresholds(p: rr.Pipeline, fold: int, size: int, 
             "vs_ground_truth": scores}
 
 
-#: Post-processing candidates, as nnU-Net chooses its own on cross-validation predictions: keep
-#: only the largest connected component of WT, then also of TC, then of every region (the
-#: hierarchy clips what lies outside the kept parent). Scored on the saved predictions of each
-#: student (distill.infer.postprocess.postprocess_labels), so no network runs again.
-POSTPROCESSING = {"largest_wt": ("WT",), "largest_wt_tc": ("WT", "TC"), "largest_all": ("WT", "TC", "ET")}
+#: Post-processing candidates (distill.infer.postprocess.PostprocessConfig options, sizes in ml),
+#: chosen as nnU-Net chooses its own, on held-out predictions: keep only the largest connected
+#: component of WT, then also of TC, then of every region; or, milder, drop WT components under
+#: 1 or 10 ml (a whole-tumour component under 10 ml is rarely the tumour: the smallest of the 14
+#: cases is 27 ml; keeping only the largest fails outright where a false positive outgrows the
+#: tumour, as on fold 0's Brats18_2013_11_1). The hierarchy clips what lies outside a kept parent.
+#: Scored on each student's saved predictions (postprocess_labels), so no network runs again.
+POSTPROCESSING = {
+    "largest_wt": {"keep_largest": ["WT"]},
+    "largest_wt_tc": {"keep_largest": ["WT", "TC"]},
+    "largest_all": {"keep_largest": ["WT", "TC", "ET"]},
+    "wt_min_1ml": {"min_size": {"WT": 1.0}},
+    "wt_min_10ml": {"min_size": {"WT": 10.0}},
+}
+
+
+def describe_postprocessing(options) -> str:
+    """``largest WT, TC`` / ``WT under 1 ml dropped`` (a record of an earlier version holds a list)."""
+    if isinstance(options, list):
+        return "largest " + ", ".join(options)
+    parts = []
+    if options.get("keep_largest"):
+        parts.append("largest " + ", ".join(options["keep_largest"]))
+    parts += [f"{region} under {size:g} ml dropped" for region, size in options.get("min_size", {}).items()]
+    return "; ".join(parts)
+
+
+def postprocess_config(options: dict):
+    from distill.infer.postprocess import PostprocessConfig
+
+    return PostprocessConfig(keep_largest=tuple(options.get("keep_largest", ())), min_size=options.get("min_size", {}),
+                             min_size_unit="ml", enforce_hierarchy=True)  # fmt: skip
 
 
 def postprocessed_stage(stage: str) -> str:
@@ -443,7 +470,7 @@ def stage_postprocessing(p: rr.Pipeline, fold: int, stage: str) -> dict:
     """Stage ``stage``'s held-out predictions under each of POSTPROCESSING, scored against the experts
     (and, for a student, against fold ``fold``'s teacher as it predicted)."""
     from distill.data.nifti import read_nifti, write_nifti
-    from distill.infer.postprocess import PostprocessConfig, postprocess_labels
+    from distill.infer.postprocess import postprocess_labels
 
     source = predictions_of(p, fold, stage)
     held_out, name = fold_dir(p, fold) / "held_out", source.name
@@ -454,8 +481,8 @@ def stage_postprocessing(p: rr.Pipeline, fold: int, stage: str) -> dict:
     if not stage.endswith("_teacher"):
         scored["none"]["vs_teacher"] = evaluate_folder(source, fold_dir(p, fold) / "predictions" / "teacher",
                                                        fold_dir(p, fold) / "evaluation" / f"{name}_none_vs_teacher")
-    for choice, regions in POSTPROCESSING.items():
-        config = PostprocessConfig(keep_largest=regions, enforce_hierarchy=True)
+    for choice, options in POSTPROCESSING.items():
+        config = postprocess_config(options)
         out = fold_dir(p, fold) / "predictions" / f"{name}_{choice}"
         out.mkdir(parents=True, exist_ok=True)
         for prediction in sorted(source.glob("*.nii.gz")):
@@ -468,19 +495,25 @@ def stage_postprocessing(p: rr.Pipeline, fold: int, stage: str) -> dict:
             scored[choice]["vs_teacher"] = evaluate_folder(out, fold_dir(p, fold) / "predictions" / "teacher",
                                                            fold_dir(p, fold) / "evaluation" /
                                                            f"{name}_{choice}_vs_teacher")  # fmt: skip
-    return {"fold": fold, "of": stage, "choices": {c: list(r) for c, r in POSTPROCESSING.items()}, "scored": scored}
+    return {"fold": fold, "of": stage, "choices": POSTPROCESSING, "scored": scored}
 
 
 def run_postprocessing(p: rr.Pipeline, fold: int, stage: str) -> None:
     """The post-processing stage of ``stage``, when its predictions are in this work folder (a
     student trained in a lost work folder has only its record: it is left out, and said so)."""
     post = postprocessed_stage(stage)
-    if p.done(post) is not None:
+    recorded = p.done(post)
+    if recorded is not None and covers_every_choice(recorded):
         return
     if not any(predictions_of(p, fold, stage).glob("*.nii.gz")):
         print(f"[{post}] skipped: {stage}'s predictions are not in this work folder", flush=True)
         return
-    p.run(post, lambda: stage_postprocessing(p, fold, stage))
+    # a record from before a candidate was added is scored again, with every candidate
+    p.run_now(post, lambda: stage_postprocessing(p, fold, stage))
+
+
+def covers_every_choice(post: dict) -> bool:
+    return {"none", *POSTPROCESSING} <= set(post["scored"])
 
 
 # --------------------------------------------------------------------------- summary
@@ -698,21 +731,17 @@ def summarise_postprocessing(p: rr.Pipeline, folds, variants_by_size: dict, seed
 
     Per size, each held-out case contributes the mean over its students (each variant and seed the
     summary covers, ``variants_by_size``, that has a ``_post`` record) of the choice's score and of
-    the same predictions unprocessed (the record's ``none``; the student's own record where an
-    older ``_post`` record lacks it); the two are paired over cases (distill.eval.paired). The
+    the same predictions unprocessed (the record's ``none``); the two are paired over cases (distill.eval.paired). The
     teacher's own predictions get the same choices, shown beside (nnU-Net applies its
     post-processing to the teacher too)."""
     from distill.eval.paired import paired_difference
 
-    def unprocessed(post: dict, stage: str) -> dict:
-        return post["scored"].get("none") or p.done(stage)
-
-    out: dict = {"choices": {c: list(r) for c, r in POSTPROCESSING.items()}, "sizes": {}, "teacher": {}}
+    out: dict = {"choices": POSTPROCESSING, "sizes": {}, "teacher": {}}
     teacher_posts = {f: p.done(postprocessed_stage(f"protocol_fold{f}_teacher")) for f in folds}
-    if all(teacher_posts.values()):
+    if all(post is not None and covers_every_choice(post) for post in teacher_posts.values()):
         for choice in POSTPROCESSING:
             before = {c: v for f in folds
-                      for c, v in case_scores(unprocessed(teacher_posts[f], f"protocol_fold{f}_teacher")).items()}
+                      for c, v in case_scores(teacher_posts[f]["scored"]["none"]).items()}
             after = {c: v for f in folds for c, v in case_scores(teacher_posts[f]["scored"][choice]).items()}
             hd95 = [v for f in folds for v in case_scores(teacher_posts[f]["scored"][choice], "mean_hd95").values()]
             cases = sorted(before)
@@ -724,7 +753,7 @@ def summarise_postprocessing(p: rr.Pipeline, folds, variants_by_size: dict, seed
     for size, listed in variants_by_size.items():
         variants = dict(listed) if isinstance(listed, dict) else {v: tuple(seeds) for v in listed}
         students = [(f, v, s) for f in folds for v, own in variants.items() for s in own
-                    if p.done(postprocessed_stage(student_stage(f, size, v, s)))
+                    if covers_every_choice(p.done(postprocessed_stage(student_stage(f, size, v, s))) or {"scored": {}})
                     and not calibrated(p.done(student_stage(f, size, v, s)))]  # fmt: skip
         if not students:
             continue
@@ -733,7 +762,7 @@ def summarise_postprocessing(p: rr.Pipeline, folds, variants_by_size: dict, seed
             own, post, hd_own, hd_post = {}, {}, {}, {}
             for f, v, s in students:
                 post_record = p.done(postprocessed_stage(student_stage(f, size, v, s)))
-                record = unprocessed(post_record, student_stage(f, size, v, s))
+                record = post_record["scored"]["none"]
                 cleaned = post_record["scored"][choice]
                 for target, source, metric in ((own, record, "mean_dice"), (post, cleaned, "mean_dice"),
                                                (hd_own, record, "mean_hd95"), (hd_post, cleaned, "mean_hd95")):
@@ -833,20 +862,22 @@ def postprocessing_lines(post: dict | None) -> list[str]:
         return []
     lines = ["## Post-processing on the validation cases", "",
              "Keeping only the largest connected component (nnU-Net's post-processing, chosen as it chooses "
-             "it: on held-out predictions), scored on the students' saved predictions; each case's mean over "
-             "its students, paired with the same students unprocessed.", "",
-             "| size | students | choice | regions kept to their largest component | mean Dice (none) "
+             "it: on held-out predictions) or dropping small whole-tumour components, scored on the students' "
+             "saved predictions; each case's mean over its students, paired with the same predictions "
+             "unprocessed.", "",
+             "| size | students | choice | what it does | mean Dice (none) "
              "| minus none [95 % CI] | mean HD95 (none) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for size, entry in post["sizes"].items():
         for choice, c in entry["choices"].items():
             d = c["minus_none"]
-            kept = ", ".join(post["choices"][choice])
+            kept = describe_postprocessing(post["choices"][choice])
             lines.append(f"| {int(size) // 1000}k | {entry['students']} | {choice} | {kept} "
                          f"| {c['mean_dice']:.3f} ({c['none_mean_dice']:.3f}) | {d['mean']:+.3f} [{d['low']:+.3f}, "
                          f"{d['high']:+.3f}] | {c['mean_hd95']:.1f} ({c['none_mean_hd95']:.1f}) |")
     for choice, t in post.get("teacher", {}).items():
         d = t["minus_none"]
-        lines.append(f"| teacher | - | {choice} | {', '.join(post['choices'][choice])} | {t['mean_dice']:.3f} | "
+        what = describe_postprocessing(post["choices"][choice])
+        lines.append(f"| teacher | - | {choice} | {what} | {t['mean_dice']:.3f} | "
                      f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {t['mean_hd95']:.1f} |")
     return lines + [""]
 

@@ -228,13 +228,15 @@ def test_postprocessing_pairs_each_case_with_its_students_unprocessed(protocol):
         records[protocol.student_stage(0, 30_000, "gt", seed)] = scores({"a": 0.5, "b": 0.6}, hd95=50.0)
         cleaned = scores({"a": 0.6, "b": 0.6}, hd95=5.0)
         records[protocol.postprocessed_stage(protocol.student_stage(0, 30_000, "gt", seed))] = {
-            "scored": {choice: cleaned for choice in protocol.POSTPROCESSING}}
+            "scored": {"none": scores({"a": 0.5, "b": 0.6}, hd95=50.0),
+                       **{choice: cleaned for choice in protocol.POSTPROCESSING}}}  # fmt: skip
     records[protocol.student_stage(0, 30_000, "recipe", 0)] = scores({"a": 0.1, "b": 0.1})
-    # seed 1's _post record scored its own unprocessed predictions ("none"): the pairing uses those,
-    # not the stage record (here made different on purpose)
+    # the pairing uses the unprocessed predictions the _post record scored ("none"), not the stage
+    # record (made different here on purpose); a _post record lacking a candidate is left out
     records[protocol.student_stage(0, 30_000, "gt", 1)] = scores({"a": 0.0, "b": 0.0}, hd95=50.0)
-    records[protocol.postprocessed_stage(protocol.student_stage(0, 30_000, "gt", 1))]["scored"]["none"] = scores(
-        {"a": 0.5, "b": 0.6}, hd95=50.0)
+    records[protocol.student_stage(0, 30_000, "recipe", 1)] = scores({"a": 0.1, "b": 0.1})
+    records[protocol.postprocessed_stage(protocol.student_stage(0, 30_000, "recipe", 1))] = {
+        "scored": {"none": scores({"a": 0.1, "b": 0.1}), "largest_wt": scores({"a": 0.9, "b": 0.9})}}
     post = protocol.summarise_postprocessing(Records(records), [0], {30_000: ["gt", "recipe"]}, [0, 1])
     entry = post["sizes"]["30000"]
     assert entry["students"] == 2
