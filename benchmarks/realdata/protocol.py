@@ -14,6 +14,8 @@ This protocol uses nnU-Net's own 5-fold split of the 10 training cases (``splits
                (``--recipe brats-100k`` / ``brats-30k`` schedules for every variant, so the
                variants differ only in what they learn from), exported, run on the 2 held-out
                cases at 1 mm, scored against the experts and against fold k's teacher.
+    post       per student (and the teacher), the same predictions under each post-processing
+               candidate (POSTPROCESSING), chosen as nnU-Net chooses its own: on held-out cases.
   summary      over the 10 held-out cases (2 per fold) and the seeds: each variant minus the
                label-only student and the teacher minus the label-only student, as paired
                differences with a two-stage bootstrap (cases, then seeds; distill.eval.paired),
@@ -25,7 +27,7 @@ students of run_realdata.py. Every stage writes its record into WORK/stages and 
 stage is not run again, so a lost machine costs at most the stage that was running.
 
     python benchmarks/realdata/protocol.py --data ../shared/data/brats18 --folds 0 1 2 3 4 \\
-        --sizes 100000 30000 --variants gt kd_plain recipe --seeds 0 1
+        --sizes 100000 30000 --variants gt kd_plain recipe recipe_dice_kl --seeds 0 1
 
 A fold whose teacher is not trained yet is trained first (nnU-Net's own trainer, resumable,
 ``--teacher-iterations`` as in run_realdata.py).
@@ -891,7 +893,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=HERE / "work", help="Working folder (resumed; not committed)")
     parser.add_argument("--folds", type=int, nargs="+", default=(0, 1, 2, 3, 4))
     parser.add_argument("--sizes", type=int, nargs="+", default=(100_000, 30_000), choices=sorted(RECIPE_FOR_SIZE))
-    parser.add_argument("--variants", nargs="+", default=("gt", "kd_plain", "recipe"), choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=("gt", "kd_plain", "recipe", "recipe_dice_kl"),
+                        choices=sorted(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=SUMMARY_SEEDS)
     parser.add_argument("--steps", type=int, default=None, help="Student steps (default: the recipe's)")
     parser.add_argument("--teacher-iterations", type=int, default=2000)
