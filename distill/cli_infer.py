@@ -64,6 +64,22 @@ def _thresholds(text: Optional[str]) -> tuple[float, float, float] | None:
     return values  # type: ignore[return-value]
 
 
+def _region_volumes(items, regions) -> dict[str, float]:
+    """``["WT=10", ...]`` -> ``{"WT": 10.0}``; a bad item is a one-line usage error."""
+    volumes = {}
+    for item in items:
+        region, sep, value = item.partition("=")
+        try:
+            ml = float(value)
+        except ValueError:
+            ml = -1.0
+        if not sep or region not in regions or not ml >= 0:
+            raise typer.BadParameter(f"{item!r}: expected REGION=ML with REGION one of {', '.join(regions)} and "
+                                     "ML a volume >= 0", param_hint="--min-size-ml")  # fmt: skip
+        volumes[region] = ml
+    return volumes
+
+
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="Student run folder (student.pt + student.json from train-student).")],
     out: Annotated[Path, typer.Argument(help="Package folder to create.")],
@@ -80,6 +96,11 @@ def export_command(
         Optional[list[str]],
         typer.Option(help="Post-process: keep only the largest connected component of this region (WT, TC or "
                           "ET; repeatable), as nnU-Net's post-processing does where it helped on validation."),
+    ] = None,
+    min_size_ml: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Post-process: drop components of a region under a volume, REGION=ML (e.g. WT=10; "
+                          "repeatable)."),
     ] = None,
     simplify: Annotated[
         bool, typer.Option("--simplify", help="Apply onnxruntime's basic (portable) graph optimisations.")
@@ -102,7 +123,9 @@ def export_command(
     if unknown:
         raise typer.BadParameter(f"{', '.join(unknown)} is not a region; use {', '.join(REGIONS)}",
                                  param_hint="--keep-largest")  # fmt: skip
-    postprocess = PostprocessConfig(enforce_hierarchy=enforce_hierarchy, keep_largest=tuple(keep_largest or ()))
+    min_size = _region_volumes(min_size_ml or (), REGIONS)
+    postprocess = PostprocessConfig(enforce_hierarchy=enforce_hierarchy, keep_largest=tuple(keep_largest or ()),
+                                    min_size=min_size, min_size_unit="ml")  # fmt: skip
     config = ExportConfig(
         run_dir=run_dir, out=out, held_out=held_out, max_held_out=max_held_out, n_phantoms=n_phantoms,
         label_convention=label_convention, postprocess=postprocess,

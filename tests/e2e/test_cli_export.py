@@ -114,9 +114,13 @@ def test_keep_largest_is_written_into_the_package_and_a_bad_region_refused(app, 
     run = write_student_run(tmp_path / "run")
     runner = CliRunner()
     made = runner.invoke(app, ["export", str(run), str(tmp_path / "pkg"), "--held-out", str(cases),
-                               "--keep-largest", "WT", "--keep-largest", "TC"])  # fmt: skip
+                               "--keep-largest", "WT", "--keep-largest", "TC", "--min-size-ml", "ET=0.5"])  # fmt: skip
     assert made.exit_code == 0, made.output
-    assert ModelPackage.open(tmp_path / "pkg").postprocess_config.keep_largest == ("WT", "TC")
+    written = ModelPackage.open(tmp_path / "pkg").postprocess_config
+    assert written.keep_largest == ("WT", "TC") and dict(written.min_size) == {"ET": 0.5}
+    assert written.min_size_unit == "ml"
+    bad_volume = runner.invoke(app, ["export", str(run), str(tmp_path / "other"), "--min-size-ml", "WT=big"])
+    assert bad_volume.exit_code == 2 and "expected REGION=ML" in bad_volume.output
     refused = runner.invoke(app, ["export", str(run), str(tmp_path / "other"), "--keep-largest", "NCR"])
     assert refused.exit_code == 2 and "NCR is not a region; use WT, TC, ET" in refused.output
     assert not (tmp_path / "other").exists()
