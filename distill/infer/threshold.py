@@ -9,8 +9,9 @@ exists, and reports keep it as the baseline row.
 Training-free, but not untuned: its thresholds were chosen by hand on this project's phantoms,
 so on phantoms it is a strong baseline (mean Dice about 0.66 on the demo's held-out cases) that
 a briefly trained network has to earn its way past. Real scans defeat it far more often (mean
-Dice about 0.39 over the 14 shared BraTS 2018 cases, TC and ET worst), which is why the real-data
-protocol reports it as the floor under every learned model.
+Dice 0.335 on the 6 held-out BraTS 2018 cases of the real-data protocol's folds 0-2, TC and ET
+worst: benchmarks/realdata/protocol/SUMMARY.md), which is why that protocol reports it as the
+floor under every learned model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from distill.data.conventions import get_convention
 from distill.data.discovery import MODALITIES
+from distill.data.preprocess import PreprocessConfig, preprocess, restore_labels
 from distill.infer.postprocess import enforce_hierarchy, remove_small_components
 
 T1CE, T2, FLAIR = MODALITIES.index("t1ce"), MODALITIES.index("t2"), MODALITIES.index("flair")
@@ -42,9 +45,6 @@ def threshold_labels(case, convention: str = "brats2017", source: str = "") -> n
     The images are z-scored and cropped as for a network (:func:`~distill.data.preprocess.preprocess`),
     thresholded, and the labels put back where the crop took them from, in ``convention``'s values.
     """
-    from distill.data.conventions import get_convention
-    from distill.data.preprocess import PreprocessConfig, preprocess, restore_labels
-
     prepared = preprocess(case.images, case.affine, config=PreprocessConfig(), source=source)
     regions = threshold_regions(prepared.images, prepared.brain_mask)
     return restore_labels(get_convention(convention).from_regions(regions), prepared.record)

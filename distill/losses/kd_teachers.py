@@ -24,8 +24,9 @@ labels ``regions`` ``(B, K, *S)`` first (:mod:`distill.losses.kd_correction`, We
 Neurocomputing 2021), and ``balance`` picks the term: ``"voxel"`` the voxel-mean KL,
 ``"region"`` the extent-normalised KL (:mod:`distill.losses.kd_balanced`), ``"dice"`` a soft
 Dice between student and teacher maps (:mod:`distill.losses.kd_dice`; no temperature), and
-``"dice_voxel"`` the sum of the two, soft Dice plus voxel-mean KL: the supervised term's own
-Dice + BCE (nnU-Net's loss) with the teacher's map in place of the label, so KD weighs false
+``"dice_voxel"`` the sum of the two, soft Dice plus voxel-mean KL: at ``T = 1`` the supervised
+term's own Dice + BCE (nnU-Net's loss) with the teacher's map in place of the label (a higher
+``T`` tempers and scales the KL part only), so KD weighs false
 positives and false negatives as the supervised term does. The region form weighs each part
 by its own extent, which makes a false positive outside a small region cost a fraction of a
 missed voxel inside it (its students over-segmented, with scattered components, on the

@@ -1,13 +1,16 @@
 """An exponential moving average of a student's weights, shipped instead of the last iterate.
 
-With a handful of training cases, batches of two patches and Adam, the last iterate of a short
-run wanders: on the real-data protocol two seeds of one recipe differ by 0.1-0.3 mean Dice on
-the same case. Averaging the iterates (Polyak and Juditsky 1992; the exponential form is the
-"mean teacher" of Tarvainen and Valpola, NeurIPS 2017, and timm's ``ModelEmaV2``) keeps the
-direction the run moves in and damps the noise around it, at the cost of one copy of the weights.
+On the real-data protocol two seeds of one recipe differ by 0.1-0.3 mean Dice on the same case.
+Averaging the iterates (Polyak and Juditsky 1992; the exponential form is the "mean teacher" of
+Tarvainen and Valpola, NeurIPS 2017, and timm's ``ModelEmaV2``) is the standard remedy for the
+part of that spread that comes from where the last steps happen to land, at the cost of one copy
+of the weights; how much of the spread that is here is not measured yet (the poly schedule
+already makes the last steps small).
 
 The decay warms up as ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates, so the average is
-not dominated by the random initial weights in a run of a few thousand steps. Floating-point
+not dominated by the random initial weights. In a run of a few thousand steps the warm-up
+governs for any ``decay`` above about 0.995: the average then spans roughly the last tenth of
+the run. Floating-point
 buffers (BatchNorm statistics) are averaged with the parameters; integer buffers are copied.
 """
 
