@@ -134,40 +134,55 @@ def step_seconds(run: Path) -> list[float]:
     return [b - a for a, b in zip(elapsed, elapsed[1:])][5:]  # the first steps warm caches up
 
 
+def cost_kinds(model_dir: Path, fold: int, context: int) -> dict[str, dict]:
+    """The student runs timed side by side, each as TrainConfig options beside direct KD's.
+
+    ``live_graph_flow`` (bare patch, and with ``context`` voxels of context) is graph flow from the
+    live fold; ``strong_augment`` is direct KD with nnU-Net's intensity augmentation (its CPU cost
+    alone); ``live_kd_strong`` is consistent teaching: the live fold's sigmoid on each strongly
+    augmented patch as the KD target (``kd_source=live``), with the same context, no graph flow.
+    """
+    live = dict(teacher_model_dir=str(model_dir), teacher_fold=str(fold))
+    flow = dict(live, graph_flow_weight=1.0, graph_flow_ramp=0, paraphraser_steps=0, paraphraser_batches=1)
+    kinds = {"direct_kd": {}, "live_graph_flow": dict(flow, teacher_context=0)}
+    if context:
+        kinds[f"live_graph_flow_context{context}"] = dict(flow, teacher_context=context)
+    kinds["strong_augment"] = {"augment": "strong"}
+    kinds[f"live_kd_strong_context{context}"] = dict(live, kd_source="live", augment="strong", teacher_context=context)
+    return kinds
+
+
 def cost(model_dir: Path, cache_dir: Path, fold: int, sizes, steps: int, rounds: int, patch: int,
          context: int = 0) -> dict:
-    """Seconds per step: direct KD, graph flow from the live teacher on the bare patch, and (with
-    ``context`` > 0) the same with that many voxels of context, alternating in one process."""
+    """Seconds per step of each of :func:`cost_kinds`, alternating in one process, and each one's
+    ratio to direct KD at the same size."""
     from distill.train import TrainConfig, train_student
 
     per: dict[str, list[float]] = {}
-    kinds = [("direct_kd", None), ("live_graph_flow", 0)] + ([(f"live_graph_flow_context{context}", context)]
-                                                             if context else [])  # fmt: skip
+    kinds = cost_kinds(model_dir, fold, context)
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(rounds):
             for size in sizes:
-                for kind, teacher_context in kinds:
+                for kind, options in kinds.items():
                     key = f"{size // 1000}k_{kind}"
                     run = Path(tmp) / f"{key}_{round_index}"
-                    live = teacher_context is not None
-                    options = dict(teacher_model_dir=str(model_dir), teacher_fold=str(fold), graph_flow_weight=1.0,
-                                   graph_flow_ramp=0, paraphraser_steps=0, paraphraser_batches=1,
-                                   teacher_context=teacher_context) if live else {}  # fmt: skip
                     train_student(TrainConfig(cache=cache_dir, out=run, params=size, steps=steps, batch_size=2,
                                               patch_size=(patch,) * 3, val_cases=0, checkpoint_every=10 * steps,
                                               progress=False, **options))  # fmt: skip
                     per.setdefault(key, []).extend(step_seconds(run))
                     shutil.rmtree(run)
     medians = {k: round(statistics.median(v), 4) for k, v in per.items()}
-    ratios = {f"{size // 1000}k": round(medians[f"{size // 1000}k_live_graph_flow"]
-                                        / medians[f"{size // 1000}k_direct_kd"], 2) for size in sizes}  # fmt: skip
-    result = {"median_seconds_per_step": medians, "ratio_live_over_direct": ratios, "steps_per_run": steps,
-              "rounds": rounds, "samples": {k: len(v) for k, v in per.items()}}  # fmt: skip
+
+    def ratio(kind: str) -> dict[str, float]:
+        return {f"{size // 1000}k": round(medians[f"{size // 1000}k_{kind}"] / medians[f"{size // 1000}k_direct_kd"], 2)
+                for size in sizes}  # fmt: skip
+
+    result = {"median_seconds_per_step": medians, "ratio_live_over_direct": ratio("live_graph_flow"),
+              "ratio_over_direct": {kind: ratio(kind) for kind in kinds if kind != "direct_kd"},
+              "steps_per_run": steps, "rounds": rounds, "samples": {k: len(v) for k, v in per.items()}}  # fmt: skip
     if context:
         result["context"] = context
-        result["ratio_live_context_over_direct"] = {
-            f"{size // 1000}k": round(medians[f"{size // 1000}k_live_graph_flow_context{context}"]
-                                      / medians[f"{size // 1000}k_direct_kd"], 2) for size in sizes}  # fmt: skip
+        result["ratio_live_context_over_direct"] = ratio(f"live_graph_flow_context{context}")
     return result
 
 
@@ -237,6 +252,13 @@ def page(result: dict) -> list[str]:
         timed = [f"{k} {c['median_seconds_per_step'][k + suffix]} s/step ({v}x direct KD)"
                  for k, v in c["ratio_live_context_over_direct"].items()]  # fmt: skip
         lines += ["", f"With {c['context']} voxels of teacher context: " + ", ".join(timed) + "."]
+    if "ratio_over_direct" in c:
+        lines += ["", "Every timed run against direct KD (s/step, and the ratio):", "",
+                  "| run | " + " | ".join(c["ratio_live_over_direct"]) + " |",
+                  "|---|" + "---|" * len(c["ratio_live_over_direct"])]  # fmt: skip
+        for kind, ratios in c["ratio_over_direct"].items():
+            lines.append(f"| {kind} | " + " | ".join(f"{c['median_seconds_per_step'][f'{k}_{kind}']} ({v}x)"
+                                                     for k, v in ratios.items()) + " |")
     lines += ["", f"Medians over {c['rounds']} alternating rounds of {c['steps_per_run']} steps, batch 2, "
               f"{result['machine']['threads']} threads, nothing else running."]  # fmt: skip
     context = result.get("context")

@@ -20,6 +20,9 @@ This protocol uses nnU-Net's own 5-fold split of the 10 training cases (``splits
                label-only student and the teacher minus the label-only student, as paired
                differences with a two-stage bootstrap (cases, then seeds; distill.eval.paired),
                and the retention of the teacher's mean Dice by each distilled variant.
+  pilots       a variant trained on fewer folds than the summary counts (seed 0) is read on its
+               own folds, paired with the students it should beat (pilot_scope), to decide
+               whether it earns the other folds.
 
 Recipes are chosen on these held-out (validation) cases; the 4 test cases stay for the final
 students of run_realdata.py. Every stage writes its record into WORK/stages and a copy into
@@ -83,6 +86,17 @@ VARIANTS = {
     "recipe_dice_kl": {"kd_balance": "dice_voxel"},
     # the recipe plus the distilled-uncertainty head (issue 15): its Dice is paired with "recipe"'s
     "recipe_uncertainty": {"uncertainty_head": True},
+    # consistent teaching (Beyer et al., CVPR 2022): nnU-Net's intensity augmentation on every
+    # patch (distill.train.augment), first for the label-only student (what augmentation alone
+    # does), then with dice_voxel KD from the cached maps of the unaugmented volumes (a fixed
+    # teacher), then with the fold's network run live on the very augmented patch (its context
+    # as for graph flow) as the KD target
+    "gt_strong": {"kd_weight": 0.0, "augment": "strong"},
+    "dice_kl_strong": {"kd_balance": "dice_voxel", "augment": "strong"},
+    "dice_kl_live": {"kd_balance": "dice_voxel", "augment": "strong", "live_teacher": True, "kd_source": "live",
+                     "teacher_context": 16},
+    # dice_voxel KD on three times the steps, against gt_long: a patient schedule
+    "dice_kl_long": {"kd_balance": "dice_voxel", "steps": 6000},
 }  # fmt: skip
 BASELINE = "gt"
 #: The ladder: each variant against the step below it (paired on the same cases and seeds), read
@@ -93,10 +107,15 @@ BASELINE = "gt"
 LADDER_REFERENCE = {"kd_plain": "gt", "recipe": "kd_plain", "recipe_no_adjust": "recipe",
                     "recipe_voxel": "recipe", "recipe_graph_flow": "recipe", "recipe_chain": "recipe",
                     "recipe_uncertainty": "recipe", "recipe_long": "gt_long",
-                    "recipe_dice_kl": "recipe"}  # fmt: skip
+                    "recipe_dice_kl": "recipe", "gt_strong": "gt", "dice_kl_strong": "gt_strong",
+                    "dice_kl_live": "dice_kl_strong", "dice_kl_long": "gt_long"}  # fmt: skip
 ABLATIONS = {"recipe_no_adjust", "recipe_voxel"}
 #: Students that learn from the labels alone: no retention of the teacher is claimed for them.
-LABEL_ONLY = {"gt", "gt_long"}
+LABEL_ONLY = {"gt", "gt_long", "gt_strong"}
+#: A pilot (a variant trained on fewer folds than the summary counts, seed 0) is paired on its
+#: own folds with the label-only student, its ladder reference and these.
+PILOT_COMPARISONS = {"dice_kl_live": ("gt_strong", "recipe_dice_kl"), "dice_kl_strong": ("recipe_dice_kl",),
+                     "dice_kl_long": ("recipe_dice_kl",), "recipe_long": ("recipe",)}  # fmt: skip
 
 
 class ProtocolPipeline(rr.Pipeline):
@@ -604,6 +623,49 @@ def not_yet_covered(p: rr.Pipeline, folds, variants_by_size: dict, seeds=SUMMARY
     return missing
 
 
+def pilot_scope(p: rr.Pipeline, folds, variants_by_size: dict, seed: int = 0) -> list[dict]:
+    """Variants outside the summary's table, each with the counted folds on which it and everything
+    it is paired with (the label-only student, its ladder reference, PILOT_COMPARISONS) are
+    scored on ``seed``: a pilot is read on its own folds before it is trained on all of them."""
+    pilots = []
+    for size, covered in variants_by_size.items():
+        for variant in VARIANTS:
+            if variant in covered or variant == BASELINE:
+                continue
+            others = [BASELINE, LADDER_REFERENCE.get(variant, BASELINE), *PILOT_COMPARISONS.get(variant, ())]
+            needed = [variant, *dict.fromkeys(others)]
+            own = [f for f in folds if all(scored_at_half(p, f, size, v, seed) for v in needed)]
+            if own:
+                pilots.append({"size": size, "variant": variant, "folds": own, "compared_with": needed[1:]})
+    return pilots
+
+
+def summarise_pilots(p: rr.Pipeline, pilots: list[dict], seed: int = 0) -> list[dict]:
+    """Each pilot's scores and paired differences on its own folds and ``seed`` (see pilot_scope)."""
+    from distill.eval.paired import paired_difference
+
+    rows = []
+    for pilot in pilots:
+        size, variant, folds = pilot["size"], pilot["variant"], pilot["folds"]
+        among = {v: (seed,) for v in (variant, *pilot["compared_with"])}
+        own = summarise(p, folds, {size: among}, (seed,))["sizes"][str(size)]
+        mine = own["variants"][variant]
+
+        def scores(name, size=size, folds=folds):
+            """``(cases, 1)``: the student's mean Dice per case on the pilot's folds, fold by fold."""
+            per_fold = [case_scores(at_half(p, f, size, name, seed)) for f in folds]
+            return np.asarray([[per_case[c]] for per_case in per_fold for c in sorted(per_case)])
+
+        rows.append({"size": size, "variant": variant, "folds": folds, "seed": seed,
+                     "cases": int(scores(variant).shape[0]), "mean_dice": mine["mean_dice"],
+                     **{f"{r}_dice": mine[f"{r}_dice"] for r in rr.REGIONS},
+                     "mean_hd95": mine["mean_hd95"], "retention_of_teacher": mine["retention_of_teacher"],
+                     "teacher_agreement": mine["teacher_agreement"],
+                     "minus": {other: paired_difference(scores(variant), scores(other)).to_dict()
+                               for other in pilot["compared_with"]}})  # fmt: skip
+    return rows
+
+
 def summarise(p: rr.Pipeline, folds, variants_by_size: dict, seeds) -> dict:
     """Paired differences over every held-out case of the finished folds (see the module docstring).
 
@@ -854,8 +916,28 @@ def write_summary(summary: dict, folder: Path) -> None:
                           f"{teacher['WT_hd95']:.1f}, TC {teacher['TC_hd95']:.1f}, ET {teacher['ET_hd95']:.1f}, "
                           f"mean {teacher['mean_hd95']:.1f}):", "", *hd95_rows]  # fmt: skip
         lines.append("")
+    lines += pilot_lines(summary.get("pilots"))
     lines += postprocessing_lines(summary.get("postprocessing"))
     (folder / "SUMMARY.md").write_text("\n".join(lines))
+
+
+def pilot_lines(pilots: list[dict] | None) -> list[str]:
+    """SUMMARY.md's pilot section: variants read on fewer folds (and one seed) than the tables above."""
+    if not pilots:
+        return []
+    lines = ["## Pilots: fewer folds, one seed", "",
+             "Variants not yet trained on every counted fold, read on the folds they have, seed 0 only; "
+             "each paired over those cases with the students it is meant to beat. Too few cases to decide; "
+             "they say which variant earns the other folds.", "",
+             "| size | variant | folds (cases) | mean Dice | WT | TC | ET | mean HD95 | minus [95 % CI] |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in pilots:
+        minus = "; ".join(f"{other}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                          for other, d in row["minus"].items())
+        lines.append(f"| {int(row['size']) // 1000}k | {row['variant']} | {row['folds']} ({row['cases']}) "
+                     f"| {row['mean_dice']:.3f} | {row['WT_dice']:.3f} | {row['TC_dice']:.3f} | {row['ET_dice']:.3f} "
+                     f"| {row['mean_hd95']:.1f} | {minus} |")
+    return lines + [""]
 
 
 def postprocessing_lines(post: dict | None) -> list[str]:
@@ -938,6 +1020,7 @@ def main() -> None:
     if finished:
         summary = summarise(p, finished, variants, SUMMARY_SEEDS)
         summary["not_yet"] = not_yet_covered(p, finished, variants)
+        summary["pilots"] = summarise_pilots(p, pilot_scope(p, finished, variants))
         summary["postprocessing"] = summarise_postprocessing(p, finished, variants, SUMMARY_SEEDS)
         write_summary(summary, args.records.parent)
         print(json.dumps(summary["sizes"], indent=2))

@@ -229,7 +229,8 @@ def share_first_link(source_run: Path, target_run: Path) -> bool:
 
 
 def live_nnunet_teacher(config: TrainConfig, cache: TeacherCache, channels: list[str], device) -> LiveTeacher:
-    """One fold of the cache's nnU-Net teacher, run live for feature losses (not for KD).
+    """One fold of the cache's nnU-Net teacher, run live for feature losses (and for KD with
+    ``kd_source="live"``).
 
     Raises:
         TrainConfigError: the cache's teacher is not an nnU-Net ensemble, the fold is not one of
@@ -260,7 +261,8 @@ def live_nnunet_teacher(config: TrainConfig, cache: TeacherCache, channels: list
             network = WithContext(network, config.teacher_context)
         except ValueError as error:
             raise TrainConfigError(f"teacher_context: {error}") from None
-    return LiveTeacher(name=f"nnunet_{fold}", model=network, distils_outputs=False, context=config.teacher_context)
+    return LiveTeacher(name=f"nnunet_{fold}", model=network, distils_outputs=config.kd_source == "live",
+                       context=config.teacher_context)
 
 
 def train_student(config: TrainConfig) -> TrainResult:
@@ -312,7 +314,8 @@ def _train(config: TrainConfig, dist) -> TrainResult:
         context = max((t.context for t in teachers_of_link), default=0)
         sampler = PatchSampler(cache, train_ids, config.patch_size, config.foreground_fraction,
                                seed=config.seed + 1000 * index + 7919 * dist.rank,
-                               et_fraction=config.et_fraction, context=context)  # fmt: skip
+                               et_fraction=config.et_fraction, context=context,
+                               augment=config.augment)  # fmt: skip
         link = LinkConfig(name=name, link_dir=out / "links" / name, train=config, output_kind=output_kind,
                           has_ground_truth=has_ground_truth, val_case_ids=tuple(val_ids))  # fmt: skip
         result = train_link(link, student=model, sampler=sampler, dist=dist, live_teachers=teachers_of_link)

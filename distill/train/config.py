@@ -12,8 +12,10 @@ from distill.core.jsonfile import read_json_object
 from distill.errors import DistillError
 from distill.losses.kd_correction import CORRECTIONS
 from distill.losses.kd_teachers import BALANCES
+from distill.train.augment import AUGMENTATIONS
 
 LR_SCHEDULES = ("poly", "constant", "cosine")
+KD_SOURCES = ("cache", "live")
 
 
 class TrainConfigError(DistillError):
@@ -67,7 +69,14 @@ class TrainConfig:
         teacher_model_dir: the nnU-Net model folder of the cache's teacher. When set, the first
             link runs one of its folds live (:mod:`distill.teacher.features`), so graph flow and
             region affinity distil from the nnU-Net teacher's own features; KD still comes from
-            the cache. The fold's checkpoint must be the one the cache recorded.
+            the cache (unless ``kd_source="live"``). The fold's checkpoint must be the one the
+            cache recorded.
+        kd_source: where the first link's KD target comes from: ``"cache"`` (the cached maps of
+            the unaugmented volumes) or ``"live"`` (the live nnU-Net fold's sigmoid on the very
+            patch the student sees, augmentation included: consistent teaching, Beyer et al.,
+            CVPR 2022). ``"live"`` needs ``teacher_model_dir`` and ``kd_weight`` > 0.
+        augment: ``"light"`` (flips, a small per-channel scale and shift) or ``"strong"`` (those
+            plus nnU-Net's intensity transforms, :mod:`distill.train.augment`).
         teacher_fold: which fold runs live (default: the cache's first).
         teacher_context: voxels of context on every side of each patch that the live nnU-Net
             teacher is given (its maps and features cropped back to the patch): a bare 48³ patch
@@ -117,6 +126,8 @@ class TrainConfig:
     teacher_model_dir: str | None = None
     teacher_fold: str | None = None
     teacher_context: int = 0
+    kd_source: str = "cache"
+    augment: str = "light"
     region_affinity_weight: float = 0.0
     region_affinity_stage: str = "dec1"
     boundary_weight: float = 0.0
@@ -153,7 +164,8 @@ class TrainConfig:
 
     def _check_options(self) -> None:
         """The options beyond the flags: one-line errors naming the ``--set`` key."""
-        choices = {"kd_correction": CORRECTIONS, "kd_balance": BALANCES, "lr_schedule": LR_SCHEDULES}
+        choices = {"kd_correction": CORRECTIONS, "kd_balance": BALANCES, "lr_schedule": LR_SCHEDULES,
+                   "kd_source": KD_SOURCES, "augment": AUGMENTATIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TrainConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -187,6 +199,11 @@ class TrainConfig:
             raise TrainConfigError(f"teacher_context must be a voxel count >= 0; got {self.teacher_context!r}")
         if self.teacher_context and self.teacher_model_dir is None:
             raise TrainConfigError("teacher_context widens the live nnU-Net teacher's input: set teacher_model_dir too")
+        if self.kd_source == "live" and self.teacher_model_dir is None:
+            raise TrainConfigError("kd_source=live distils from the live nnU-Net teacher: set teacher_model_dir too")
+        if self.kd_source == "live" and self.kd_weight == 0:
+            raise TrainConfigError("kd_source=live with kd_weight=0 would run the live teacher for nothing; "
+                                   "give kd_weight > 0 or leave kd_source=cache")
         if self.teacher_fold is not None and self.teacher_model_dir is None:
             raise TrainConfigError("teacher_fold names a fold of teacher_model_dir: set teacher_model_dir too")
         if isinstance(self.uncertainty_head_weight, bool) or not self.uncertainty_head_weight >= 0:
@@ -239,7 +256,7 @@ class TrainConfig:
 LATER_OPTIONS = ("kd_correction", "kd_balance", "kd_warmup_steps", "lr_schedule", "lr_warmup_steps", "et_fraction",
                  "min_first_width", "calibrate_thresholds", "paraphraser_batches", "teacher_fold",
                  "region_affinity_weight", "region_affinity_stage", "uncertainty_head",
-                 "uncertainty_head_weight", "teacher_context", "ema_decay")  # fmt: skip
+                 "uncertainty_head_weight", "teacher_context", "ema_decay", "kd_source", "augment")  # fmt: skip
 
 
 def option_defaults() -> dict[str, Any]:

@@ -74,8 +74,8 @@ class LiveTeacher:
     """A trained model run as a teacher in the loop (frozen, eval mode).
 
     ``distils_outputs``: its probabilities are a KD target (an assistant of the chain). The
-    nnU-Net fold run live in the first link gives features only: KD there comes from the
-    cache, whose 8-TTA ensemble maps are the better target.
+    nnU-Net fold run live in the first link gives features only unless ``kd_source="live"``:
+    by default KD there comes from the cache's 8-TTA ensemble maps of the unaugmented volumes.
     """
 
     name: str

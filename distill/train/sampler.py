@@ -10,7 +10,9 @@ One uniform draw ``u`` per patch decides: ``u < et_fraction`` ET, then
 ``u < et_fraction + foreground_fraction`` tumour, else anywhere (with ``et_fraction = 0``
 the draws are exactly those of the sampler without the option). Augmentation: random
 flips on each axis (applied to inputs, teacher maps and ground truth alike) and a per-channel
-intensity scale and shift on the inputs only.
+intensity scale and shift on the inputs only; ``augment="strong"`` adds nnU-Net's intensity
+transforms after them (:mod:`distill.train.augment`), drawn from the same generator (with
+the default ``"light"`` the draws are exactly those of the sampler before the option existed).
 
 With ``context = c`` each patch's box is read with ``c`` more voxels on every side for a live
 teacher (``Batch.context_images``); the student's arrays are its centre. Flips and the
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from distill.cache import TeacherCache
+from distill.train.augment import AUGMENTATIONS, strong_intensity
 
 # Tumour voxels remembered per case for oversampling; a random subset is plenty.
 MAX_FOREGROUND_POINTS = 20000
@@ -54,9 +57,12 @@ class PatchSampler:
     """Draws augmented patches from the cache cases ``case_ids`` with its own seeded generator."""
 
     def __init__(self, cache: TeacherCache, case_ids: list[str], patch_size, foreground_fraction: float, seed: int,
-                 et_fraction: float = 0.0, context: int = 0):
+                 et_fraction: float = 0.0, context: int = 0, augment: str = "light"):
         if not case_ids:
             raise ValueError("no training cases to sample from")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}; got {augment!r}")
+        self.augment = augment
         if context < 0:
             raise ValueError(f"context must be >= 0 voxels, got {context}")
         self.context = int(context)
@@ -115,7 +121,10 @@ class PatchSampler:
                 arrays = [np.flip(a, axis=axis + 1) if a is not None else None for a in arrays]
         scale = self.rng.uniform(0.9, 1.1, size=(images.shape[0], 1, 1, 1)).astype(np.float32)
         shift = self.rng.uniform(-0.1, 0.1, size=(images.shape[0], 1, 1, 1)).astype(np.float32)
-        return images * scale + shift, arrays
+        images = images * scale + shift
+        if self.augment == "strong":
+            images = strong_intensity(images, self.rng)
+        return images, arrays
 
     def sample(self, batch_size: int) -> Batch:
         images, probs, uncertainty, regions, contexts = [], [], [], [], []

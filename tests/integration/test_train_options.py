@@ -125,6 +125,37 @@ def test_context_draws_the_same_patches_and_surrounds_them(stub_cache):
         PatchSampler(cache, cases, (16, 16, 16), 0.5, seed=5, context=-1)
 
 
+def test_strong_augmentation_changes_the_images_and_nothing_else(stub_cache):
+    """The first patch of a strong sampler has the light sampler's box and flips (same draws, same
+    maps and labels); only its intensities differ, and only where a transform fired."""
+    cache = TeacherCache.open(stub_cache)
+    cases = list(cache.case_ids)
+    changed = 0
+    for seed in range(10):
+        light = PatchSampler(cache, cases, (16, 16, 16), 0.5, seed=seed).sample(1)
+        strong = PatchSampler(cache, cases, (16, 16, 16), 0.5, seed=seed, augment="strong").sample(1)
+        for name in ("teacher_probs", "teacher_uncertainty", "regions"):
+            assert torch.equal(getattr(light, name), getattr(strong, name)), name
+        changed += not torch.equal(light.images, strong.images)
+    assert 4 <= changed <= 10, changed  # a patch is left alone with probability ~0.21
+    with pytest.raises(ValueError, match="augment must be one of light, strong; got 'heavy'"):
+        PatchSampler(cache, cases, (16, 16, 16), 0.5, seed=0, augment="heavy")
+
+
+def test_strong_augmentation_acts_on_the_context_box_the_teacher_sees(stub_cache):
+    cache = TeacherCache.open(stub_cache)
+    sampler = PatchSampler(cache, list(cache.case_ids), (16, 16, 16), 0.5, seed=2, context=8, augment="strong")
+    for _ in range(4):
+        batch = sampler.sample(2)
+        assert torch.equal(batch.context_images[:, :, 8:24, 8:24, 8:24], batch.images)
+
+
+def test_strong_augmentation_trains_and_is_recorded(stub_cache, tmp_path):
+    out = tmp_path / "run"
+    train_student(TrainConfig(cache=stub_cache, out=out, augment="strong", **FAST))
+    assert read_card(out / "student.json").training["augment"] == "strong"
+
+
 def test_et_fraction_trains_end_to_end(stub_cache, tmp_path):
     out = tmp_path / "run"
     train_student(TrainConfig(cache=stub_cache, out=out, et_fraction=0.5, foreground_fraction=0.3, **FAST))

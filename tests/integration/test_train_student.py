@@ -116,6 +116,23 @@ def test_graph_flow_and_region_affinity_from_the_live_nnunet_teacher(nnunet_teac
                                         teacher_model_dir=model_dir), cache, ["WT", "TC", "ET"], "cpu")
 
 
+@pytest.mark.nnunet
+@pytest.mark.slow
+def test_kd_from_the_live_nnunet_teacher_on_the_students_patch(nnunet_teacher, phantom_cache, tmp_path):
+    """kd_source=live: the same first batch and initial weights, so the supervised term of step 0
+    is unchanged while the KD term differs: its target is the fold's sigmoid on the patch, not
+    the cached 8-TTA map."""
+    live = dict(cache=phantom_cache, params=20000, teacher_model_dir=str(nnunet_teacher.model_dir),
+                teacher_context=16, **FAST)  # fmt: skip
+    train_student(TrainConfig(out=tmp_path / "cache_kd", **live))
+    train_student(TrainConfig(out=tmp_path / "live_kd", kd_source="live", **live))
+    cached, taught = _log(tmp_path / "cache_kd")[0], _log(tmp_path / "live_kd")[0]
+    assert cached["supervised/raw"] == taught["supervised/raw"]
+    assert float(taught["kd/raw"]) > 0 and cached["kd/raw"] != taught["kd/raw"]
+    card = json.loads((tmp_path / "live_kd" / "student.json").read_text())
+    assert card["training"]["kd_source"] == "live"
+
+
 def test_graph_flow_chain_shares_the_plain_chains_first_link(stub_cache, tmp_path):
     """Link 0 of a chain is the same with or without graph flow: training it once gives identical weights."""
     from distill.train.chain import share_first_link

@@ -245,3 +245,32 @@ def test_postprocessing_pairs_each_case_with_its_students_unprocessed(protocol):
     assert largest["none_mean_dice"] == pytest.approx(0.55) and largest["mean_hd95"] == 5.0
     assert post["teacher"] == {}  # the teacher's predictions were not post-processed here
     assert any("largest_wt" in line for line in protocol.postprocessing_lines(post))
+
+
+def test_a_pilot_is_paired_on_its_own_folds_with_what_it_should_beat(protocol, tmp_path):
+    # two counted folds (a, b | c); dice_kl_live trained on fold 0 only, with its comparisons there:
+    # gt 0.5, gt_strong 0.55, dice_kl_strong 0.6, recipe_dice_kl 0.52; the pilot 0.7 on a, 0.6 on b
+    records = {"protocol_fold0_teacher": scores({"a": 0.8, "b": 0.6}), "protocol_fold1_teacher": scores({"c": 0.7})}
+    for fold, cases in ((0, ("a", "b")), (1, ("c",))):
+        records[protocol.student_stage(fold, 30_000, "gt", 0)] = scores(dict.fromkeys(cases, 0.5))
+    for variant, value in (("gt_strong", 0.55), ("dice_kl_strong", 0.6), ("recipe_dice_kl", 0.52)):
+        records[protocol.student_stage(0, 30_000, variant, 0)] = scores({"a": value, "b": value})
+    records[protocol.student_stage(0, 30_000, "dice_kl_live", 0)] = scores({"a": 0.7, "b": 0.6})
+    p = Records(records)
+    pilots = protocol.pilot_scope(p, [0, 1], {30_000: {"gt": (0,)}})
+    live = next(x for x in pilots if x["variant"] == "dice_kl_live")
+    # its ladder reference (dice_kl_strong) and PILOT_COMPARISONS come after the label-only student
+    assert live["folds"] == [0] and live["compared_with"] == ["gt", "dice_kl_strong", "gt_strong", "recipe_dice_kl"]
+    # dice_kl_strong's own pilot needs gt_strong (its reference) and recipe_dice_kl: both on fold 0;
+    # recipe_dice_kl is no pilot: its reference, the region recipe, was not trained
+    assert {x["variant"] for x in pilots} == {"dice_kl_live", "dice_kl_strong", "gt_strong"}
+    (row,) = [r for r in protocol.summarise_pilots(p, [live])]
+    assert row["cases"] == 2 and row["mean_dice"] == pytest.approx(0.65)
+    assert row["minus"]["gt"]["mean"] == pytest.approx(0.15, abs=1e-4)
+    assert row["minus"]["dice_kl_strong"]["mean"] == pytest.approx(0.05, abs=1e-4)
+    assert row["minus"]["gt_strong"]["mean"] == pytest.approx(0.10, abs=1e-4)
+    assert row["retention_of_teacher"]["mean"] == pytest.approx(0.65 / 0.7, abs=1e-4)
+    protocol.write_summary({**protocol.summarise(p, [0, 1], {30_000: ["gt"]}, [0]), "pilots": [row]}, tmp_path)
+    table = (tmp_path / "SUMMARY.md").read_text()
+    assert "## Pilots: fewer folds, one seed" in table
+    assert "| 30k | dice_kl_live | [0] (2) | 0.650 |" in table and "gt_strong: +0.100" in table

@@ -48,6 +48,10 @@ def config(**changes) -> TrainConfig:
     (dict(uncertainty_head_weight=0.5), "set uncertainty_head=true too"),
     (dict(teacher_context=-16, teacher_model_dir="m"), "teacher_context must be a voxel count >= 0; got -16"),
     (dict(teacher_context=16), "teacher_context widens the live nnU-Net teacher's input: set teacher_model_dir too"),
+    (dict(kd_source="teacher"), "kd_source must be one of cache, live; got 'teacher'"),
+    (dict(kd_source="live"), "kd_source=live distils from the live nnU-Net teacher: set teacher_model_dir too"),
+    (dict(kd_source="live", teacher_model_dir="m", kd_weight=0.0), "would run the live teacher for nothing"),
+    (dict(augment="heavy"), "augment must be one of light, strong; got 'heavy'"),
 ])  # fmt: skip
 def test_bad_values_are_refused_in_one_line(changes, message):
     with pytest.raises(TrainConfigError) as error:
@@ -62,6 +66,7 @@ def test_new_options_default_to_todays_behaviour_and_keep_the_hash():
         "lr_warmup_steps": 0, "et_fraction": 0.0, "min_first_width": 0, "calibrate_thresholds": False,
         "paraphraser_batches": 4, "teacher_fold": None, "region_affinity_weight": 0.0, "region_affinity_stage": "dec1",
         "uncertainty_head": False, "uncertainty_head_weight": 1.0, "teacher_context": 0, "ema_decay": 0.0,
+        "kd_source": "cache", "augment": "light",
     }  # fmt: skip
     plain = config()
     # the hash of a default config is the hash of its options without the later ones, as written before they existed
@@ -74,12 +79,14 @@ def test_new_options_default_to_todays_behaviour_and_keep_the_hash():
     assert plain.training_hash() == canonical_hash(old_style)
     assert config(recipe="brats-30k").training_hash() == plain.training_hash()  # a label, not an option
     changes = [("kd_correction", "mask"), ("kd_balance", "dice"), ("et_fraction", 0.1), ("calibrate_thresholds", True),
-               ("uncertainty_head", True)]
+               ("uncertainty_head", True), ("augment", "strong")]
     for name, value in changes:
         assert config(**{name: value}).training_hash() != plain.training_hash(), name
     # the live teacher's context changes what its features are
     live = config(teacher_model_dir="m")
     assert config(teacher_model_dir="m", teacher_context=16).training_hash() != live.training_hash()
+    # so does the source of the KD target
+    assert config(teacher_model_dir="m", kd_source="live").training_hash() != live.training_hash()
 
 
 def test_a_run_folder_from_before_the_options_resumes_and_a_changed_option_is_named(tmp_path):
