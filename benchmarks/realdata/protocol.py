@@ -95,6 +95,10 @@ VARIANTS = {
     "dice_kl_strong": {"kd_balance": "dice_voxel", "augment": "strong"},
     "dice_kl_live": {"kd_balance": "dice_voxel", "augment": "strong", "live_teacher": True, "kd_source": "live",
                      "teacher_context": 16},
+    # the live fold's sigmoid as the target without the strong augmentation: separates "a live,
+    # one-pass target" from "the teacher's answer on inputs it never saw" in dice_kl_live's step
+    "dice_kl_live_light": {"kd_balance": "dice_voxel", "live_teacher": True, "kd_source": "live",
+                           "teacher_context": 16},
     # dice_voxel KD on three times the steps, against gt_long: a patient schedule
     "dice_kl_long": {"kd_balance": "dice_voxel", "steps": 6000},
 }  # fmt: skip
@@ -108,13 +112,15 @@ LADDER_REFERENCE = {"kd_plain": "gt", "recipe": "kd_plain", "recipe_no_adjust": 
                     "recipe_voxel": "recipe", "recipe_graph_flow": "recipe", "recipe_chain": "recipe",
                     "recipe_uncertainty": "recipe", "recipe_long": "gt_long",
                     "recipe_dice_kl": "recipe", "gt_strong": "gt", "dice_kl_strong": "gt_strong",
-                    "dice_kl_live": "dice_kl_strong", "dice_kl_long": "gt_long"}  # fmt: skip
+                    "dice_kl_live": "dice_kl_strong", "dice_kl_long": "gt_long",
+                    "dice_kl_live_light": "recipe_dice_kl"}  # fmt: skip
 ABLATIONS = {"recipe_no_adjust", "recipe_voxel"}
 #: Students that learn from the labels alone: no retention of the teacher is claimed for them.
 LABEL_ONLY = {"gt", "gt_long", "gt_strong"}
 #: A pilot (a variant trained on fewer folds than the summary counts, seed 0) is paired on its
-#: own folds with the label-only student, its ladder reference and these.
-PILOT_COMPARISONS = {"dice_kl_live": ("gt_strong", "recipe_dice_kl"), "dice_kl_strong": ("recipe_dice_kl",),
+#: own folds with the label-only student, its ladder reference and, where trained there, these.
+PILOT_COMPARISONS = {"dice_kl_live": ("gt_strong", "recipe_dice_kl", "dice_kl_live_light"),
+                     "dice_kl_strong": ("recipe_dice_kl",),
                      "dice_kl_long": ("recipe_dice_kl",), "recipe_long": ("recipe",)}  # fmt: skip
 
 
@@ -624,19 +630,20 @@ def not_yet_covered(p: rr.Pipeline, folds, variants_by_size: dict, seeds=SUMMARY
 
 
 def pilot_scope(p: rr.Pipeline, folds, variants_by_size: dict, seed: int = 0) -> list[dict]:
-    """Variants outside the summary's table, each with the counted folds on which it and everything
-    it is paired with (the label-only student, its ladder reference, PILOT_COMPARISONS) are
-    scored on ``seed``: a pilot is read on its own folds before it is trained on all of them."""
+    """Variants outside the summary's table, each with the counted folds on which it, the label-only
+    student and its ladder reference are scored on ``seed`` (and the PILOT_COMPARISONS scored on all
+    of those folds): a pilot is read on its own folds before it is trained on all of them."""
     pilots = []
     for size, covered in variants_by_size.items():
         for variant in VARIANTS:
             if variant in covered or variant == BASELINE:
                 continue
-            others = [BASELINE, LADDER_REFERENCE.get(variant, BASELINE), *PILOT_COMPARISONS.get(variant, ())]
-            needed = [variant, *dict.fromkeys(others)]
+            needed = list(dict.fromkeys([variant, BASELINE, LADDER_REFERENCE.get(variant, BASELINE)]))
             own = [f for f in folds if all(scored_at_half(p, f, size, v, seed) for v in needed)]
+            extra = [o for o in PILOT_COMPARISONS.get(variant, ()) if o not in needed
+                     and all(scored_at_half(p, f, size, o, seed) for f in own)]  # fmt: skip
             if own:
-                pilots.append({"size": size, "variant": variant, "folds": own, "compared_with": needed[1:]})
+                pilots.append({"size": size, "variant": variant, "folds": own, "compared_with": needed[1:] + extra})
     return pilots
 
 
@@ -652,16 +659,21 @@ def summarise_pilots(p: rr.Pipeline, pilots: list[dict], seed: int = 0) -> list[
         mine = own["variants"][variant]
 
         def scores(name, size=size, folds=folds):
-            """``(cases, 1)``: the student's mean Dice per case on the pilot's folds, fold by fold."""
-            per_fold = [case_scores(at_half(p, f, size, name, seed)) for f in folds]
-            return np.asarray([[per_case[c]] for per_case in per_fold for c in sorted(per_case)])
+            """Case -> the student's mean Dice, over the pilot's folds."""
+            return {c: v for f in folds for c, v in case_scores(at_half(p, f, size, name, seed)).items()}
+
+        def paired(name, other):
+            """``name`` minus ``other`` on the cases both were scored on, matched by case id."""
+            a, b = scores(name), scores(other)
+            shared = sorted(set(a) & set(b))
+            return paired_difference(np.asarray([[a[c]] for c in shared]), np.asarray([[b[c]] for c in shared]))
 
         rows.append({"size": size, "variant": variant, "folds": folds, "seed": seed,
-                     "cases": int(scores(variant).shape[0]), "mean_dice": mine["mean_dice"],
+                     "cases": len(scores(variant)), "mean_dice": mine["mean_dice"],
                      **{f"{r}_dice": mine[f"{r}_dice"] for r in rr.REGIONS},
                      "mean_hd95": mine["mean_hd95"], "retention_of_teacher": mine["retention_of_teacher"],
                      "teacher_agreement": mine["teacher_agreement"],
-                     "minus": {other: paired_difference(scores(variant), scores(other)).to_dict()
+                     "minus": {other: paired(variant, other).to_dict()
                                for other in pilot["compared_with"]}})  # fmt: skip
     return rows
 
@@ -929,7 +941,8 @@ def pilot_lines(pilots: list[dict] | None) -> list[str]:
              "Variants not yet trained on every counted fold, read on the folds they have, seed 0 only; "
              "each paired over those cases with the students it is meant to beat. Too few cases to decide; "
              "they say which variant earns the other folds.", "",
-             "| size | variant | folds (cases) | mean Dice | WT | TC | ET | mean HD95 | minus [95 % CI] |",
+             "| size | variant | folds (cases) | mean Dice | WT | TC | ET | mean HD95 "
+             "| the variant minus each [95 % CI] |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in pilots:
         minus = "; ".join(f"{other}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"

@@ -8,8 +8,9 @@ after it, the intensity part of nnU-Net v2's default training pipeline
 ====================  ===========  ==============================================================
 transform             probability  what it does (per channel unless said)
 ====================  ===========  ==============================================================
-Gaussian noise        0.1          add N(0, σ²), one variance in [0, 0.1] for the patch
-Gaussian blur         0.2          each channel with p 0.5: σ in [0.5, 1] voxels
+Gaussian noise        0.1          add N(0, σ²), one σ in [0, 0.1] for all channels (nnU-Net
+                                   calls the range ``noise_variance`` but draws the sd from it)
+Gaussian blur         0.2          each channel with p 0.5: σ in [0.5, 1] voxels, drawn per axis
 brightness            0.15         multiply by m in [0.75, 1.25]
 contrast              0.15         scale around the mean by c in [0.75, 1.25], clipped to the
                                    channel's former range
@@ -21,8 +22,13 @@ gamma                 0.3          γ in [0.7, 1.5], mean and std kept
 
 Multipliers, contrast factors and γ are drawn as nnU-Net's ``BGContrast`` draws them: half
 of the time below 1, half above, so shrinking and stretching are equally frequent whatever
-the range's asymmetry. The spatial part of nnU-Net's pipeline (rotations, scaling, elastic
-deformation) is left out: each would have to resample the teacher maps and labels too.
+the range's asymmetry. As nnU-Net does for datasets normalised inside the brain mask
+(``use_mask_for_norm``, its ``MaskImageTransform``), voxels outside the brain are given back
+their values from before these transforms, so neither network sees noisy or re-contrasted
+background. Two differences remain: contrast and gamma take their statistics from the patch
+(48³, or the live teacher's box with its context) rather than nnU-Net's larger training patch,
+and the spatial part of nnU-Net's pipeline (rotations, scaling, elastic deformation) is left
+out: each would have to resample the teacher maps and labels too.
 
 Why it matters for distillation: with a teacher run live on the same augmented patch, the
 student is taught the teacher's answer to inputs neither was trained on ("consistent
@@ -47,19 +53,21 @@ def two_sided(rng: np.random.Generator, low: float, high: float) -> float:
     return float(rng.uniform(low, 1.0) if rng.random() < 0.5 else rng.uniform(1.0, high))
 
 
-def gaussian_noise(images: np.ndarray, rng: np.random.Generator, max_variance: float = 0.1) -> np.ndarray:
-    """``images + N(0, σ²)`` with one ``σ² ~ U[0, max_variance]`` for the whole patch."""
-    sigma = np.sqrt(rng.uniform(0.0, max_variance))
+def gaussian_noise(images: np.ndarray, rng: np.random.Generator, max_sigma: float = 0.1) -> np.ndarray:
+    """``images + N(0, σ²)`` with one ``σ ~ U[0, max_sigma]`` for the whole patch (every channel)."""
+    sigma = rng.uniform(0.0, max_sigma)
     return (images + rng.normal(0.0, sigma, size=images.shape)).astype(np.float32)
 
 
 def gaussian_blur(images: np.ndarray, rng: np.random.Generator, sigma=(0.5, 1.0),
                   p_per_channel: float = 0.5) -> np.ndarray:  # fmt: skip
-    """Each channel, with probability ``p_per_channel``, smoothed with one σ (voxels) in ``sigma``."""
+    """Each channel, with probability ``p_per_channel``, smoothed with a σ (voxels) in ``sigma``
+    drawn for each axis."""
     out = images.copy()
     for c in range(images.shape[0]):
         if rng.random() < p_per_channel:
-            out[c] = ndimage.gaussian_filter(images[c], sigma=rng.uniform(*sigma), mode="nearest")
+            sigmas = [rng.uniform(*sigma) for _ in range(images.ndim - 1)]
+            out[c] = ndimage.gaussian_filter(images[c], sigma=sigmas, mode="nearest")
     return out
 
 
@@ -126,10 +134,17 @@ STRONG_PIPELINE = (
 )
 
 
-def strong_intensity(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``images`` through :data:`STRONG_PIPELINE`: each transform applied with its probability."""
-    out = np.asarray(images, dtype=np.float32)
+def strong_intensity(images: np.ndarray, rng: np.random.Generator, outside: np.ndarray | None = None) -> np.ndarray:
+    """``images`` through :data:`STRONG_PIPELINE`: each transform applied with its probability.
+
+    ``outside``: boolean ``(X, Y, Z)``, the voxels outside the brain; they keep their input
+    values (nnU-Net's masking), so the transforms change the brain only.
+    """
+    original = np.asarray(images, dtype=np.float32)
+    out = original
     for probability, transform in STRONG_PIPELINE:
         if rng.random() < probability:
             out = transform(out, rng).astype(np.float32, copy=False)
+    if outside is not None and out is not original:
+        out = np.where(outside[None], original, out)
     return out

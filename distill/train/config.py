@@ -74,7 +74,8 @@ class TrainConfig:
         kd_source: where the first link's KD target comes from: ``"cache"`` (the cached maps of
             the unaugmented volumes) or ``"live"`` (the live nnU-Net fold's sigmoid on the very
             patch the student sees, augmentation included: consistent teaching, Beyer et al.,
-            CVPR 2022). ``"live"`` needs ``teacher_model_dir`` and ``kd_weight`` > 0.
+            CVPR 2022). ``"live"`` needs ``teacher_model_dir`` and ``kd_weight`` > 0, and takes
+            neither ``dense_guidance`` nor ``uncertainty_weighting`` (both read the cache).
         augment: ``"light"`` (flips, a small per-channel scale and shift) or ``"strong"`` (those
             plus nnU-Net's intensity transforms, :mod:`distill.train.augment`).
         teacher_fold: which fold runs live (default: the cache's first).
@@ -204,6 +205,12 @@ class TrainConfig:
         if self.kd_source == "live" and self.kd_weight == 0:
             raise TrainConfigError("kd_source=live with kd_weight=0 would run the live teacher for nothing; "
                                    "give kd_weight > 0 or leave kd_source=cache")
+        if self.kd_source == "live" and self.dense_guidance:
+            raise TrainConfigError("kd_source=live with dense_guidance would mix the cached maps back in (DGKD "
+                                   "keeps the cache among the first link's teachers); use one or the other")
+        if self.kd_source == "live" and self.uncertainty_weighting:
+            raise TrainConfigError("uncertainty_weighting reads the cached ensemble's spread, which a single "
+                                   "live fold does not have: leave it off with kd_source=live")
         if self.teacher_fold is not None and self.teacher_model_dir is None:
             raise TrainConfigError("teacher_fold names a fold of teacher_model_dir: set teacher_model_dir too")
         if isinstance(self.uncertainty_head_weight, bool) or not self.uncertainty_head_weight >= 0:

@@ -115,15 +115,18 @@ class PatchSampler:
         return tuple(int(v) for v in np.clip(start, np.minimum(0, shape - size), upper))
 
     def _augment(self, arrays: list[np.ndarray | None], images: np.ndarray) -> tuple[np.ndarray, list]:
+        # outside the brain every modality is 0 after z-scoring inside it (distill.data.preprocess)
+        outside = ~(images != 0).any(axis=0) if self.augment == "strong" else None
         for axis in range(3):
             if self.rng.random() < 0.5:
                 images = np.flip(images, axis=axis + 1)
+                outside = np.flip(outside, axis=axis) if outside is not None else None
                 arrays = [np.flip(a, axis=axis + 1) if a is not None else None for a in arrays]
         scale = self.rng.uniform(0.9, 1.1, size=(images.shape[0], 1, 1, 1)).astype(np.float32)
         shift = self.rng.uniform(-0.1, 0.1, size=(images.shape[0], 1, 1, 1)).astype(np.float32)
         images = images * scale + shift
         if self.augment == "strong":
-            images = strong_intensity(images, self.rng)
+            images = strong_intensity(images, self.rng, outside=outside)
         return images, arrays
 
     def sample(self, batch_size: int) -> Batch:

@@ -143,11 +143,18 @@ def test_strong_augmentation_changes_the_images_and_nothing_else(stub_cache):
 
 
 def test_strong_augmentation_acts_on_the_context_box_the_teacher_sees(stub_cache):
+    """The teacher's box and the student's patch get one augmentation (the patch is the box's centre),
+    and it is not the light one: the first box of each seed differs from the light sampler's."""
     cache = TeacherCache.open(stub_cache)
-    sampler = PatchSampler(cache, list(cache.case_ids), (16, 16, 16), 0.5, seed=2, context=8, augment="strong")
-    for _ in range(4):
-        batch = sampler.sample(2)
-        assert torch.equal(batch.context_images[:, :, 8:24, 8:24, 8:24], batch.images)
+    changed = 0
+    for seed in range(6):
+        light = PatchSampler(cache, list(cache.case_ids), (16, 16, 16), 0.5, seed=seed, context=8).sample(1)
+        strong = PatchSampler(cache, list(cache.case_ids), (16, 16, 16), 0.5, seed=seed, context=8,
+                              augment="strong").sample(1)  # fmt: skip
+        assert torch.equal(strong.context_images[:, :, 8:24, 8:24, 8:24], strong.images)
+        assert torch.equal(light.teacher_probs, strong.teacher_probs)
+        changed += not torch.equal(light.context_images, strong.context_images)
+    assert changed >= 2, changed
 
 
 def test_strong_augmentation_trains_and_is_recorded(stub_cache, tmp_path):

@@ -256,6 +256,8 @@ def test_a_pilot_is_paired_on_its_own_folds_with_what_it_should_beat(protocol, t
     for variant, value in (("gt_strong", 0.55), ("dice_kl_strong", 0.6), ("recipe_dice_kl", 0.52)):
         records[protocol.student_stage(0, 30_000, variant, 0)] = scores({"a": value, "b": value})
     records[protocol.student_stage(0, 30_000, "dice_kl_live", 0)] = scores({"a": 0.7, "b": 0.6})
+    # a comparison missing on the pilot's fold is left out, not a reason to drop the pilot
+    records[protocol.student_stage(1, 30_000, "dice_kl_live_light", 0)] = scores({"c": 0.5})
     p = Records(records)
     pilots = protocol.pilot_scope(p, [0, 1], {30_000: {"gt": (0,)}})
     live = next(x for x in pilots if x["variant"] == "dice_kl_live")
@@ -269,6 +271,7 @@ def test_a_pilot_is_paired_on_its_own_folds_with_what_it_should_beat(protocol, t
     assert row["minus"]["gt"]["mean"] == pytest.approx(0.15, abs=1e-4)
     assert row["minus"]["dice_kl_strong"]["mean"] == pytest.approx(0.05, abs=1e-4)
     assert row["minus"]["gt_strong"]["mean"] == pytest.approx(0.10, abs=1e-4)
+    assert row["minus"]["gt_strong"]["n_cases"] == 2 and "dice_kl_live_light" not in row["minus"]
     assert row["retention_of_teacher"]["mean"] == pytest.approx(0.65 / 0.7, abs=1e-4)
     protocol.write_summary({**protocol.summarise(p, [0, 1], {30_000: ["gt"]}, [0]), "pilots": [row]}, tmp_path)
     table = (tmp_path / "SUMMARY.md").read_text()

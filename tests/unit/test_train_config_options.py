@@ -52,6 +52,8 @@ def config(**changes) -> TrainConfig:
     (dict(kd_source="live"), "kd_source=live distils from the live nnU-Net teacher: set teacher_model_dir too"),
     (dict(kd_source="live", teacher_model_dir="m", kd_weight=0.0), "would run the live teacher for nothing"),
     (dict(augment="heavy"), "augment must be one of light, strong; got 'heavy'"),
+    (dict(kd_source="live", teacher_model_dir="m", dense_guidance=True), "would mix the cached maps back in"),
+    (dict(kd_source="live", teacher_model_dir="m", uncertainty_weighting=True), "leave it off with kd_source=live"),
 ])  # fmt: skip
 def test_bad_values_are_refused_in_one_line(changes, message):
     with pytest.raises(TrainConfigError) as error:
