@@ -17,6 +17,13 @@ soft maps are "hesitant" (the harder case for compression). Rerun:
     python benchmarks/teacher_cache/bench_teacher_cache.py --work /tmp/bench_tc --cases 3
 
 Writes ``results_teacher.json`` and ``RESULTS_teacher.md`` beside this file.
+
+``--teacher-assets benchmarks/realdata/teacher/iterations_2000`` measures the real-data
+benchmark's committed teacher instead (five folds trained 2,000 iterations each on 10 real cases
+by nnU-Net's trainer, restored from those files, nothing trained here): confident maps, the
+figure a user with a real model would see. It writes ``results_teacher_realdata.json`` and
+``RESULTS_teacher_realdata.md``; the three cases it reads are among that teacher's training
+cases, as a KD cache's cases are.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +54,41 @@ def run(command: list[str], **kw) -> float:
     return time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class RestoredTeacher:
+    model_dir: Path
+    parameters_per_member: int
+    iterations: int
+
+
+def restored_teacher(assets: Path, work: Path) -> RestoredTeacher:
+    """The committed 5-fold teacher in ``assets`` (teacher_assets' layout), copied into an nnU-Net
+    model folder under ``work``; exits with one line when a fold is not finished there."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "realdata"))
+    import teacher_assets
+
+    from distill.teacher.nnunet import NnUNetTeacher, NnUNetTeacherConfig
+
+    missing = [k for k in range(5) if not (assets / f"fold_{k}" / "checkpoint_final.pth").is_file()]
+    if missing:
+        sys.exit(f"{assets}: folds {missing} have no checkpoint_final.pth yet (train them with "
+                 "benchmarks/realdata/protocol.py first)")  # fmt: skip
+    model_dir = work / "realdata_teacher" / "nnUNetTrainer__nnUNetPlans_distillCompact__3d_fullres"
+    teacher_assets.restore(model_dir, assets)
+    network = NnUNetTeacher(NnUNetTeacherConfig(model_dir=model_dir, folds=("fold_0",))).predictor.network
+    iterations = json.loads((assets / "fold_0" / "record.json").read_text())["iterations"]
+    return RestoredTeacher(model_dir, sum(p.numel() for p in network.parameters()), iterations)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=20,
                         help="training iterations per fold of the compact teacher")  # fmt: skip
+    parser.add_argument("--teacher-assets", type=Path, default=None,
+                        help="a committed teacher folder (benchmarks/realdata/teacher/iterations_N) to measure "
+                             "instead of training one on phantoms")  # fmt: skip
     args = parser.parse_args()
     if not BRATS18.is_dir():
         sys.exit(f"real BraTS 2018 cases not found at {BRATS18}")
@@ -67,13 +104,17 @@ def main() -> None:
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    load_at_start = round(os.getloadavg()[0], 2)
     start = time.perf_counter()
-    teacher = build_compact_nnunet(
-        CompactTeacherConfig(work_dir=work / "teacher", dataset_id=992, dataset_name="Phantoms2mm", n_cases=6,
-                             phantom_shape=(120, 120, 78), base_features=8, max_features=64,
-                             iterations=args.iterations),
-        log_path=work / "teacher_build.log",
-    )  # fmt: skip
+    if args.teacher_assets is not None:
+        teacher = restored_teacher(args.teacher_assets.resolve(), work)
+    else:
+        teacher = build_compact_nnunet(
+            CompactTeacherConfig(work_dir=work / "teacher", dataset_id=992, dataset_name="Phantoms2mm", n_cases=6,
+                                 phantom_shape=(120, 120, 78), base_features=8, max_features=64,
+                                 iterations=args.iterations),
+            log_path=work / "teacher_build.log",
+        )  # fmt: skip
     build_seconds = time.perf_counter() - start
 
     source = work / "real"
@@ -155,12 +196,22 @@ def main() -> None:
         cache.read_case(case_id)
         whole_times.append(time.perf_counter() - t0)
 
+    if args.teacher_assets is not None:
+        source_flag = f"--teacher-assets {os.path.relpath(args.teacher_assets.resolve(), REPO)}"
+        origin = (f"trained {teacher.iterations} iterations per fold on 10 real BraTS 2018 cases by nnU-Net's "
+                  "trainer (the real-data benchmark's committed folds, restored, not retrained)")
+        stem = "teacher_realdata"
+    else:
+        source_flag = f"--iterations {args.iterations}"
+        origin = f"trained {args.iterations} iterations per fold on 2 mm phantoms by nnU-Net's trainer"
+        stem = "teacher"
     summary = {
-        "command": "python benchmarks/teacher_cache/bench_teacher_cache.py --work WORK --cases %d --iterations %d"
-        % (n, args.iterations),
+        "command": f"python benchmarks/teacher_cache/bench_teacher_cache.py --work WORK --cases {n} {source_flag}",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "teacher": {"parameters_per_member": teacher.parameters_per_member, "folds": 5, "tta": "mirror8",
-                    "trained_iterations_per_fold": args.iterations, "build_seconds": round(build_seconds, 1)},
+                    "trained_iterations_per_fold": getattr(teacher, "iterations", args.iterations),
+                    "origin": origin, "build_seconds": round(build_seconds, 1)},
+        "load_average_1min": {"start": load_at_start, "end": round(os.getloadavg()[0], 2)},
         "cases": rows,
         "nnunet_predict_seconds_per_case": nnunet_seconds / n,
         "teacher_predict_seconds_per_case_median": statistics.median(predict_times),
@@ -175,25 +226,26 @@ def main() -> None:
         "patch_read_64_median_seconds": statistics.median(patch_times),
         "whole_case_read_median_seconds": statistics.median(whole_times),
     }
-    (HERE / "results_teacher.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (HERE / f"results_{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "# Teacher cache on real BraTS 2018 cases at 2 mm (compact nnU-Net, 5 folds x 8 TTA)",
         "",
         f"Command: `{summary['command']}` on {os.cpu_count()} CPU cores. "
-        f"Teacher: {teacher.parameters_per_member:,} parameters per member, "
-        f"trained {args.iterations} iterations per fold on 2 mm phantoms by nnU-Net's trainer.",
+        f"Teacher: {teacher.parameters_per_member:,} parameters per member, {origin}.",
         "",
         "nnU-Net's npz holds the float32 probabilities only; a cache entry also holds the student inputs (4 float16",
         "images), the uncertainty and the ground truth, so both ratios are given.",
         "",
         "| case | nnU-Net npz bytes | cached probabilities bytes | ratio "
-        "| whole cache entry bytes (images float16 / uncertainty) | ratio | max abs err | mean abs err |",
-        "|---|---|---|---|---|---|---|---|",
+        "| whole cache entry bytes (images float16 / uncertainty) | ratio | max abs err | mean abs err "
+        "| teacher's mean WT p where p < 0.5 |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[f"| {r['case']} | {r['nnunet_npz_bytes']:,} | {r['cache_probability_bytes']:,} | "
           f"{r['nnunet_npz_bytes'] / r['cache_probability_bytes']:.1f}x | "
           f"{r['cache_bytes']:,} ({r['cache_image_bytes']:,} / "
           f"{r['cache_uncertainty_bytes']:,}) | {r['nnunet_npz_bytes'] / r['cache_bytes']:.1f}x | "
-          f"{r['max_abs_error']:.5f} | {r['mean_abs_error']:.6f} |" for r in rows],
+          f"{r['max_abs_error']:.5f} | {r['mean_abs_error']:.6f} | {r['teacher_mean_p_background']:.4f} |"
+          for r in rows],
         "",
         "| timing (median or mean per case) | seconds |",
         "|---|---|",
@@ -206,13 +258,13 @@ def main() -> None:
         f"| random 64³ patch read, all arrays | {summary['patch_read_64_median_seconds']:.3f} |",
         f"| whole case read | {summary['whole_case_read_median_seconds']:.3f} |",
         "",
-        "Timings were taken on a shared 2-core machine while other jobs ran "
-        f"(load average {os.getloadavg()[0]:.1f} at the",
-        "end), one after another rather than interleaved, so treat them as rough; sizes and errors are exact.",
-        "A rerun in the same --work reuses the timings of stages already done (work/timings.json); the committed",
-        "timings come from the first full run, the size columns from a rerun that added them.",
+        f"One-minute load average {summary['load_average_1min']['start']:.1f} at the start and "
+        f"{summary['load_average_1min']['end']:.1f} at the end of this run (2 cores: above ~2 means another job "
+        "shared them); the timings ran one after another, not interleaved. Sizes and errors are exact. A rerun in "
+        "the same --work reuses the timings of stages already done (work/timings.json). How far from 0 the "
+        "teacher's background sits decides most of the bytes (last column).",
     ]  # fmt: skip
-    (HERE / "RESULTS_teacher.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"RESULTS_{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
