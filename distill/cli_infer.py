@@ -171,6 +171,10 @@ def predict_command(
     max_voxels: Annotated[
         int, typer.Option(min=1, help="Refuse input files whose header claims more voxels (checked before reading).")
     ] = DEFAULT_MAX_VOXELS,
+    tta: Annotated[
+        str, typer.Option(help="Test-time augmentation: none (one pass) or mirror8 (nnU-Net's 8 mirrorings "
+                               "averaged, 8x the network time).")
+    ] = "none",
 ) -> None:
     """Segment every case of a folder with a model package."""
     from distill.infer.predict import PredictConfig, predict_folder
@@ -180,7 +184,7 @@ def predict_command(
         backend=_backend_spec(backend, device, precision, threads, cuda_graphs, compile_model, engine_cache),
         label_convention=label_convention, save_probabilities=save_probabilities, save_uncertainty=save_uncertainty,
         skip_existing=skip_existing,
-        progress=progress, continue_on_error=continue_on_error, max_voxels=max_voxels,
+        progress=progress, continue_on_error=continue_on_error, max_voxels=max_voxels, tta=tta,
     )  # fmt: skip
     result = predict_folder(config)
     for case_id, reason in result.failed.items():
@@ -269,6 +273,7 @@ def serve_command(
     max_body_mb: Annotated[Optional[float], typer.Option(help="Request body limit in MiB (default 64).")] = None,
     request_timeout: Annotated[Optional[float], typer.Option(help="Seconds per request (default 120).")] = None,
     drain: Annotated[Optional[float], typer.Option(help="Seconds of 503 readiness after SIGTERM (default 0).")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="none (default) or mirror8: the 8 mirrorings averaged.")] = None,
 ) -> None:
     """Serve a model package over HTTP: POST /segment (NIfTI), /segment/raw (.npy); /healthz, /readyz, /metrics.
 
@@ -280,7 +285,7 @@ def serve_command(
     options = {"package": package, "host": host, "port": port, "backend": backend, "threads": threads,
                "token_file": token_file, "max_concurrency": max_concurrency, "max_queue": max_queue,
                "max_body_bytes": int(max_body_mb * MiB) if max_body_mb is not None else None,
-               "request_timeout_s": request_timeout, "drain_s": drain}  # fmt: skip
+               "request_timeout_s": request_timeout, "drain_s": drain, "tta": tta}  # fmt: skip
     settings = _serve_settings({k: v for k, v in options.items() if v is not None})
     raise typer.Exit(run(settings))
 

@@ -34,7 +34,7 @@ def open_predictor(settings: ServeSettings) -> Any:
     from distill.infer.predictor import Predictor
 
     return Predictor.from_package(settings.package, settings.backend, threads=settings.threads,
-                                  verify=settings.verify_package)  # fmt: skip
+                                  verify=settings.verify_package, tta=settings.tta)  # fmt: skip
 
 
 def warm_up_case(n_channels: int, shape: tuple[int, int, int] = (48, 48, 40)) -> tuple[np.ndarray, np.ndarray]:

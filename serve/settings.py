@@ -54,6 +54,8 @@ class ServeSettings(BaseSettings):
     backend: str = Field("onnxruntime", description="torch, onnxruntime or tensorrt, options after colons.")
     threads: int | None = Field(None, ge=1, description="CPU threads of the backend (default: the backend's).")
     verify_package: bool = Field(True, description="Check every file's sha256 when opening the package.")
+    tta: Literal["none", "mirror8"] = Field("none", description="Test-time augmentation: mirror8 averages the 8 "
+                                                               "mirrorings (8x the network time).")
 
     token: SecretStr | None = Field(None, description="Bearer token (prefer token_file).")
     token_file: Path | None = Field(None, description="File holding the bearer token (one line).")

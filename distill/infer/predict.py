@@ -57,6 +57,7 @@ class PredictConfig:
         progress: show a progress bar.
         continue_on_error: record a failing case in ``failures.json`` and go on.
         max_voxels: refuse input files whose header claims more voxels, before reading them.
+        tta: test-time augmentation, ``"none"`` or ``"mirror8"`` (:class:`Predictor`).
     """
 
     package: Path
@@ -70,6 +71,7 @@ class PredictConfig:
     progress: bool = True
     continue_on_error: bool = False
     max_voxels: int = DEFAULT_MAX_VOXELS
+    tta: str = "none"
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def predict_folder(config: PredictConfig) -> PredictResult:
     output_dir = Path(config.output_dir)
     if output_dir.resolve() == Path(config.input_dir).resolve():
         raise DataError(f"{output_dir}: the output folder must differ from the input folder")
-    predictor = Predictor.from_package(config.package, config.backend)
+    predictor = Predictor.from_package(config.package, config.backend, tta=config.tta)
     if config.save_uncertainty:
         predictor.check_distilled_uncertainty()  # before any case, naming the package
     incomplete: dict[str, str] = {}
@@ -119,7 +121,7 @@ def predict_folder(config: PredictConfig) -> PredictResult:
     prepare_output_dir(output_dir)
     remove_stale_partials(output_dir)
     (output_dir / FAILURES_NAME).unlink(missing_ok=True)  # a list from an earlier run would mislead
-    _claim(output_dir, predictor.package, convention, config.skip_existing)
+    _claim(output_dir, predictor.package, convention, config.skip_existing, config.tta)
     written, skipped, failed = [], [], dict(incomplete)
     # closed on the way out, also on an error: the message then starts on a line of its own
     with tqdm(cases, desc="predict", unit="case", disable=not config.progress) as bar:
@@ -165,12 +167,15 @@ def _segment_case(predictor: Predictor, files: CaseFiles, target: Path, conventi
     write_nifti(target, result.labels, case.affine)  # last: its presence marks the case done
 
 
-def _claim(output_dir: Path, package: ModelPackage, convention: str, resuming: bool) -> None:
-    """Resuming needs the package and convention that made the maps present; a full run re-records."""
+def _claim(output_dir: Path, package: ModelPackage, convention: str, resuming: bool, tta: str = "none") -> None:
+    """Resuming needs the package, convention and test-time augmentation that made the maps present;
+    a full run re-records."""
     options = {"package_onnx_sha256": package.onnx_sha256, "thresholds": list(package.thresholds),
                "label_convention": convention}  # fmt: skip
+    if tta != "none":  # recorded only when used, so folders written before the option still resume
+        options["tta"] = tta
     flags = {"package_onnx_sha256": "PACKAGE (its model.onnx)", "thresholds": "PACKAGE (its thresholds)",
-             "label_convention": "--label-convention"}  # fmt: skip
+             "label_convention": "--label-convention", "tta": "--tta"}  # fmt: skip
     if not resuming:
         (output_dir / RECORD_NAME).unlink(missing_ok=True)  # every case is rewritten by this run
     claim_output(output_dir, RECORD_NAME, "distill predict", options, flags)

@@ -11,7 +11,9 @@ post-processing and label mapping. Per case:
 1. check channels (count, and names when given, aliases accepted) and reorder to the package's;
 2. preprocess (crop to the brain, z-score, resample, pad to the divisor) as the manifest says;
 3. run the backend over the whole volume when it is small enough and the backend takes its
-   shape, else in overlapping tiles (:func:`distill.infer.sliding_window.predict_logits`);
+   shape, else in overlapping tiles (:func:`distill.infer.sliding_window.predict_logits`); with
+   ``tta="mirror8"``, once per mirroring of the three axes (8 passes, logits averaged, as
+   nnU-Net's default test-time augmentation does; ``"none"``, one pass, is the default);
 4. sigmoid, back to the input grid (resampled inside the brain's box, then placed), threshold per region,
    post-process, write labels in the requested convention; optional probabilities and a
    per-region uncertainty (binary entropy in bits, 0 = certain, 1 = p of 0.5).
@@ -51,7 +53,7 @@ from distill.data.preprocess import (
 from distill.errors import DataError, DistillError
 from distill.infer.backends import Backend, BackendSpec, create_backend
 from distill.infer.postprocess import PostprocessConfig, postprocess_regions
-from distill.infer.sliding_window import predict_logits
+from distill.infer.sliding_window import check_tta, mirrored_logits
 from distill.package import ModelPackage
 from distill.students.unet import MAX_UNCERTAINTY
 
@@ -97,17 +99,21 @@ def binary_entropy(probabilities: np.ndarray) -> np.ndarray:
 class Predictor:
     """A loaded package and one backend; see the module docstring."""
 
-    def __init__(self, package: ModelPackage, backend: Backend, postprocess: PostprocessConfig | None = None) -> None:
+    def __init__(self, package: ModelPackage, backend: Backend, postprocess: PostprocessConfig | None = None,
+                 tta: str = "none") -> None:
+        check_tta(tta)
         self.package = package
         self.backend = backend
         self.postprocess = postprocess or package.postprocess_config
         self.settings = package.inference
+        self.tta = tta
         self.ready = False
 
     @classmethod
     def from_package(cls, path: str | Path, backend: str | BackendSpec = "torch", *, device: str | None = None,
                      precision: str | None = None, threads: int | None = None, verify: bool = True,
-                     warm_up: bool = True, postprocess: PostprocessConfig | None = None, **options: Any) -> Predictor:
+                     warm_up: bool = True, postprocess: PostprocessConfig | None = None, tta: str = "none",
+                     **options: Any) -> Predictor:
         """Open (and verify) a package and load ``backend`` for it.
 
         Args:
@@ -118,6 +124,8 @@ class Predictor:
                 export-engine``.
             warm_up: run once on a small input before returning, so :attr:`ready` means the
                 backend has executed here (TensorRT engines only prove they fit this way).
+            tta: ``"none"`` (one pass) or ``"mirror8"`` (the 8 mirrorings averaged: 8x the
+                network time).
 
         Raises:
             PackageError, BackendUnavailable, BackendOptionError.
@@ -129,7 +137,8 @@ class Predictor:
             if v is not None
         }
         spec = BackendSpec.parse(backend, **changes) if isinstance(backend, str) else replace(backend, **changes)
-        predictor = cls(package, create_backend(package, spec), postprocess)
+        check_tta(tta)  # before the backend is loaded
+        predictor = cls(package, create_backend(package, spec), postprocess, tta)
         if warm_up:
             predictor.warm_up()
         return predictor
@@ -208,7 +217,7 @@ class Predictor:
         """Region probabilities ``(3, *S)`` float32 for preprocessed ``images (C, *S)``, and whether it tiled."""
         tile = self.tile_for(images.shape[1:])
         batch = torch.from_numpy(np.ascontiguousarray(images[None], dtype=np.float32)).to(self.backend.device)
-        logits = predict_logits(self.backend, batch, tile, self.settings.overlap)
+        logits = mirrored_logits(self.backend, batch, tile, self.settings.overlap, self.tta)
         probabilities = torch.sigmoid(logits[0].float()).cpu().numpy()
         return probabilities, tile is not None
 
@@ -237,7 +246,7 @@ class Predictor:
         self.check_distilled_uncertainty()
         tile = self.tile_for(images.shape[1:])
         batch = torch.from_numpy(np.ascontiguousarray(images[None], dtype=np.float32)).to(self.backend.device)
-        both = predict_logits(self.backend.with_uncertainty, batch, tile, self.settings.overlap)[0].float()
+        both = mirrored_logits(self.backend.with_uncertainty, batch, tile, self.settings.overlap, self.tta)[0]
         k = len(self.package.regions)
         probabilities = torch.sigmoid(both[:k]).cpu().numpy()
         uncertainty = both[k:].clamp(0.0, MAX_UNCERTAINTY).cpu().numpy()
@@ -319,7 +328,7 @@ class Predictor:
     def describe(self) -> dict[str, Any]:
         """Backend description plus the package identity, for reports and service health checks."""
         return {**self.backend.describe(), "package": str(self.package.root), "onnx_sha256": self.package.onnx_sha256,
-                "ready": self.ready}  # fmt: skip
+                "tta": self.tta, "ready": self.ready}  # fmt: skip
 
 
 __all__ = ["InputMismatchError", "NoUncertaintyOutput", "Predictor", "Segmentation", "binary_entropy"]

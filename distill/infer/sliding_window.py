@@ -8,10 +8,13 @@ where a network sees the most context.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from distill.errors import DistillError
 
 
 def _starts(size: int, tile: int, step: int) -> list[int]:
@@ -60,3 +63,43 @@ def predict_logits(
                 output[(slice(None), slice(None), *box)] += logits * window
                 weight[box] += window
     return output / weight
+
+
+#: Test-time augmentation: the sets of spatial axes (0 = X, 1 = Y, 2 = Z) to mirror the input
+#: along, one network pass per set. ``mirror8`` is nnU-Net's default: every subset of the three
+#: axes, 8 passes.
+TTA_MIRRORS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "mirror8": tuple(axes for n in range(4) for axes in itertools.combinations(range(3), n)),
+}
+
+
+def check_tta(tta: str) -> None:
+    """:class:`~distill.errors.DistillError` (one line) unless ``tta`` names a :data:`TTA_MIRRORS` entry."""
+    if tta not in TTA_MIRRORS:
+        raise DistillError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MIRRORS)}")
+
+
+@torch.inference_mode()
+def mirrored_logits(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    tile: tuple[int, int, int] | None = None,
+    overlap: float = 0.5,
+    tta: str = "none",
+) -> torch.Tensor:
+    """:func:`predict_logits` averaged over the mirrorings of ``tta`` (:data:`TTA_MIRRORS`).
+
+    Each pass sees the input flipped along a set of spatial axes and its output is flipped back
+    before averaging; as nnU-Net does, the logits are averaged (the sigmoid comes after). Shapes
+    as :func:`predict_logits`: ``(B, C, *S)`` in, ``(B, K, *S)`` out.
+    """
+    check_tta(tta)
+    total = None
+    for axes in TTA_MIRRORS[tta]:
+        dims = [2 + axis for axis in axes]  # past the batch and channel dimensions
+        flipped = torch.flip(images, dims) if dims else images
+        logits = predict_logits(model, flipped, tile, overlap).float()
+        logits = torch.flip(logits, dims) if dims else logits
+        total = logits if total is None else total + logits
+    return total / len(TTA_MIRRORS[tta])

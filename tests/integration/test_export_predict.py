@@ -21,6 +21,7 @@ from distill.data.conventions import get_convention
 from distill.data.discovery import find_cases
 from distill.data.nifti import read_nifti
 from distill.data.phantoms import PhantomConfig, write_phantoms
+from distill.errors import DataError, DistillError
 from distill.export.onnx_export import ParityError, export_onnx
 from distill.export.run import ExportConfig, ExportConfigError, export_package
 from distill.infer.backends import BackendSpec, BackendUnavailable
@@ -192,6 +193,28 @@ def test_predict_writes_the_requested_convention_and_probabilities(workdir, pack
     )
     with np.load(out / "Phantom_00000_probabilities.npz") as saved:
         assert saved["probabilities"].shape == (3, *labels_2023.shape) and saved["uncertainty"].dtype == np.float16
+
+
+def test_mirror_tta_averages_eight_passes_and_a_resume_must_keep_it(workdir, package_dir, phantom_dir, predictors):
+    case = load_case(find_cases(phantom_dir)[0], with_labels=False)
+    plain = predictors["onnxruntime"]
+    mirrored = Predictor(plain.package, plain.backend, tta="mirror8")
+    one = plain.segment(case.images, case.affine, return_probabilities=True)
+    eight = mirrored.segment(case.images, case.affine, return_probabilities=True)
+    assert eight.labels.shape == one.labels.shape == case.shape and mirrored.describe()["tta"] == "mirror8"
+    # the random student is not mirror-symmetric, so averaging its mirrorings changes its maps
+    assert np.abs(eight.probabilities - one.probabilities).max() > 1e-3
+    out = workdir / "pred_mirror8"
+    result = predict_folder(PredictConfig(package=package_dir, input_dir=phantom_dir, output_dir=out, tta="mirror8",
+                                          backend=BackendSpec("onnxruntime", threads=2), progress=False))  # fmt: skip
+    assert result.written == ("Phantom_00000", "Phantom_00001")
+    np.testing.assert_array_equal(read_nifti(out / f"{find_cases(phantom_dir)[0].case_id}.nii.gz").data,
+                                  eight.labels)  # fmt: skip
+    with pytest.raises(DataError, match=r"--tta was \"mirror8\", now unset"):
+        predict_folder(PredictConfig(package=package_dir, input_dir=phantom_dir, output_dir=out, skip_existing=True,
+                                     backend=BackendSpec("onnxruntime", threads=2), progress=False))  # fmt: skip
+    with pytest.raises(DistillError, match="unknown test-time augmentation 'flip'"):
+        Predictor.from_package(package_dir, "onnxruntime", tta="flip")
 
 
 def test_segment_returns_maps_on_an_oblique_input_grid(predictors, write_brats_dataset, tmp_path):

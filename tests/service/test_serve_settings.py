@@ -76,3 +76,14 @@ def test_distill_serve_refuses_a_public_bind_without_token_in_one_line(capsys):
         sys.argv = argv
     assert exit_info.value.code == 2
     assert "needs a bearer token" in capsys.readouterr().err
+
+
+def test_mirror_tta_is_a_setting_and_reaches_the_predictor(monkeypatch):
+    from serve.service import open_predictor
+
+    assert ServeSettings(package=PACKAGE).tta == "none"
+    monkeypatch.setenv("DISTILL_SERVE_TTA", "mirror8")
+    settings = ServeSettings(package=PACKAGE, threads=1)
+    assert settings.tta == "mirror8" and open_predictor(settings).tta == "mirror8"
+    with pytest.raises(ValidationError, match="mirror8"):
+        ServeSettings(package=PACKAGE, tta="mirror4")
