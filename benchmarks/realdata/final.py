@@ -186,6 +186,11 @@ def stage_student(p: rr.Pipeline, size: int, variant: str, seed: int) -> dict:
     exported = export_package(ExportConfig(run_dir=run, out=package, held_out=test_cases(p), max_held_out=1,
                                            overwrite=True))  # fmt: skip
     seconds = predict_timed(p, package, name)
+    # the same network with the teacher's 8 mirrorings: reported beside the one pass, chosen (or
+    # not) on the protocol's validation cases, never here
+    mirrored = {"seconds_per_case": predict_timed(p, package, f"{name}_mirror8", tta="mirror8"),
+                "vs_ground_truth": score(p, f"{name}_mirror8"),
+                "vs_teacher": score(p, f"{name}_mirror8", against=TEACHER)}  # fmt: skip
     card = json.loads(trained.card.read_text())
     return {"size": size, "variant": variant, "seed": seed, "recipe": pr.RECIPE_FOR_SIZE[size],
             "overrides": {k: v for k, v in overrides.items() if k not in ("progress", "teacher_model_dir")},
@@ -193,16 +198,17 @@ def stage_student(p: rr.Pipeline, size: int, variant: str, seed: int) -> dict:
             "train_seconds": round(sum(link.get("seconds", 0) for link in card["chain"]), 1),
             "package": str(package.relative_to(HERE)) if ships else None, "package_bytes": exported.package_bytes,
             "seconds_per_case": seconds, "threads": p.args.threads,
-            "vs_ground_truth": score(p, name), "vs_teacher": score(p, name, against=TEACHER)}  # fmt: skip
+            "vs_ground_truth": score(p, name), "vs_teacher": score(p, name, against=TEACHER),
+            "mirror8": mirrored}  # fmt: skip
 
 
-def predict_timed(p: rr.Pipeline, package: Path, name: str) -> dict:
+def predict_timed(p: rr.Pipeline, package: Path, name: str, tta: str = "none") -> dict:
     """Per test case: seconds end to end (arrays in, labels on the 1 mm grid out) and of the network
     alone, with onnxruntime on the CPU."""
     from distill.data.discovery import MODALITIES
     from distill.infer.predictor import Predictor
 
-    predictor = Predictor.from_package(package, "onnxruntime", threads=p.args.threads)
+    predictor = Predictor.from_package(package, "onnxruntime", threads=p.args.threads, tta=tta)
 
     def segment(case):
         result = predictor.segment(case.images, case.affine, modalities=MODALITIES, label_convention="brats2017")
@@ -237,8 +243,14 @@ def summarise(p: rr.Pipeline, sizes, variants, seeds, shipped: str) -> dict:
         own = pr.case_scores(record, metric, side)
         return np.asarray([own[c] for c in cases])
 
+    def seeds_of(size, variant):
+        """The variant's records, one per seed; its ``+mirror8`` twin reads each record's mirrored scores."""
+        name, _, tta = variant.partition("+")
+        records = [p.done(student_stage(size, name, s)) for s in seeds]
+        return [r[tta] if tta else r for r in records] if all(records) else None
+
     def matrix(size, variant, metric="mean_dice", side="vs_ground_truth"):
-        return np.stack([column(p.done(student_stage(size, variant, s)), metric, side) for s in seeds], axis=1)
+        return np.stack([column(record, metric, side) for record in seeds_of(size, variant)], axis=1)
 
     def describe(record):
         return {"mean_dice": round(float(column(record).mean()), 4),
@@ -261,17 +273,18 @@ def summarise(p: rr.Pipeline, sizes, variants, seeds, shipped: str) -> dict:
     summary["latency"] = latency
     repeat = np.repeat(column(teacher)[:, None], len(seeds), axis=1)
     for size in sizes:
-        present = [v for v in variants if all(p.done(student_stage(size, v, s)) for s in seeds)]
+        present = [v for v in variants if seeds_of(size, v)]
         if pr.BASELINE not in present:
             continue
+        present += [f"{v}+mirror8" for v in present if all("mirror8" in r for r in seeds_of(size, v))]
         entry = {"teacher_minus_gt": paired_difference(repeat, matrix(size, pr.BASELINE)).to_dict(), "variants": {}}
         for variant in present:
-            records = [p.done(student_stage(size, variant, s)) for s in seeds]
+            records, trained = seeds_of(size, variant), seeds_of(size, variant.partition("+")[0])
             own = matrix(size, variant)
             totals = [c["total"] for r in records for c in r["seconds_per_case"].values()]
             models = [c["model"] for r in records for c in r["seconds_per_case"].values()]
             entry["variants"][variant] = {
-                "parameters": records[0]["parameters"], "package_bytes": records[0]["package_bytes"],
+                "parameters": trained[0]["parameters"], "package_bytes": trained[0]["package_bytes"],
                 "mean_dice": round(float(own.mean()), 4),
                 **{f"{r}_dice": round(float(matrix(size, variant, r).mean()), 4) for r in rr.REGIONS},
                 **{f"{r}_hd95": round(float(matrix(size, variant, f"{r}_hd95").mean()), 2) for r in rr.REGIONS},
@@ -279,7 +292,7 @@ def summarise(p: rr.Pipeline, sizes, variants, seeds, shipped: str) -> dict:
                 "teacher_agreement": round(float(matrix(size, variant, side="vs_teacher").mean()), 4),
                 "minus_gt": None if variant == pr.BASELINE
                 else paired_difference(own, matrix(size, pr.BASELINE)).to_dict(),
-                "retention_of_teacher": None if variant in pr.LABEL_ONLY
+                "retention_of_teacher": None if variant.partition("+")[0] in pr.LABEL_ONLY
                 else pr.retention_against_goal(retention(own, column(teacher)), size),
                 "hd95_ratio_to_teacher": pr.hd95_against_goal(retention(matrix(size, variant, "mean_hd95"),
                                                                         column(teacher, "mean_hd95"))),

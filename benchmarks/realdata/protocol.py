@@ -543,6 +543,40 @@ def covers_every_choice(post: dict) -> bool:
     return {"none", *POSTPROCESSING} <= set(post["scored"])
 
 
+def mirrored_stage(stage: str) -> str:
+    return f"{stage}_mirror8"
+
+
+def stage_mirrored(p: rr.Pipeline, fold: int, stage: str) -> dict:
+    """Student ``stage``'s package run again on the fold's held-out cases with mirror test-time
+    augmentation (8 passes, as the teacher predicts), scored like the student's own predictions."""
+    from distill.infer.backends import BackendSpec
+    from distill.infer.predict import PredictConfig, predict_folder
+
+    name = stage.removeprefix("protocol_")
+    held_out, out = fold_dir(p, fold) / "held_out", fold_dir(p, fold) / "predictions" / f"{name}_mirror8"
+    result = predict_folder(PredictConfig(package=fold_dir(p, fold) / "packages" / name, input_dir=held_out,
+                                          output_dir=out, tta="mirror8", label_convention="brats2017",
+                                          backend=BackendSpec.parse("onnxruntime", threads=p.args.threads),
+                                          progress=False))  # fmt: skip
+    seconds = round(result.seconds / len(result.written), 2)
+    return {"fold": fold, "of": stage, "tta": "mirror8", "seconds_per_case": seconds,
+            "vs_ground_truth": evaluate_folder(out, held_out, fold_dir(p, fold) / "evaluation" / f"{name}_mirror8"),
+            "vs_teacher": evaluate_folder(out, fold_dir(p, fold) / "predictions" / "teacher",
+                                          fold_dir(p, fold) / "evaluation" / f"{name}_mirror8_vs_teacher")}  # fmt: skip
+
+
+def run_mirrored(p: rr.Pipeline, fold: int, stage: str) -> None:
+    """The mirror-TTA stage of student ``stage``, when its package is in this work folder (students
+    trained in a lost work folder have only their records: left out, and said so)."""
+    name = stage.removeprefix("protocol_")
+    package = fold_dir(p, fold) / "packages" / name
+    if p.done(mirrored_stage(stage)) is None and not (package / "model.json").is_file():
+        print(f"[{mirrored_stage(stage)}] skipped: {name}'s package is not in this work folder", flush=True)
+        return
+    p.run(mirrored_stage(stage), lambda: stage_mirrored(p, fold, stage))
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -858,6 +892,64 @@ def summarise_postprocessing(p: rr.Pipeline, folds, variants_by_size: dict, seed
     return out
 
 
+def summarise_mirroring(p: rr.Pipeline, variants_by_size: dict, seeds) -> dict:
+    """Mirror TTA minus one pass on the same networks, per size and variant, over the folds whose
+    students (every seed) have a ``_mirror8`` record: paired over cases and seeds."""
+    from distill.eval.paired import paired_difference
+
+    def mirrored(stage):
+        return p.done(mirrored_stage(stage))
+
+    def matrix(record_of, size, variant, folds, metric="mean_dice", side="vs_ground_truth"):
+        """``(cases, seeds)`` scores of ``record_of(student stage)``, cases in fold order then by name."""
+        rows = []
+        for fold in folds:
+            per_seed = [case_scores(record_of(student_stage(fold, size, variant, s)), metric, side) for s in seeds]
+            rows += [[scores[case] for scores in per_seed] for case in sorted(per_seed[0])]
+        return np.asarray(rows)
+
+    out: dict = {}
+    for size, listed in variants_by_size.items():
+        for variant in listed:
+            folds = [f for f in range(5) if all(mirrored(student_stage(f, size, variant, s))
+                                                and not calibrated(p.done(student_stage(f, size, variant, s)))
+                                                for s in seeds)]  # fmt: skip
+            if not folds:
+                continue
+            own = (size, variant, folds)
+            out.setdefault(str(size), {})[variant] = {
+                "folds": folds, "seeds": list(seeds),
+                "mean_dice": round(float(matrix(mirrored, *own).mean()), 4),
+                "none_mean_dice": round(float(matrix(p.done, *own).mean()), 4),
+                "mean_hd95": round(float(matrix(mirrored, *own, "mean_hd95").mean()), 2),
+                "none_mean_hd95": round(float(matrix(p.done, *own, "mean_hd95").mean()), 2),
+                "minus_none": paired_difference(matrix(mirrored, *own), matrix(p.done, *own)).to_dict(),
+                "agreement_minus_none": paired_difference(matrix(mirrored, *own, side="vs_teacher"),
+                                                          matrix(p.done, *own, side="vs_teacher")).to_dict(),
+            }  # fmt: skip
+    return out
+
+
+def mirroring_lines(mirroring: dict | None) -> list[str]:
+    """SUMMARY.md's test-time mirroring section (empty until a student has a ``_mirror8`` record)."""
+    if not mirroring:
+        return []
+    lines = ["## Test-time mirroring on the validation cases", "",
+             "Each student's package run again with the 8 mirrorings averaged (`distill predict --tta mirror8`, as "
+             "the teacher predicts), paired with its own one-pass predictions on the same cases and seeds.", "",
+             "| size | variant | folds | mean Dice (one pass) | mirror8 minus one pass [95 % CI] "
+             "| agreement with the teacher: minus one pass [95 % CI] | mean HD95 (one pass) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for size, variants in mirroring.items():
+        for variant, m in variants.items():
+            d, a = m["minus_none"], m["agreement_minus_none"]
+            lines.append(f"| {int(size) // 1000}k | {variant} | {m['folds']} | {m['mean_dice']:.3f} "
+                         f"({m['none_mean_dice']:.3f}) | {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+                         f"| {a['mean']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}] "
+                         f"| {m['mean_hd95']:.1f} ({m['none_mean_hd95']:.1f}) |")
+    return lines + [""]
+
+
 def _interval(difference: dict, row_seeds) -> str:
     """``+0.012 [-0.030, +0.051]``, naming the seeds when the pairing used fewer than ``row_seeds``."""
     text = f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]"
@@ -930,6 +1022,7 @@ def write_summary(summary: dict, folder: Path) -> None:
         lines.append("")
     lines += pilot_lines(summary.get("pilots"))
     lines += postprocessing_lines(summary.get("postprocessing"))
+    lines += mirroring_lines(summary.get("mirroring"))
     (folder / "SUMMARY.md").write_text("\n".join(lines))
 
 
@@ -1027,6 +1120,7 @@ def main() -> None:
                             p.run(default_thresholds_stage(fold, size, variant, seed),
                                   lambda a=(fold, size, variant, seed): stage_fold_student_default_thresholds(p, *a))
                         run_postprocessing(p, fold, student_stage(fold, size, variant, seed))
+                        run_mirrored(p, fold, student_stage(fold, size, variant, seed))
     # the summary covers every fold and variant recorded so far, whatever this command trained,
     # so a run of one fold, one variant or one seed does not shrink the committed SUMMARY
     finished, variants = summary_scope(p)
@@ -1035,6 +1129,7 @@ def main() -> None:
         summary["not_yet"] = not_yet_covered(p, finished, variants)
         summary["pilots"] = summarise_pilots(p, pilot_scope(p, finished, variants))
         summary["postprocessing"] = summarise_postprocessing(p, finished, variants, SUMMARY_SEEDS)
+        summary["mirroring"] = summarise_mirroring(p, variants, SUMMARY_SEEDS)
         write_summary(summary, args.records.parent)
         print(json.dumps(summary["sizes"], indent=2))
 

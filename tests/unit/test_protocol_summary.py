@@ -277,3 +277,22 @@ def test_a_pilot_is_paired_on_its_own_folds_with_what_it_should_beat(protocol, t
     table = (tmp_path / "SUMMARY.md").read_text()
     assert "## Pilots: fewer folds, one seed" in table
     assert "| 30k | dice_kl_live | [0] (2) | 0.650 |" in table and "gt_strong: +0.100" in table
+
+
+def test_mirroring_is_paired_with_the_same_networks_one_pass(protocol, tmp_path):
+    # fold 3 holds cases a, b: one pass 0.5 / 0.6 on both seeds, mirrored 0.55 / 0.62 (+0.05, +0.02);
+    # fold 0 has no mirrored records (its packages were lost) and stays out
+    records = {}
+    for seed in (0, 1):
+        stage = protocol.student_stage(3, 100_000, "gt", seed)
+        records[stage] = scores({"a": 0.5, "b": 0.6}, hd95=4.0)
+        records[protocol.mirrored_stage(stage)] = scores({"a": 0.55, "b": 0.62}, hd95=3.0)
+        records[protocol.student_stage(0, 100_000, "gt", seed)] = scores({"c": 0.4})
+    mirroring = protocol.summarise_mirroring(Records(records), {100_000: ["gt", "recipe"]}, (0, 1))
+    entry = mirroring["100000"]["gt"]
+    assert list(mirroring["100000"]) == ["gt"] and entry["folds"] == [3]
+    assert entry["minus_none"]["mean"] == pytest.approx(0.035) and entry["minus_none"]["n_cases"] == 2
+    assert entry["none_mean_dice"] == pytest.approx(0.55) and entry["mean_hd95"] == pytest.approx(3.0)
+    lines = protocol.mirroring_lines(mirroring)
+    assert "| 100k | gt | [3] | 0.585 (0.550) | +0.035 [" in "\n".join(lines)
+    assert protocol.mirroring_lines({}) == []

@@ -115,3 +115,19 @@ def test_a_committed_ensemble_record_without_its_label_maps_runs_again(final, tm
     outputs = pipeline.local_outputs(f"final_{final.TEACHER}")
     assert sorted(path.name for path in outputs) == sorted(f"{case}.nii.gz" for case in final.rr.TEST_CASES)
     assert len(pipeline.local_outputs("final_teacher")) == 5 and pipeline.local_outputs("final_cache") == []
+
+
+def test_a_mirrored_twin_is_reported_beside_the_one_pass_and_paired_with_the_one_pass_baseline(final, records):
+    for seed, dice in ((0, {"a": 0.65, "b": 0.45}), (1, {"a": 0.75, "b": 0.55})):  # +0.05 everywhere
+        record = records.records[final.student_stage(100_000, "recipe_dice_kl", seed)]
+        record["mirror8"] = {key: value for key, value in student(dice, 3.0, {"a": 8.0, "b": 8.0}).items()
+                             if key in ("vs_ground_truth", "vs_teacher", "seconds_per_case")}  # fmt: skip
+    summary = final.summarise(records, [100_000], ["gt", "recipe_dice_kl"], [0, 1], "recipe_dice_kl")
+    variants = summary["sizes"]["100000"]["variants"]
+    assert list(variants) == ["gt", "recipe_dice_kl", "recipe_dice_kl+mirror8"]  # gt has no mirrored records
+    twin = variants["recipe_dice_kl+mirror8"]
+    assert twin["mean_dice"] == pytest.approx(0.60) and twin["minus_gt"]["mean"] == pytest.approx(0.10)
+    assert twin["parameters"] == 99_000 and twin["seconds_per_case"] == pytest.approx(8.0)
+    assert twin["speedup_over_teacher"] == pytest.approx(13.8)  # 110 / 8, rounded to 0.1
+    assert twin["retention_of_teacher"]["mean"] == pytest.approx(0.6 / 0.7, abs=1e-4)
+    assert len(summary["conclusion"]) == 1  # about the shipped one-pass student
