@@ -29,7 +29,8 @@ def side(dice: dict[str, float], hd95: float) -> dict:
 def student(dice, hd95, seconds):
     return {"parameters": 99_000, "package_bytes": 400 * 1024, "vs_ground_truth": side(dice, hd95),
             "vs_teacher": side({c: 0.9 for c in dice}, hd95),
-            "seconds_per_case": {c: {"total": t, "model": t / 2} for c, t in seconds.items()}}  # fmt: skip
+            "seconds_per_case": {c: {"total": t, "model": t / 2} for c, t in seconds.items()},
+            "machine": {"cpu": "x86_64", "cpu_count": 2, "load_average_1min": 0.5}}  # fmt: skip
 
 
 class Records:
@@ -47,7 +48,8 @@ def records(final):
     stage = final.student_stage
     return Records({
         "final_ensemble_mirror8": {"passes_per_case": 40, "vs_ground_truth": side({"a": 0.8, "b": 0.6}, 2.0),
-                                   "seconds_per_case": {"a": 100.0, "b": 120.0}},
+                                   "seconds_per_case": {"a": 100.0, "b": 120.0},
+                                   "machine": {"cpu": "x86_64", "cpu_count": 2, "load_average_1min": 2.5}},
         "final_ensemble_none": {"passes_per_case": 5, "vs_ground_truth": side({"a": 0.75, "b": 0.55}, 2.5),
                                 "seconds_per_case": {"a": 12.0, "b": 14.0}},
         "final_threshold": {"vs_ground_truth": side({"a": 0.3, "b": 0.3}, 20.0)},
@@ -78,7 +80,8 @@ def test_scores_retention_and_latency_by_hand(final, records):
     assert shipped["hd95_ratio_to_teacher"]["mean"] == pytest.approx(2.0) and \
         shipped["hd95_ratio_to_teacher"]["goal_reached"] == "no"  # fmt: skip
     assert entry["variants"]["gt"]["retention_of_teacher"] is None and entry["variants"]["gt"]["minus_gt"] is None
-    assert summary["latency"] == {"teacher_seconds": 110.0, "teacher_no_tta_seconds": 13.0}
+    assert summary["latency"] == {"teacher_seconds": 110.0, "teacher_no_tta_seconds": 13.0,
+                                  "machines": ['{"cpu": "x86_64", "cpu_count": 2}'], "busiest_load_average": 2.5}
     assert shipped["seconds_per_case"] == pytest.approx(1.1) and shipped["speedup_over_teacher"] == pytest.approx(100.0)
     assert shipped["teacher_agreement"] == pytest.approx(0.9)
 
@@ -94,6 +97,9 @@ def test_the_conclusion_says_what_the_intervals_say(final, records, tmp_path):
     assert "| 100k recipe_dice_kl | 0.550 | 0.550 |" in report and "| threshold baseline | 0.300 |" in report
     assert "| 100k recipe_dice_kl (onnxruntime) | 99,000 | 400 KiB | 1.10 | 0.55 | 100x |" in report
     assert "| teacher, no mirroring (5 passes) | - | - | 13.0 | - | 8.5x |" in report
+    assert "Every row timed on one machine (x86_64, 2 cores; highest 1-minute load average as a timed stage " \
+        "began: 2.5)." in report  # fmt: skip
+    assert "faster than the 40-pass teacher and 12x faster than its 5-pass version" in sentence
 
 
 def test_a_summary_without_the_shipped_variant_concludes_nothing(final, records):
@@ -106,6 +112,8 @@ def test_the_shipped_variant_and_the_baseline_must_be_trained(final):
         final.parse_args(["--data", "x", "--variants", "gt", "--ship", "recipe_dice_kl"])
     with pytest.raises(SystemExit):
         final.parse_args(["--data", "x", "--variants", "recipe_dice_kl"])
+    with pytest.raises(SystemExit):  # a label-only student has no retention to report
+        final.parse_args(["--data", "x", "--variants", "gt", "--ship", "gt"])
     assert final.parse_args(["--data", "x"]).ship == "recipe_dice_kl"
 
 
@@ -131,3 +139,10 @@ def test_a_mirrored_twin_is_reported_beside_the_one_pass_and_paired_with_the_one
     assert twin["speedup_over_teacher"] == pytest.approx(13.8)  # 110 / 8, rounded to 0.1
     assert twin["retention_of_teacher"]["mean"] == pytest.approx(0.6 / 0.7, abs=1e-4)
     assert len(summary["conclusion"]) == 1  # about the shipped one-pass student
+
+
+def test_latency_from_two_machines_is_not_called_side_by_side(final):
+    text = final.latency_provenance({"machines": ['{"cpu": "a", "cpu_count": 2}', '{"cpu": "b", "cpu_count": 16}'],
+                                     "busiest_load_average": None})  # fmt: skip
+    assert text == "Timed on 2 different machines (a, 2 cores; b, 16 cores): ratios across them are not side by side."
+    assert final.latency_provenance({}) == "Where these were timed is not recorded."
