@@ -280,7 +280,8 @@ RATIO_HELP = (
 )
 
 
-RECIPE_HELP = ("Named preset of training options (distill.train.recipes: brats-100k, brats-30k; provisional); "
+RECIPE_HELP = ("Named preset of training options (distill.train.recipes: brats-100k, brats-30k; chosen on "
+               "real-data validation cases, see benchmarks/realdata); "
                "flags given explicitly and --set override it.")
 SET_HELP = ("Any other training option as key=value, type-checked against TrainConfig (repeatable), e.g. "
             "--set kd_balance=region --set kd_correction=adjust --set calibrate_thresholds=true.")
