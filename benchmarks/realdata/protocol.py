@@ -88,6 +88,8 @@ VARIANTS = {
     "recipe_dice_kl": {"kd_balance": "dice_voxel"},
     # the recipe plus the distilled-uncertainty head (issue 15): its Dice is paired with "recipe"'s
     "recipe_uncertainty": {"kd_balance": "region", "uncertainty_head": True},
+    # the same head on the shipped KD form, paired with recipe_dice_kl
+    "dice_kl_uncertainty": {"kd_balance": "dice_voxel", "uncertainty_head": True},
     # consistent teaching (Beyer et al., CVPR 2022): nnU-Net's intensity augmentation on every
     # patch (distill.train.augment), first for the label-only student (what augmentation alone
     # does), then with dice_voxel KD from the cached maps of the unaugmented volumes (a fixed
@@ -112,7 +114,7 @@ BASELINE = "gt"
 #: At three times the steps, KD is held against the label-only student of the same schedule.
 LADDER_REFERENCE = {"kd_plain": "gt", "recipe": "kd_plain", "recipe_no_adjust": "recipe",
                     "recipe_voxel": "recipe", "recipe_graph_flow": "recipe", "recipe_chain": "recipe",
-                    "recipe_uncertainty": "recipe", "recipe_long": "gt_long",
+                    "recipe_uncertainty": "recipe", "dice_kl_uncertainty": "recipe_dice_kl", "recipe_long": "gt_long",
                     "recipe_dice_kl": "recipe", "gt_strong": "gt", "dice_kl_strong": "gt_strong",
                     "dice_kl_live": "dice_kl_strong", "dice_kl_long": "gt_long",
                     "dice_kl_live_light": "recipe_dice_kl"}  # fmt: skip
