@@ -3,7 +3,7 @@
 #
 #   docker build --target cpu -t distill-serve:cpu .
 #   docker build --target gpu -t distill-serve:gpu .
-#   docker run --rm -p 8000:8000 -v "$PWD/benchmarks/realdata/packages/30k_b_kd:/package:ro" \
+#   docker run --rm -p 8000:8000 -v "$PWD/benchmarks/realdata/packages/brats-30k:/package:ro" \
 #       -v "$PWD/token:/run/secrets/distill_token:ro" distill-serve:cpu
 #
 # To bake a package in instead: FROM distill-serve:cpu, then COPY <package> /package.

@@ -1,7 +1,7 @@
 """`distill serve` on loopback against `distill predict` in process, side by side in one run.
 
     .venv/bin/python benchmarks/serve/bench_serve.py --data ../shared/data/brats18 \\
-        --package benchmarks/realdata/packages/30k_b_kd --requests 20 --seconds 30
+        --package benchmarks/realdata/packages/brats-30k --requests 20 --seconds 30
 
 Measures, on one real 1 mm case:
 
@@ -141,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "brats18")
     parser.add_argument("--case", default="Brats18_2013_11_1")
-    parser.add_argument("--package", type=Path, default=REPO / "benchmarks" / "realdata" / "packages" / "30k_b_kd")
+    parser.add_argument("--package", type=Path, default=REPO / "benchmarks" / "realdata" / "packages" / "brats-30k")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30.0)

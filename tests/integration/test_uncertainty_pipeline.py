@@ -28,7 +28,7 @@ from distill.package import ModelPackage
 from distill.train import TrainConfig, train_student
 
 REPO = Path(__file__).resolve().parents[2]
-PLAIN_PACKAGE = REPO / "benchmarks" / "realdata" / "packages" / "30k_b_kd"
+PLAIN_PACKAGE = REPO / "benchmarks" / "realdata" / "packages" / "brats-30k"
 FAST = dict(steps=4, batch_size=1, patch_size=(32, 32, 32), checkpoint_every=2, progress=False)
 PHANTOM = PhantomConfig(spacing_mm=4.0)
 

@@ -21,7 +21,7 @@ from distill.infer.predictor import Segmentation, binary_entropy
 from distill.package import ModelPackage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = REPO_ROOT / "benchmarks" / "realdata" / "packages" / "30k_b_kd"
+PACKAGE = REPO_ROOT / "benchmarks" / "realdata" / "packages" / "brats-30k"
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 SHAPE = (20, 18, 14)
 SECRET = b"PATIENT Jane Doe 1970-01-01"
